@@ -1,0 +1,375 @@
+"""The one place that papers over the OpenMMLab stack on current machines.
+
+Three gaps are closed here, and nowhere else:
+
+1. **No compiled mmcv ops** (``mmcv-lite``): a few mmseg modules import
+   ``mmcv.ops`` unconditionally, so ``import mmseg.models`` fails.
+   :func:`install_mmcv_ops_fallback` registers a small ``mmcv.ops`` module with
+   pure-PyTorch versions of the symbols mmseg needs at import time
+   (``point_sample``, ``sigmoid_focal_loss``); any other op raises a
+   ``ModuleNotFoundError`` naming it. Inactive when ``mmcv._ext`` exists.
+2. **Safe checkpoints under torch >= 2.6**: ``torch.load`` defaults to
+   ``weights_only=True`` and mmengine 0.10 checkpoints hold a few non-tensor
+   types. :func:`allow_mmengine_checkpoints` allowlists exactly those types;
+   a checkpoint whose pickle calls anything else (``os.system``...) is still
+   refused by torch, and :func:`explain_unsafe_checkpoint` turns that refusal
+   into a clear error.
+3. **Distributed without CUDA**: mmengine's ``pytorch``/``slurm`` launchers
+   call ``torch.cuda.set_device``. :func:`setup_distributed` initialises a
+   ``gloo`` process group on CPU-only hosts before the Runner is built (the
+   Runner then skips its own init) and :func:`adapt_cfg_to_device` makes the
+   config runnable there (``SyncBN`` -> ``BN``, DDP without device ids). On
+   GPU hosts nothing changes.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    'install_mmcv_ops_fallback',
+    'allow_mmengine_checkpoints',
+    'explain_unsafe_checkpoint',
+    'setup_distributed',
+    'adapt_cfg_to_device',
+    'HAS_COMPILED_MMCV_OPS',
+]
+
+HAS_COMPILED_MMCV_OPS = importlib.util.find_spec('mmcv._ext') is not None
+
+
+# --------------------------------------------------------------------------
+# 1. mmcv.ops without compiled extensions
+# --------------------------------------------------------------------------
+def _point_sample(input, points, align_corners=False, **kwargs):
+    """Sample ``input`` at normalised points, as ``mmcv.ops.point_sample``.
+
+    Args:
+        input (Tensor): Feature map, shape (N, C, H, W).
+        points (Tensor): Points in [0, 1] x [0, 1], shape (N, P, 2) or
+            (N, Hg, Wg, 2).
+        align_corners (bool): Passed to ``grid_sample``. Default: False.
+
+    Returns:
+        Tensor: Shape (N, C, P) or (N, C, Hg, Wg).
+    """
+    squeeze = points.dim() == 3
+    if squeeze:
+        points = points.unsqueeze(2)
+    out = F.grid_sample(
+        input, 2.0 * points - 1.0, align_corners=align_corners, **kwargs
+    )
+    return out.squeeze(3) if squeeze else out
+
+
+def _sigmoid_focal_loss(
+    input, target, gamma=2.0, alpha=0.25, weight=None, reduction='mean'
+):
+    """Pure-PyTorch ``mmcv.ops.sigmoid_focal_loss``.
+
+    Args:
+        input (Tensor): Logits, shape (N, C).
+        target (Tensor): Class indices, shape (N,); an index outside
+            [0, C) makes every class a negative, as in mmcv's kernel.
+        gamma (float): Focusing parameter. Default: 2.0.
+        alpha (float): Weight of positives. Default: 0.25.
+        weight (Tensor, optional): Per-sample weight, shape (N,).
+        reduction (str): 'none', 'mean' or 'sum'. Default: 'mean'.
+
+    Returns:
+        Tensor: The loss, shape (N, C) for 'none', else a scalar.
+    """
+    num_classes = input.size(1)
+    valid = (target >= 0) & (target < num_classes)
+    onehot = torch.zeros_like(input)
+    rows = torch.nonzero(valid, as_tuple=True)[0]
+    onehot[rows, target[valid].long()] = 1.0
+    prob = input.sigmoid()
+    p_t = prob * onehot + (1 - prob) * (1 - onehot)
+    alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
+    loss = (
+        F.binary_cross_entropy_with_logits(input, onehot, reduction='none')
+        * alpha_t
+        * (1 - p_t).pow(gamma)
+    )
+    if weight is not None:
+        loss = loss * weight.view(-1, 1)
+    if reduction == 'mean':
+        return loss.sum() / input.size(0)
+    if reduction == 'sum':
+        return loss.sum()
+    return loss
+
+
+_FALLBACK_OPS = {
+    'point_sample': _point_sample,
+    'sigmoid_focal_loss': _sigmoid_focal_loss,
+}
+
+
+def _missing_op(name):
+    if name.startswith('_'):
+        # Module machinery (inspect, pickle, doctest) probes dunder names with
+        # hasattr, which expects AttributeError.
+        raise AttributeError(f"module 'mmcv.ops' has no attribute {name!r}")
+    raise ModuleNotFoundError(
+        f'mmcv.ops.{name} needs mmcv compiled with its ops; this environment '
+        'has mmcv-lite (no mmcv._ext). mmseg-dfq provides pure-PyTorch '
+        f'versions of {sorted(_FALLBACK_OPS)} only. Install a full mmcv '
+        '(2.0.x/2.1.x built for your torch) to use this op.',
+        name=f'mmcv.ops.{name}',
+    )
+
+
+def install_mmcv_ops_fallback():
+    """Register the pure-PyTorch ``mmcv.ops`` when compiled ops are missing.
+
+    Returns:
+        bool: True if the fallback is (now) active, False when mmcv's compiled
+        ops are present and nothing was changed.
+    """
+    if HAS_COMPILED_MMCV_OPS:
+        return False
+    existing = sys.modules.get('mmcv.ops')
+    if getattr(existing, '__mmseg_dfq_fallback__', False):
+        return True
+    import mmcv
+
+    module = types.ModuleType(
+        'mmcv.ops',
+        'Pure-PyTorch stand-ins installed by mmseg_dfq.compat '
+        '(mmcv._ext is missing).',
+    )
+    module.__mmseg_dfq_fallback__ = True
+    module.__all__ = list(_FALLBACK_OPS)
+    module.__dict__.update(_FALLBACK_OPS)
+    module.__getattr__ = _missing_op
+    sys.modules['mmcv.ops'] = module
+    mmcv.ops = module
+    return True
+
+
+# --------------------------------------------------------------------------
+# 2. Safe loading of mmengine checkpoints with weights_only=True
+# --------------------------------------------------------------------------
+_HISTORY_BUFFER_METHODS = ('mean', 'current', 'max', 'min', 'data')
+
+
+def _history_buffer_getattr(obj, name):
+    """Stand-in for ``builtins.getattr`` inside checkpoint pickles.
+
+    mmengine's ``HistoryBuffer`` pickles its statistics methods as
+    ``getattr(HistoryBuffer, 'mean')``. The real ``getattr`` would let a
+    pickle reach any attribute of any allowlisted object, so only those named
+    methods of ``HistoryBuffer`` resolve.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
+        return getattr(obj, name)
+    raise torch.serialization.pickle.UnpicklingError(
+        f'checkpoint asks for getattr({obj!r}, {name!r}); only '
+        f'HistoryBuffer.{_HISTORY_BUFFER_METHODS} are allowed'
+    )
+
+
+def _numpy_safe_globals():
+    import numpy as np
+
+    safe = [np.ndarray, np.dtype]
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    safe += [_reconstruct, scalar]
+    # numpy >= 1.25 pickles dtypes through their classes (numpy.dtypes.*).
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        safe += [
+            getattr(dtypes, name)
+            for name in dir(dtypes)
+            if name.endswith('DType')
+        ]
+    # Old numpy spells its module numpy.core.multiarray in pickles.
+    safe += [
+        (_reconstruct, 'numpy.core.multiarray._reconstruct'),
+        (scalar, 'numpy.core.multiarray.scalar'),
+    ]
+    return safe
+
+
+def allow_mmengine_checkpoints():
+    """Allowlist the non-tensor types that mmengine checkpoints contain.
+
+    Returns:
+        bool: True if an allowlist was registered; False on torch versions
+        without ``weights_only`` allowlists (< 2.4), which need none.
+    """
+    add = getattr(torch.serialization, 'add_safe_globals', None)
+    if add is None:
+        return False
+    import codecs
+    from collections import OrderedDict, defaultdict
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    add(
+        [
+            HistoryBuffer,
+            codecs.encode,
+            OrderedDict,
+            defaultdict,
+            (_history_buffer_getattr, 'builtins.getattr'),
+            (_history_buffer_getattr, '__builtin__.getattr'),
+            *_numpy_safe_globals(),
+        ]
+    )
+    return True
+
+
+def explain_unsafe_checkpoint(filename, error):
+    """Turn torch's weights-only refusal into an error naming the file.
+
+    Args:
+        filename (str): The checkpoint that was being loaded.
+        error (Exception): What ``torch.load`` raised.
+
+    Returns:
+        RuntimeError: The error to raise.
+    """
+    return RuntimeError(
+        f'Refusing to load checkpoint {filename!r}: its pickle references an '
+        'object outside the allowlist of types that mmengine checkpoints '
+        'contain, so loading it could run arbitrary code. If you trust the '
+        'file and it holds extra types, add exactly those with '
+        f'torch.serialization.add_safe_globals. Details: {error}'
+    )
+
+
+def _load_local_checkpoint(filename, map_location=None):
+    """mmengine's local checkpoint loader, naming the file on refusal."""
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename!r} does not exist')
+    try:
+        # weights_only is left at torch's default (True for torch >= 2.6).
+        return torch.load(filename, map_location=map_location)
+    except torch.serialization.pickle.UnpicklingError as err:
+        raise explain_unsafe_checkpoint(filename, err) from err
+
+
+def _register_checkpoint_loader():
+    """Route mmengine's local-file checkpoint loading through our loader."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=_load_local_checkpoint, force=True
+    )
+
+
+# --------------------------------------------------------------------------
+# 3. Distributed runs on CPU-only hosts
+# --------------------------------------------------------------------------
+def _slurm_env():
+    """Fill torch.distributed's env variables from slurm's."""
+    os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+    os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+    os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+    if 'MASTER_ADDR' not in os.environ:
+        nodes = os.environ['SLURM_NODELIST']
+        os.environ['MASTER_ADDR'] = subprocess.getoutput(
+            f'scontrol show hostname {nodes} | head -n1'
+        )
+    os.environ.setdefault('MASTER_PORT', '29500')
+
+
+def setup_distributed(launcher):
+    """Initialise a gloo process group for CPU-only distributed runs.
+
+    On hosts with CUDA this does nothing and mmengine's Runner initialises
+    NCCL as usual.
+
+    Args:
+        launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'.
+
+    Returns:
+        bool: True if this function initialised the process group.
+    """
+    import torch.distributed as dist
+
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    if not dist.is_available():
+        raise RuntimeError('this torch build has no torch.distributed')
+    if dist.is_initialized():
+        return False
+    if launcher == 'slurm':
+        _slurm_env()
+    elif launcher == 'mpi':
+        os.environ.setdefault('RANK', os.environ['OMPI_COMM_WORLD_RANK'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['OMPI_COMM_WORLD_SIZE'])
+        os.environ.setdefault(
+            'LOCAL_RANK', os.environ['OMPI_COMM_WORLD_LOCAL_RANK']
+        )
+    missing = [
+        k
+        for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+        if k not in os.environ
+    ]
+    if missing:
+        raise RuntimeError(
+            f'--launcher {launcher} needs the environment variables '
+            f'{missing}; start the script with torchrun (or srun/mpirun)'
+        )
+    dist.init_process_group(backend='gloo', init_method='env://')
+    return True
+
+
+def _replace_sync_bn(node):
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _replace_sync_bn(value)
+
+
+def adapt_cfg_to_device(cfg):
+    """Make a GPU-minded config run on a CPU-only host, in place.
+
+    ``SyncBN`` becomes ``BN`` (torch's SyncBatchNorm needs GPUs), distributed
+    runs use gloo and wrap the model in DDP without device ids. Configs are
+    left untouched when CUDA is available.
+
+    Args:
+        cfg (mmengine.Config): The config to adapt.
+
+    Returns:
+        mmengine.Config: ``cfg``.
+    """
+    if torch.cuda.is_available():
+        return cfg
+    _replace_sync_bn(cfg.model)
+    if cfg.get('launcher', 'none') != 'none':
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or dict(
+            type='MMDistributedDataParallel'
+        )
+        wrapper['device_ids'] = None
+        wrapper.setdefault('broadcast_buffers', False)
+        cfg.model_wrapper_cfg = wrapper
+    return cfg
+
+
+def _apply():
+    """Apply every fix above; called once by ``import mmseg_dfq``."""
+    install_mmcv_ops_fallback()
+    allow_mmengine_checkpoints()
+    _register_checkpoint_loader()

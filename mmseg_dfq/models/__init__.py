@@ -1,0 +1,1 @@
+from . import backbones, decode_heads, losses, necks  # noqa: F401

@@ -1,0 +1,69 @@
+"""Install mmseg-dfq: ``pip install -e .`` (install torch first)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def _version():
+    text = (
+        Path(__file__)
+        .with_name('mmseg_dfq')
+        .joinpath('version.py')
+        .read_text()
+    )
+    return re.search(r"__version__ = '([^']+)'", text).group(1)
+
+
+def _mmcv_requirement():
+    # A full mmcv (with compiled ops) that is already installed is used as is;
+    # otherwise mmcv-lite is enough, because DFQ needs no compiled op.
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            full = version('mmcv')
+        except PackageNotFoundError:
+            full = None
+    except ImportError:  # pragma: no cover
+        full = None
+    if full is not None:
+        return 'mmcv>=2.0.0rc4,<2.2.0'
+    return 'mmcv-lite>=2.0.0rc4,<2.2.0'
+
+
+setup(
+    name='mmseg-dfq',
+    version=_version(),
+    description='DFQ (decoupled feature queries, AAAI 2024) for '
+    'domain-generalized medical image segmentation, as an '
+    'mmsegmentation 1.x plugin',
+    long_description=Path(__file__).with_name('README.md').read_text(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.8',
+    packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    install_requires=[
+        # torch is not pinned: users bring the build for their CUDA first.
+        'torch>=1.12',
+        'mmengine>=0.10.0,<0.11',
+        _mmcv_requirement(),
+        'mmsegmentation==1.2.2',
+        'mmpretrain>=1.2.0,<1.3',
+        'nibabel>=4.0',
+        'scipy>=1.8',
+        'numpy',
+        'opencv-python',
+        'matplotlib',
+        'scikit-learn',
+        'tqdm',
+        # mmsegmentation 1.2.2 imports these at import time.
+        'ftfy',
+        'regex',
+    ],
+    extras_require={
+        'tests': ['pytest>=7', 'medpy>=0.5', 'ruff>=0.5'],
+    },
+    zip_safe=False,
+)
