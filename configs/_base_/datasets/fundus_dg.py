@@ -1,0 +1,110 @@
+# Fundus OD/OC, 4 domains of the DoFE release (Domain{k}_{split}.list layout,
+# see mmseg_dfq.datasets.FundusDGDataset). Labels: 0 background, 1 disc rim,
+# 2 cup. The defaults train on domains 2-4 and test on the held-out domain 1;
+# a per-split config overrides `domains` / `unseen_domains` of the three
+# dataloaders and `domain_counts` of the sampler (mmengine merges the dicts):
+#   held-out 1: [3, 6, 7]  2: [2, 7, 7]  3: [2, 4, 10]  4: [2, 4, 10]
+# (the authors' per-domain counts of a 16-image batch, in source order).
+dataset_type = 'FundusDGDataset'
+data_root = 'data/fundus'
+crop_size = (256, 256)
+source_domains = [2, 3, 4]
+target_domains = [1]
+domain_counts = [3, 6, 7]
+
+# mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
+# equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
+meta_keys = (
+    'img_path',
+    'seg_map_path',
+    'ori_shape',
+    'img_shape',
+    'pad_shape',
+    'scale_factor',
+    'flip',
+    'flip_direction',
+    'reduce_zero_label',
+    'domain',
+    'domain_idx',
+    'seen',
+    'case_id',
+    'slice_index',
+    'num_slices',
+    'spacing',
+)
+
+# Pixels to [-1, 1] in RGB order; model configs use
+# data_preprocessor=dict(type='SegDataPreProcessor', **data_preprocessor_cfg).
+data_preprocessor_cfg = dict(
+    mean=[127.5, 127.5, 127.5],
+    std=[127.5, 127.5, 127.5],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size=crop_size,
+)
+
+# The authors' augmentation: resize to 256, random scale x1..1.5 half of the
+# time, random crop back to 256, flip.
+train_pipeline = [
+    dict(type='LoadFundusImageFromFile'),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(
+        type='RandomApply',
+        transforms=[
+            dict(
+                type='RandomResize',
+                scale=crop_size,
+                ratio_range=(1.0, 1.5),
+                keep_ratio=True,
+            )
+        ],
+        prob=0.5,
+    ),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+# Annotations are loaded after Resize so the metric sees original-size masks
+# (mmseg resizes predictions back to ori_shape).
+test_pipeline = [
+    dict(type='LoadFundusImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+
+# batch_size must equal sum(domain_counts): every batch holds the mix.
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DomainMixSampler', domain_counts=domain_counts),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        domains=source_domains,
+        split='train',
+        pipeline=train_pipeline,
+    ),
+)
+# The held-out domain's test split; split=('train', 'test') evaluates on all
+# of its images.
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        domains=target_domains,
+        unseen_domains=target_domains,
+        split='test',
+        pipeline=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+# Evaluators (DomainMetric from mmseg_dfq.evaluation) are set by the model /
+# experiment configs, e.g. val_evaluator = dict(type='DomainMetric', ...).

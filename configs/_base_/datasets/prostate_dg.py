@@ -1,0 +1,90 @@
+# Prostate T2 MRI, 6 sites of the SAML release (<site>/CaseXX.nii.gz +
+# CaseXX_segmentation.nii.gz, see mmseg_dfq.datasets.ProstateDGDataset),
+# 2.5D slices (k-1, k, k+1) of volumes min-max scaled to [-1, 1]. Labels:
+# 0 background, 1 prostate. Sites: 1 RUNMC, 2 BMC, 3 I2CVB, 4 UCL, 5 BIDMC,
+# 6 HK. The defaults train on sites 2-6 and test on the held-out site 1; a
+# per-split config overrides `domains` / `unseen_domains` of the dataloaders
+# (mmengine merges the dicts). The authors draw 2 slices per source site.
+# Like the authors, sources and target use every case (split='all').
+dataset_type = 'ProstateDGDataset'
+data_root = 'data/prostate'
+source_domains = [2, 3, 4, 5, 6]
+target_domains = [1]
+domain_counts = [2, 2, 2, 2, 2]
+
+# mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
+# equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
+meta_keys = (
+    'img_path',
+    'seg_map_path',
+    'ori_shape',
+    'img_shape',
+    'pad_shape',
+    'scale_factor',
+    'flip',
+    'flip_direction',
+    'reduce_zero_label',
+    'domain',
+    'domain_idx',
+    'seen',
+    'case_id',
+    'slice_index',
+    'num_slices',
+    'spacing',
+)
+
+# Inputs are already in [-1, 1] (float32, 3 channels of one volume); no
+# padding size since every slice of the release is 384x384.
+data_preprocessor_cfg = dict(
+    mean=[0.0, 0.0, 0.0],
+    std=[1.0, 1.0, 1.0],
+    bgr_to_rgb=False,
+    pad_val=0,
+    seg_pad_val=255,
+)
+
+train_pipeline = [
+    dict(type='LoadProstateSlice'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+test_pipeline = [
+    dict(type='LoadProstateSlice'),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+
+# batch_size must equal sum(domain_counts): every batch holds the mix.
+# cache_bytes is per dataloader worker.
+train_dataloader = dict(
+    batch_size=10,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DomainMixSampler', domain_counts=domain_counts),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        domains=source_domains,
+        split='all',
+        cache_bytes=1 << 30,
+        pipeline=train_pipeline,
+    ),
+)
+# Slices in volume order, so each volume is decoded once per evaluation.
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        domains=target_domains,
+        unseen_domains=target_domains,
+        split='all',
+        cache_bytes=1 << 30,
+        pipeline=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+# Evaluators (DomainMetric from mmseg_dfq.evaluation) are set by the model /
+# experiment configs, e.g. val_evaluator = dict(type='DomainMetric', ...).
