@@ -106,5 +106,9 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-# Evaluators (DomainMetric from mmseg_dfq.evaluation) are set by the model /
-# experiment configs, e.g. val_evaluator = dict(type='DomainMetric', ...).
+# Per-image Dice / ASD / HD95 (pixels) of the optic disc (rim + cup) and cup,
+# after the authors' post-processing (largest component, holes filled).
+val_evaluator = dict(
+    type='DomainMetric', structures=dict(OD=[1, 2], OC=[2]), mode='2d'
+)
+test_evaluator = val_evaluator

@@ -86,5 +86,9 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-# Evaluators (DomainMetric from mmseg_dfq.evaluation) are set by the model /
-# experiment configs, e.g. val_evaluator = dict(type='DomainMetric', ...).
+# Per-volume 3D Dice / ASD / HD95 in mm (NIfTI spacing) after keeping the
+# largest 3D component; slices are reassembled by case_id / slice_index.
+val_evaluator = dict(
+    type='DomainMetric', structures=dict(Prostate=[1]), mode='3d'
+)
+test_evaluator = val_evaluator

@@ -1,0 +1,292 @@
+"""DomainMetric end to end on SegDataSample dicts, checked against medpy."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from medpy.metric import binary as medpy_binary
+from mmengine.structures import PixelData
+from mmseg.registry import METRICS
+from mmseg.structures import SegDataSample
+from scipy import ndimage
+
+from mmseg_dfq.evaluation import DomainMetric
+
+
+def sample_dict(pred, gt, **meta):
+    """A data sample as the Evaluator hands it to ``process``."""
+    sample = SegDataSample()
+    sample.pred_sem_seg = PixelData(data=torch.from_numpy(pred[None]))
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(gt[None]))
+    sample.set_metainfo(meta)
+    return sample.to_dict()
+
+
+def by_hand_lcc(mask):
+    labels, num = ndimage.label(mask)
+    if num == 0:
+        return mask
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+
+
+def fundus_map(rng, size=64):
+    """Label map: disc (1) with a cup (2) inside and a stray speck."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(24, 40, size=2)
+    r_disc, r_cup = rng.integers(14, 20), rng.integers(5, 9)
+    dist = np.hypot(yy - cy, xx - cx + rng.normal(0, 1.5, (size, size)))
+    label = np.zeros((size, size), np.int64)
+    label[dist < r_disc] = 1
+    label[dist < r_cup] = 2
+    return label
+
+
+def test_fundus_two_domains_against_medpy(tmp_path):
+    rng = np.random.default_rng(0)
+    samples, expected = [], {}
+    for domain, idx, seen in (('Domain1', 1, True), ('Domain2', 2, False)):
+        per_case = []
+        for i in range(3):
+            gt = fundus_map(rng)
+            pred = fundus_map(rng)
+            pred[2:5, 2:5] = 1  # speck removed by the largest component
+            pred[30, 30] = 0  # possible hole, filled by post-processing
+            if domain == 'Domain2' and i == 0:
+                pred[pred == 2] = 1  # no cup predicted -> OC excluded
+            samples.append(
+                sample_dict(
+                    pred,
+                    gt,
+                    domain=domain,
+                    domain_idx=idx,
+                    seen=seen,
+                    case_id=f'{domain}_{i}',
+                    img_path=f'/x/{domain}_{i}.png',
+                )
+            )
+            case = {}
+            for name, labels in (('OD', [1, 2]), ('OC', [2])):
+                p = ndimage.binary_fill_holes(
+                    by_hand_lcc(np.isin(pred, labels))
+                )
+                g = np.isin(gt, labels)
+                case[f'{name}_Dice'] = 100 * medpy_binary.dc(p, g)
+                if p.any() and g.any():
+                    case[f'{name}_ASD'] = medpy_binary.asd(p, g)
+                    case[f'{name}_HD95'] = medpy_binary.hd95(p, g)
+                else:
+                    case[f'{name}_ASD'] = case[f'{name}_HD95'] = math.nan
+            per_case.append(case)
+        expected[domain] = {
+            key: np.nanmean([c[key] for c in per_case]) for key in per_case[0]
+        }
+        expected[domain]['OC_n_excluded'] = sum(
+            math.isnan(c['OC_ASD']) for c in per_case
+        )
+
+    csv_path = tmp_path / 'cases' / 'fundus.csv'
+    metric = METRICS.build(
+        dict(type='DomainMetric', per_case_file=str(csv_path))
+    )
+    metric.process({}, samples[:4])
+    metric.process({}, samples[4:])
+    results = metric.evaluate(len(samples))
+
+    for domain, values in expected.items():
+        assert results[f'{domain}/n_cases'] == 3
+        assert results[f'{domain}/OD_n_excluded'] == 0
+        for key, value in values.items():
+            assert results[f'{domain}/{key}'] == pytest.approx(value), key
+    assert results['Domain2/OC_n_excluded'] == 1
+    assert results['Domain2/OC_Dice'] < expected['Domain1']['OC_Dice']
+    for key in expected['Domain1']:
+        if key.endswith('n_excluded'):
+            continue
+        both = [expected[d][key] for d in ('Domain1', 'Domain2')]
+        assert results[f'mean/{key}'] == pytest.approx(np.mean(both))
+        assert results[f'mean_unseen/{key}'] == pytest.approx(both[1])
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert rows[0]['distance_unit'] == 'px'
+    assert {r['seen'] for r in rows} == {'True', 'False'}
+
+
+def test_fundus_empty_structures_policy():
+    empty = np.zeros((16, 16), np.int64)
+    disc = empty.copy()
+    disc[4:10, 4:10] = 1
+    metric = DomainMetric(metrics=['Dice', 'HD95'])
+    meta = dict(domain='D', domain_idx=1, seen=False)
+    metric.process(
+        {},
+        [
+            sample_dict(empty, empty, case_id='a', **meta),
+            sample_dict(disc, empty, case_id='b', **meta),
+        ],
+    )
+    results = metric.compute_metrics(metric.results)
+    # OD: case a perfect (100, 0), case b wrong (0, excluded).
+    assert results['D/OD_Dice'] == 50.0
+    assert results['D/OD_HD95'] == 0.0
+    assert results['D/OD_n_excluded'] == 1
+    # OC: both cases empty-empty.
+    assert results['D/OC_Dice'] == 100.0 and results['D/OC_HD95'] == 0.0
+    assert 'mean_unseen/OD_Dice' not in results  # only unseen domains
+    assert results['mean/OD_Dice'] == 50.0
+
+
+def prostate_volume(rng, shape, center, radius):
+    zz = np.arange(shape[2]) * 3.0
+    yy, xx = np.mgrid[: shape[0], : shape[1]] * 0.5
+    dist = (
+        (yy[..., None] - center[0]) ** 2
+        + (xx[..., None] - center[1]) ** 2
+        + (zz - center[2]) ** 2
+    )
+    noise = ndimage.gaussian_filter(rng.normal(0, 8, shape), 1)
+    return (dist + noise < radius**2).astype(np.int64)
+
+
+def prostate_samples(rng, num_cases=2, shape=(40, 44, 8)):
+    spacing = (0.5, 0.5, 3.0)
+    samples, volumes = [], {}
+    for c in range(num_cases):
+        gt = prostate_volume(rng, shape, (10, 11, 12), 7)
+        pred = prostate_volume(rng, shape, (10.5, 11, 11), 7)
+        pred[0:2, 0:2, 0] = 1  # a stray component, removed in 3D
+        # Connected to the prostate, on a slice with empty ground truth:
+        # kept by the largest component, dropped by restrict_to_gt_slices.
+        pred[:, :, 7] = pred[:, :, 6]
+        case_id = f'RUNMC/Case{c:02d}'
+        volumes[case_id] = (pred, gt)
+        for k in range(shape[2]):
+            samples.append(
+                sample_dict(
+                    pred[:, :, k],
+                    gt[:, :, k],
+                    domain='RUNMC',
+                    domain_idx=1,
+                    seen=False,
+                    case_id=case_id,
+                    slice_index=k,
+                    num_slices=shape[2],
+                    spacing=spacing,
+                )
+            )
+    return samples, volumes, spacing
+
+
+def run_split(samples, order, **kwargs):
+    """Two "ranks" process halves of the shuffled slices; results joined."""
+    ranks = [DomainMetric(**kwargs) for _ in range(2)]
+    for i, j in enumerate(order):
+        ranks[i % 2].process({}, [samples[j]])
+    final = DomainMetric(**kwargs)
+    return final.compute_metrics(ranks[0].results + ranks[1].results)
+
+
+def test_prostate_3d_shuffled_slices_against_medpy():
+    rng = np.random.default_rng(1)
+    samples, volumes, spacing = prostate_samples(rng)
+    for pred, gt in volumes.values():
+        assert not gt[:, :, 7].any() and pred[:, :, 7].any()
+    order = rng.permutation(len(samples))
+    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
+    results = run_split(samples, order, **kwargs)
+
+    dices, asds, hds = [], [], []
+    for pred, gt in volumes.values():
+        p = by_hand_lcc(pred.astype(bool))
+        dices.append(100 * medpy_binary.dc(p, gt))
+        asds.append(medpy_binary.asd(p, gt, spacing))
+        hds.append(medpy_binary.hd95(p, gt, spacing))
+    assert results['RUNMC/n_cases'] == 2
+    assert results['RUNMC/Prostate_Dice'] == pytest.approx(np.mean(dices))
+    assert results['RUNMC/Prostate_ASD'] == pytest.approx(np.mean(asds))
+    assert results['RUNMC/Prostate_HD95'] == pytest.approx(np.mean(hds))
+    assert results['mean/Prostate_Dice'] == results['RUNMC/Prostate_Dice']
+
+    # The opt-in authors' protocol drops predictions on empty-GT slices.
+    restricted = run_split(
+        samples, order, restrict_to_gt_slices=True, **kwargs
+    )
+    dices = []
+    for pred, gt in volumes.values():
+        keep = gt.any(axis=(0, 1))
+        p = by_hand_lcc(pred.astype(bool) & keep[None, None, :])
+        dices.append(100 * medpy_binary.dc(p, gt))
+    assert restricted['RUNMC/Prostate_Dice'] == pytest.approx(np.mean(dices))
+    assert restricted['RUNMC/Prostate_Dice'] > results['RUNMC/Prostate_Dice']
+
+
+def test_prostate_3d_missing_or_duplicated_slice_raises():
+    rng = np.random.default_rng(2)
+    samples, _, _ = prostate_samples(rng, num_cases=1, shape=(12, 12, 8))
+    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
+    with pytest.raises(ValueError, match=r'Case00.*missing \[3\]'):
+        run_split(samples[:3] + samples[4:], range(7), **kwargs)
+    with pytest.raises(ValueError, match=r'Case00.*duplicated \[1\]'):
+        run_split(samples + samples[1:2], range(9), **kwargs)
+    metric = DomainMetric(mode='3d')
+    bad = dict(samples[0])
+    del bad['slice_index']
+    with pytest.raises(KeyError, match='slice_index'):
+        metric.process({}, [bad])
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match='mode'):
+        DomainMetric(mode='volume')
+    with pytest.raises(ValueError, match='metrics'):
+        DomainMetric(metrics=['Dice', 'IoU'])
+    with pytest.raises(ValueError, match='restrict_to_gt_slices'):
+        DomainMetric(restrict_to_gt_slices=True)
+    with pytest.raises(ValueError, match='structure'):
+        DomainMetric(structures=dict(OD=[]))
+
+
+def test_3d_fill_holes_per_slice_and_2d_spacing():
+    gt = np.zeros((16, 16, 3), np.int64)
+    gt[4:12, 4:12, :] = 1
+    pred = gt.copy()
+    pred[7:9, 7:9, 1] = 0  # an in-plane hole, open along the slice axis
+    meta = dict(domain='BIDMC', domain_idx=2, seen=True, num_slices=3)
+    samples = [
+        sample_dict(
+            pred[:, :, k],
+            gt[:, :, k],
+            case_id='BIDMC/Case00',
+            slice_index=k,
+            spacing=(0.6, 0.6, 3.0),
+            **meta,
+        )
+        for k in range(3)
+    ]
+    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
+    default = DomainMetric(**kwargs)  # authors' prostate protocol: no fill
+    default.process({}, samples)
+    hole_dice = 100 * medpy_binary.dc(pred, gt)
+    assert default.compute_metrics(default.results)[
+        'BIDMC/Prostate_Dice'
+    ] == pytest.approx(hole_dice)
+    filled = DomainMetric(fill_holes=True, **kwargs)
+    filled.process({}, samples)
+    assert filled.compute_metrics(filled.results)['BIDMC/Prostate_Dice'] == (
+        100.0
+    )
+
+    # 2D mode on slices: in-plane spacing (first two values) gives mm.
+    flat = DomainMetric(structures=dict(Prostate=[1]), fill_holes=False)
+    flat.process({}, samples[1:2])
+    results = flat.compute_metrics(flat.results)
+    expected = medpy_binary.hd95(pred[:, :, 1], gt[:, :, 1], (0.6, 0.6))
+    assert results['BIDMC/Prostate_HD95'] == pytest.approx(expected)
+    # Mixing cases with and without spacing would mix units.
+    plain = dict(samples[0])
+    del plain['spacing']
+    flat.process({}, [plain])
+    with pytest.raises(ValueError, match='mm and pixels'):
+        flat.compute_metrics(flat.results)

@@ -1,0 +1,204 @@
+"""Dice, surface distances and post-processing against medpy and scipy."""
+
+import numpy as np
+import pytest
+from medpy.metric import binary as medpy_binary
+from scipy import ndimage
+
+from mmseg_dfq.evaluation import (
+    asd,
+    assd,
+    dice,
+    fill_holes,
+    hd95,
+    largest_connected_component,
+    surface_distances,
+    surface_metrics,
+)
+
+# medpy's directed distances (module-level name, not mangled).
+medpy_surface_distances = getattr(medpy_binary, '__surface_distances')
+
+
+def blob(rng, shape, sigma=2.0, level=0.53):
+    """A random smooth binary mask with several blobs."""
+    return ndimage.gaussian_filter(rng.random(shape), sigma) > level
+
+
+def assert_like_medpy(pred, gt, spacing=None, connectivity=1):
+    assert dice(pred, gt) == pytest.approx(
+        medpy_binary.dc(pred, gt), rel=1e-12
+    )
+    ours = surface_metrics(pred, gt, spacing, connectivity)
+    ref = dict(
+        ASD=medpy_binary.asd(pred, gt, spacing, connectivity),
+        ASSD=medpy_binary.assd(pred, gt, spacing, connectivity),
+        HD95=medpy_binary.hd95(pred, gt, spacing, connectivity),
+    )
+    for key, value in ref.items():
+        assert ours[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert asd(pred, gt, spacing, connectivity) == ours['ASD']
+    assert assd(pred, gt, spacing, connectivity) == ours['ASSD']
+    assert hd95(pred, gt, spacing, connectivity) == ours['HD95']
+    to_gt, to_pred = surface_distances(pred, gt, spacing, connectivity)
+    np.testing.assert_allclose(
+        to_gt, medpy_surface_distances(pred, gt, spacing, connectivity)
+    )
+    np.testing.assert_allclose(
+        to_pred, medpy_surface_distances(gt, pred, spacing, connectivity)
+    )
+
+
+@pytest.mark.parametrize(
+    'shape,spacing',
+    [
+        ((64, 72), None),
+        ((64, 72), (0.7, 1.3)),
+        ((40, 36, 10), None),
+        ((40, 36, 10), (0.5, 0.6, 3.6)),
+    ],
+)
+def test_random_blobs_match_medpy(shape, spacing):
+    rng = np.random.default_rng(len(shape) + (spacing is None))
+    for _ in range(4):
+        # Blobs reach the array faces often at this density.
+        pred, gt = blob(rng, shape), blob(rng, shape)
+        assert pred.any() and gt.any()
+        assert_like_medpy(pred, gt, spacing)
+
+
+def test_small_disagreement_and_full_connectivity():
+    rng = np.random.default_rng(3)
+    gt = blob(rng, (48, 48, 12), sigma=3.0, level=0.5)
+    pred = ndimage.binary_dilation(gt) & ~blob(rng, gt.shape, 1.0, 0.7)
+    assert_like_medpy(pred, gt, (0.5, 0.5, 3.0), connectivity=1)
+    assert_like_medpy(pred, gt, (0.5, 0.5, 3.0), connectivity=3)
+    assert_like_medpy(pred[..., 5], gt[..., 5], None, connectivity=2)
+
+
+def test_objects_touching_the_border():
+    gt = np.zeros((30, 40), bool)
+    gt[:12, :] = True  # touches three faces
+    pred = np.zeros_like(gt)
+    pred[:, 30:] = True  # touches three other faces
+    pred[0, 0] = True
+    assert_like_medpy(pred, gt)
+    assert_like_medpy(pred, gt, (2.0, 0.5))
+    full = np.ones((6, 7, 5), bool)
+    part = full.copy()
+    part[2:4, 2:5, 1:3] = False
+    assert_like_medpy(full, part, (1.0, 1.0, 2.5))
+
+
+def test_single_voxel_objects():
+    pred = np.zeros((20, 25, 6), bool)
+    gt = np.zeros_like(pred)
+    pred[3, 4, 1] = True
+    gt[15, 20, 5] = True
+    assert_like_medpy(pred, gt, (0.5, 0.5, 3.0))
+    # Same voxel: perfect overlap, zero distances.
+    assert_like_medpy(pred, pred, (0.5, 0.5, 3.0))
+    assert surface_metrics(pred, pred)['HD95'] == 0.0
+    # Corner voxel against a single voxel at the opposite corner.
+    pred2 = np.zeros((9, 9), bool)
+    gt2 = np.zeros_like(pred2)
+    pred2[0, 0] = gt2[-1, -1] = True
+    assert_like_medpy(pred2, gt2)
+    assert asd(pred2, gt2) == pytest.approx(np.hypot(8, 8))
+
+
+def test_nested_and_disjoint_objects():
+    yy, xx = np.mgrid[:50, :60]
+    disk = (yy - 25) ** 2 + (xx - 30) ** 2
+    outer, inner = disk < 400, disk < 64
+    ring = outer & ~inner
+    assert_like_medpy(inner, outer)  # nested
+    assert_like_medpy(ring, outer, (0.8, 1.1))  # same outside, with a hole
+    far = np.zeros_like(outer)
+    far[:5, :5] = True
+    assert_like_medpy(far | inner, outer)  # a disjoint extra object
+    assert_like_medpy(far, inner)  # disjoint only
+    assert dice(far, inner) == 0.0
+
+
+def test_empty_masks_policy():
+    empty = np.zeros((10, 12), bool)
+    obj = empty.copy()
+    obj[3:6, 4:9] = True
+    assert dice(empty, empty) == 1.0
+    assert surface_metrics(empty, empty) == dict(ASD=0.0, ASSD=0.0, HD95=0.0)
+    for pred, gt in ((empty, obj), (obj, empty)):
+        assert dice(pred, gt) == 0.0
+        values = surface_metrics(pred, gt)
+        assert all(np.isnan(v) for v in values.values())
+        assert np.isnan(asd(pred, gt)) and np.isnan(hd95(pred, gt))
+        assert all(d.size == 0 for d in surface_distances(pred, gt))
+        # medpy refuses; our NaN is what lets the metric count the case.
+        with pytest.raises(RuntimeError):
+            medpy_binary.asd(pred, gt)
+
+
+def test_bad_inputs_raise():
+    a = np.zeros((4, 5), bool)
+    with pytest.raises(ValueError, match='same shape'):
+        dice(a, np.zeros((5, 4), bool))
+    a[1, 1] = True
+    with pytest.raises(ValueError, match='spacing has 3 values'):
+        surface_metrics(a, a, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match='positive'):
+        surface_metrics(a, a, spacing=(1.0, 0.0))
+
+
+def reference_lcc(mask, structure=None):
+    labels, num = ndimage.label(mask, structure=structure)
+    if num == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (np.argmax(sizes) + 1)
+
+
+@pytest.mark.parametrize('shape', [(64, 70), (30, 32, 8)])
+def test_largest_connected_component_matches_scipy(shape):
+    rng = np.random.default_rng(7)
+    for level in (0.5, 0.55, 0.6):
+        mask = blob(rng, shape, sigma=1.5, level=level)
+        np.testing.assert_array_equal(
+            largest_connected_component(mask), reference_lcc(mask)
+        )
+        full = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+        np.testing.assert_array_equal(
+            largest_connected_component(mask, connectivity=mask.ndim),
+            reference_lcc(mask, full),
+        )
+    assert not largest_connected_component(np.zeros(shape)).any()
+
+
+def test_largest_connected_component_face_connectivity():
+    # Two diagonal-touching squares: separate with faces, one with corners.
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 1:4] = True
+    mask[4:6, 4:6] = True
+    np.testing.assert_array_equal(
+        largest_connected_component(mask), mask & (np.arange(8) < 4)[:, None]
+    )
+    np.testing.assert_array_equal(
+        largest_connected_component(mask, connectivity=2), mask
+    )
+
+
+@pytest.mark.parametrize('shape', [(64, 70), (24, 26, 6)])
+def test_fill_holes_matches_scipy(shape):
+    rng = np.random.default_rng(11)
+    for level in (0.45, 0.5):
+        mask = blob(rng, shape, sigma=1.2, level=level)
+        np.testing.assert_array_equal(
+            fill_holes(mask), ndimage.binary_fill_holes(mask)
+        )
+    # A ring touching the border: its hole is still a hole.
+    ring = np.ones((7, 7), bool)
+    ring[2:4, 3] = False
+    ring[0, :] = False
+    np.testing.assert_array_equal(
+        fill_holes(ring), ndimage.binary_fill_holes(ring)
+    )
+    assert fill_holes(ring)[2, 3]
