@@ -58,6 +58,9 @@ setup(
         'matplotlib',
         'scikit-learn',
         'tqdm',
+        # mmengine 0.10 resolves 'mmseg::' config bases with pkg_resources,
+        # which setuptools >= 81 no longer ships.
+        'setuptools<81',
         # mmsegmentation 1.2.2 imports these at import time.
         'ftfy',
         'regex',

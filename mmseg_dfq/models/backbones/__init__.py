@@ -1,0 +1,3 @@
+from .mit_rdwt import RDWTMixVisionTransformer
+
+__all__ = ['RDWTMixVisionTransformer']

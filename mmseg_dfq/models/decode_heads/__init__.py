@@ -1,0 +1,3 @@
+from .dfq_head import DFQHead, FeatureQueryBlock
+
+__all__ = ['DFQHead', 'FeatureQueryBlock']

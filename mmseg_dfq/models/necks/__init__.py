@@ -1,0 +1,3 @@
+from .rdwt_neck import RDWTNeck
+
+__all__ = ['RDWTNeck']

@@ -1,0 +1,12 @@
+# segformer with MiT-b5: like mmseg's SegFormer configs, only the backbone
+# size and the head's input channels change.
+_base_ = './segformer_mit-b0.py'
+checkpoint = 'https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/mit_b5_20220624-658746d9.pth'  # noqa
+model = dict(
+    backbone=dict(
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint),
+        embed_dims=64,
+        num_layers=[3, 6, 40, 3],
+    ),
+    decode_head=dict(in_channels=[64, 128, 320, 512]),
+)

@@ -1,0 +1,11 @@
+# ablation: MiT + DFQHead, no RDWT, MiT-b2, fundus OD/OC, held-out Domain2.
+_base_ = [
+    '../_base_/models/dfqhead_mit-b2.py',
+    '../_base_/datasets/fundus_dg_d2.py',
+    '../_base_/schedules/dfq_fundus.py',
+    'mmseg::_base_/default_runtime.py',
+]
+model = dict(
+    data_preprocessor={{_base_.data_preprocessor_cfg}},
+    decode_head=dict(num_classes=3),
+)

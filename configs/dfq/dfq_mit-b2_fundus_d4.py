@@ -1,0 +1,11 @@
+# DFQ (RDWT MiT + DFQHead + RDWT loss), MiT-b2, fundus OD/OC, held-out Domain4.
+_base_ = [
+    '../_base_/models/dfq_mit-b2.py',
+    '../_base_/datasets/fundus_dg_d4.py',
+    '../_base_/schedules/dfq_fundus.py',
+    'mmseg::_base_/default_runtime.py',
+]
+model = dict(
+    data_preprocessor={{_base_.data_preprocessor_cfg}},
+    decode_head=dict(num_classes=3),
+)

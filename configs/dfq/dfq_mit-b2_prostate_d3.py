@@ -1,0 +1,11 @@
+# DFQ (RDWT MiT + DFQHead + RDWT loss), MiT-b2, prostate MRI, held-out site 3.
+_base_ = [
+    '../_base_/models/dfq_mit-b2.py',
+    '../_base_/datasets/prostate_dg_d3.py',
+    '../_base_/schedules/dfq_prostate.py',
+    'mmseg::_base_/default_runtime.py',
+]
+model = dict(
+    data_preprocessor={{_base_.data_preprocessor_cfg}},
+    decode_head=dict(num_classes=2),
+)

@@ -1,0 +1,66 @@
+"""MiT (SegFormer) encoder with the relaxed deep whitening transformation."""
+
+from typing import Sequence
+
+from mmseg.models.backbones.mit import MixVisionTransformer
+from mmseg.models.utils import nlc_to_nchw
+from mmseg.registry import MODELS
+
+from ..losses.rdwt_loss import instance_norm
+
+
+@MODELS.register_module()
+class RDWTMixVisionTransformer(MixVisionTransformer):
+    """MixVisionTransformer whose stage outputs are instance-normalised.
+
+    After a selected stage's final LayerNorm, its map is normalised per
+    sample and channel over H x W (no affine) and that normalised map is fed
+    both to the next stage and to the outputs, as in the authors' network.
+    Adds no parameter, so mmseg's MiT checkpoints load unchanged.
+
+    Args:
+        rdwt_stages (Sequence[int]): 0-based stages to whiten.
+            Default: (0, 1, 2, 3).
+        rdwt_eps (float): Instance-norm epsilon. Default: 1e-5.
+        **kwargs: Arguments of :class:`MixVisionTransformer`.
+    """
+
+    def __init__(
+        self,
+        rdwt_stages: Sequence[int] = (0, 1, 2, 3),
+        rdwt_eps: float = 1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        stages = tuple(int(s) for s in rdwt_stages)
+        bad = [s for s in stages if not 0 <= s < self.num_stages]
+        if bad or len(set(stages)) != len(stages):
+            raise ValueError(
+                f'RDWTMixVisionTransformer: rdwt_stages {tuple(rdwt_stages)} '
+                f'must be distinct stage indices in [0, {self.num_stages})'
+            )
+        self.rdwt_stages = stages
+        self.rdwt_eps = rdwt_eps
+
+    def forward(self, x):
+        """Forward the stages, whitening the selected stage outputs.
+
+        Args:
+            x (Tensor): Images, shape (B, C_in, H, W).
+
+        Returns:
+            list[Tensor]: Maps of ``out_indices``, stage i of shape
+            (B, C_i, H / 2^(i+2), W / 2^(i+2)).
+        """
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x, hw_shape = layer[0](x)
+            for block in layer[1]:
+                x = block(x, hw_shape)
+            x = layer[2](x)
+            x = nlc_to_nchw(x, hw_shape)
+            if i in self.rdwt_stages:
+                x = instance_norm(x, self.rdwt_eps)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
