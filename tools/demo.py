@@ -14,10 +14,10 @@ import json
 import os.path as osp
 import time
 
-import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
 from mmseg_dfq.compat import adapt_cfg_to_device
 from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
 

@@ -1,4 +1,5 @@
-# ablation baseline: SegFormer (MiT + 768-channel all-MLP head), MiT-b2, fundus OD/OC, held-out Domain4.
+# Ablation baseline: SegFormer (MiT + 768-channel all-MLP head), MiT-b2,
+# fundus held-out domain 4.
 _base_ = [
     '../_base_/models/segformer_mit-b2.py',
     '../_base_/datasets/fundus_dg_d4.py',

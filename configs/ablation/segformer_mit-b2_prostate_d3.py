@@ -1,4 +1,5 @@
-# ablation baseline: SegFormer (MiT + 768-channel all-MLP head), MiT-b2, prostate MRI, held-out site 3.
+# Ablation baseline: SegFormer (MiT + 768-channel all-MLP head), MiT-b2,
+# prostate held-out domain 3.
 _base_ = [
     '../_base_/models/segformer_mit-b2.py',
     '../_base_/datasets/prostate_dg_d3.py',

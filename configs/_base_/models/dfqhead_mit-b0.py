@@ -1,5 +1,6 @@
-# Ablation: MiT + DFQHead without RDWT, MiT-b0 (32-64-160-256 channels). The dataset config
-# sets num_classes and the data preprocessor; larger MiTs inherit this file.
+# Ablation: MiT + DFQHead without RDWT, MiT-b0 (32-64-160-256 channels).
+# The dataset config sets num_classes and the data preprocessor; larger
+# MiTs inherit this file.
 custom_imports = dict(imports=['mmseg_dfq'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 checkpoint = 'https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/mit_b0_20220624-7e0fe6dd.pth'  # noqa

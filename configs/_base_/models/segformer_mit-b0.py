@@ -1,5 +1,6 @@
 # Baseline: SegFormer (MiT + all-MLP head with 768 channels, as in the
-# SegFormer paper and the DFQ authors' baseline; mmseg's stock configs use 256), MiT-b0 (32-64-160-256 channels). The dataset config
+# SegFormer paper and the DFQ authors' baseline; mmseg's stock configs use
+# 256), MiT-b0 (32-64-160-256 channels). The dataset config
 # sets num_classes and the data preprocessor; larger MiTs inherit this file.
 custom_imports = dict(imports=['mmseg_dfq'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
