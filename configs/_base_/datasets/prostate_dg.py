@@ -33,14 +33,17 @@ meta_keys = (
     'spacing',
 )
 
-# Inputs are already in [-1, 1] (float32, 3 channels of one volume); no
-# padding size since every slice of the release is 384x384.
+# Inputs are already in [-1, 1] (float32, 3 channels of one volume).
+# mmseg pads a training batch to a common size: a multiple of 32 (384 x 384
+# slices of the release are left as they are; other sizes get padded with
+# ignored labels).
 data_preprocessor_cfg = dict(
     mean=[0.0, 0.0, 0.0],
     std=[1.0, 1.0, 1.0],
     bgr_to_rgb=False,
     pad_val=0,
     seg_pad_val=255,
+    size_divisor=32,
 )
 
 train_pipeline = [

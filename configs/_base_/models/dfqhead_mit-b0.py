@@ -45,9 +45,9 @@ model = dict(
         align_corners=False,
         loss_decode=[
             dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-            # Softmax Dice over all classes (mmseg's DiceLoss defaults to
-            # sigmoid).
-            dict(type='DiceLoss', use_sigmoid=False, loss_weight=1.0),
+            # Per-class soft Dice of the foreground classes (mmseg's DiceLoss
+            # pools classes and pixels, which hides small structures).
+            dict(type='ClassDiceLoss', loss_weight=1.0),
         ],
     ),
     train_cfg=dict(),

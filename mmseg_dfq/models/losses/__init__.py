@@ -1,3 +1,4 @@
+from .dice_loss import ClassDiceLoss
 from .rdwt_loss import (
     RDWTLoss,
     channel_covariance,
@@ -6,6 +7,7 @@ from .rdwt_loss import (
 )
 
 __all__ = [
+    'ClassDiceLoss',
     'RDWTLoss',
     'channel_covariance',
     'instance_norm',

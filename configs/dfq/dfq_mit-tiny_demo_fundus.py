@@ -1,0 +1,64 @@
+# CPU demo (tools/demo.py fundus): DFQ with a MiT-b0 backbone trained from
+# scratch (no download) and a 128-channel fusion, on generated fundus data
+# (96 px images, 64 px crops), held-out Domain1, 300 iterations.
+_base_ = [
+    '../_base_/models/dfq_mit-b0.py',
+    '../_base_/datasets/fundus_dg_d1.py',
+    '../_base_/schedules/schedule_demo.py',
+    'mmseg::_base_/default_runtime.py',
+]
+data_root = 'demo_data/fundus'
+crop_size = (64, 64)
+meta_keys = {{_base_.meta_keys}}
+model = dict(
+    data_preprocessor=dict(
+        mean=[127.5, 127.5, 127.5],
+        std=[127.5, 127.5, 127.5],
+        bgr_to_rgb=True,
+        size=crop_size,
+    ),
+    backbone=dict(init_cfg=None),
+    decode_head=dict(channels=128, num_classes=3),
+)
+train_pipeline = [
+    dict(type='LoadFundusImageFromFile'),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(
+        type='RandomApply',
+        transforms=[
+            dict(
+                type='RandomResize',
+                scale=crop_size,
+                ratio_range=(1.0, 1.5),
+                keep_ratio=True,
+            )
+        ],
+        prob=0.5,
+    ),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+test_pipeline = [
+    dict(type='LoadFundusImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+train_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline),
+)
+val_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline),
+)
+test_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline),
+)
+default_hooks = dict(visualization=dict(type='SegVisualizationHook'))
