@@ -14,11 +14,11 @@ import json
 import os.path as osp
 import time
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
-from mmseg_dfq.compat import adapt_cfg_to_device
+from mmseg_dfq.config import load_config
 from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -83,15 +83,13 @@ def main():
     data_root = args.data_root or osp.join(REPO, demo['data_root'])
     ensure_demo_data(args.task, data_root, args.seed)
 
-    cfg = Config.fromfile(osp.join(REPO, demo['config']))
+    config = osp.join(REPO, demo['config'])
+    work_dir = args.work_dir or osp.join(
+        REPO, 'work_dirs', osp.splitext(osp.basename(config))[0]
+    )
+    cfg = load_config(config, args.cfg_options, work_dir=work_dir)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data_root
-    cfg.work_dir = args.work_dir or osp.join(
-        REPO, 'work_dirs', osp.splitext(osp.basename(demo['config']))[0]
-    )
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    adapt_cfg_to_device(cfg)
 
     start = time.time()
     runner = Runner.from_cfg(cfg)
