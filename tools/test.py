@@ -93,7 +93,10 @@ def trigger_visualization_hook(cfg, args):
             'VisualizationHook must be included in default_hooks, e.g. '
             "visualization=dict(type='SegVisualizationHook')"
         )
+    # Our subclass also paints NIfTI slices; every test sample is painted.
+    hooks['visualization']['type'] = 'DomainVisualizationHook'
     hooks['visualization']['draw'] = True
+    hooks['visualization']['interval'] = 1
     if args.show:
         hooks['visualization']['show'] = True
         hooks['visualization']['wait_time'] = args.wait_time

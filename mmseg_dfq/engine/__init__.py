@@ -1,0 +1,3 @@
+from .visualization_hook import DomainVisualizationHook
+
+__all__ = ['DomainVisualizationHook']
