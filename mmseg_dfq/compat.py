@@ -262,37 +262,42 @@ def _load_local_checkpoint(filename, map_location=None):
         raise explain_unsafe_checkpoint(filename, err) from err
 
 
-def _load_http_checkpoint(filename, map_location=None, **kwargs):
-    """mmengine's URL checkpoint loader, with advice when it cannot fetch."""
-    from mmengine.runner.checkpoint import load_from_http
+def _with_fetch_advice(loader):
+    """Wrap an mmengine URL loader so a failed download says what to do."""
 
-    try:
-        return load_from_http(filename, map_location=map_location, **kwargs)
-    except torch.serialization.pickle.UnpicklingError as err:
-        raise explain_unsafe_checkpoint(filename, err) from err
-    except OSError as err:  # URLError, HTTPError, socket errors
-        raise RuntimeError(
-            f'Could not fetch the checkpoint {filename!r} ({err}). Download '
-            'it on a machine with internet access and point the config at '
-            'the local file (e.g. --cfg-options '
-            'model.backbone.init_cfg.checkpoint=/path/to/mit_b2.pth), or '
-            'train without pretrained weights with --cfg-options '
-            'model.backbone.init_cfg=None (expect lower accuracy).'
-        ) from err
+    def load(filename, map_location=None, **kwargs):
+        try:
+            return loader(filename, map_location=map_location, **kwargs)
+        except torch.serialization.pickle.UnpicklingError as err:
+            raise explain_unsafe_checkpoint(filename, err) from err
+        except OSError as err:  # URLError, HTTPError, socket errors
+            raise RuntimeError(
+                f'Could not fetch the checkpoint {filename!r} ({err}). '
+                'Download it on a machine with internet access and point '
+                'the config at the local file (e.g. --cfg-options '
+                'model.backbone.init_cfg.checkpoint=/path/to/mit_b2.pth), '
+                'or train without pretrained weights with --cfg-options '
+                'model.backbone.init_cfg=None (expect lower accuracy).'
+            ) from err
+
+    load.__doc__ = f'{loader.__name__}, with advice when it cannot fetch.'
+    return load
 
 
 def _register_checkpoint_loader():
     """Route mmengine's local and URL checkpoint loading through ours."""
-    from mmengine.runner.checkpoint import CheckpointLoader
+    from mmengine.runner import checkpoint as ckpt
 
-    CheckpointLoader.register_scheme(
+    ckpt.CheckpointLoader.register_scheme(
         prefixes='', loader=_load_local_checkpoint, force=True
     )
-    CheckpointLoader.register_scheme(
-        prefixes=('http://', 'https://'),
-        loader=_load_http_checkpoint,
-        force=True,
-    )
+    for prefixes, loader in (
+        (('http://', 'https://'), ckpt.load_from_http),
+        (('open-mmlab://', 'openmmlab://'), ckpt.load_from_openmmlab),
+    ):
+        ckpt.CheckpointLoader.register_scheme(
+            prefixes=prefixes, loader=_with_fetch_advice(loader), force=True
+        )
 
 
 # --------------------------------------------------------------------------
