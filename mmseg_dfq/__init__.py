@@ -9,6 +9,7 @@ from . import compat
 compat._apply()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
+from . import apis  # noqa: E402,F401  (uses the three above)
 from .version import __version__  # noqa: E402
 
 __all__ = [

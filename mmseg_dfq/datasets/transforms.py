@@ -227,7 +227,7 @@ def read_nifti_header(path: str) -> Tuple[tuple, tuple, np.ndarray]:
     return shape, spacing, affine
 
 
-def _decode_nifti(path: str) -> np.ndarray:
+def decode_nifti(path: str) -> np.ndarray:
     """Decode the voxel array of a NIfTI file.
 
     Args:
@@ -244,6 +244,46 @@ def _decode_nifti(path: str) -> np.ndarray:
         raise ValueError(f'cannot decode NIfTI (corrupt?) {path}: {e}') from e
 
 
+def normalise_prostate_image(img: np.ndarray, path: str) -> np.ndarray:
+    """Check a T2 volume and min-max scale it to [-1, 1].
+
+    Args:
+        img (np.ndarray): Decoded voxels, (H, W, D).
+        path (str): Its file, named in errors.
+
+    Returns:
+        np.ndarray: float32 (H, W, D) in [-1, 1].
+    """
+    if img.ndim != 3:
+        raise ValueError(
+            f'prostate image must be a 3D volume, got shape {img.shape}: '
+            + path
+        )
+    if not np.all(np.isfinite(img)):
+        raise ValueError(f'prostate image holds NaN/inf values: {path}')
+    img = img.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    # A constant volume has no contrast to scale; map it to zeros.
+    scale = 2.0 / (hi - lo) if hi > lo else 0.0
+    img = (img - lo) * np.float32(scale) - np.float32(1.0 if scale else 0.0)
+    return img.astype(np.float32)
+
+
+def slice_25d(volume: np.ndarray, k: int) -> np.ndarray:
+    """Slices k-1, k, k+1 of a volume as 3 channels (edges repeated).
+
+    Args:
+        volume (np.ndarray): (H, W, D).
+        k (int): Slice index along the third axis.
+
+    Returns:
+        np.ndarray: (H, W, 3), contiguous.
+    """
+    depth = volume.shape[2]
+    idx = [max(k - 1, 0), k, min(k + 1, depth - 1)]
+    return np.ascontiguousarray(volume[:, :, idx])
+
+
 def load_prostate_volume(
     img_path: str, seg_path: str
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -257,20 +297,18 @@ def load_prostate_volume(
         tuple[np.ndarray, np.ndarray]: The image min-max scaled to [-1, 1]
         (float32, (H, W, D)) and the binary labels (uint8, (H, W, D), 2 -> 1).
     """
-    img = _decode_nifti(img_path)
+    img = decode_nifti(img_path)
     if img.ndim != 3:
         raise ValueError(
             f'prostate image must be a 3D volume, got shape {img.shape}: '
             + img_path
         )
-    seg = _decode_nifti(seg_path)
+    seg = decode_nifti(seg_path)
     if seg.shape != img.shape:
         raise ValueError(
             f'segmentation shape {seg.shape} differs from image shape '
             f'{img.shape} ({img_path}): {seg_path}'
         )
-    if not np.all(np.isfinite(img)):
-        raise ValueError(f'prostate image holds NaN/inf values: {img_path}')
     seg_int = np.rint(seg).astype(np.int64)
     if not np.array_equal(seg_int, seg) or seg_int.min() < 0:
         bad = np.unique(seg[(seg_int != seg) | (seg_int < 0)])[:5]
@@ -284,12 +322,8 @@ def load_prostate_volume(
             f'segmentation holds labels outside {{0, 1, 2}} (e.g. {bad}): '
             + seg_path
         )
-    img = img.astype(np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    # A constant volume has no contrast to scale; map it to zeros.
-    scale = 2.0 / (hi - lo) if hi > lo else 0.0
-    img = (img - lo) * np.float32(scale) - np.float32(1.0 if scale else 0.0)
-    return img.astype(np.float32), (seg_int > 0).astype(np.uint8)
+    img = normalise_prostate_image(img, img_path)
+    return img, (seg_int > 0).astype(np.uint8)
 
 
 class VolumeCache:
@@ -393,8 +427,7 @@ class LoadProstateSlice(BaseTransform):
                 f'slice {k} outside a volume of {depth} slices: '
                 + results['img_path']
             )
-        idx = [max(k - 1, 0), k, min(k + 1, depth - 1)]
-        results['img'] = np.ascontiguousarray(img[:, :, idx])
+        results['img'] = slice_25d(img, k)
         results['gt_seg_map'] = np.ascontiguousarray(seg[:, :, k])
         results['img_shape'] = img.shape[:2]
         results['ori_shape'] = img.shape[:2]
