@@ -8,8 +8,13 @@ from . import compat
 
 compat._apply()
 
-from . import datasets, engine, evaluation, models  # noqa: E402,F401
-from . import apis  # noqa: E402,F401  (uses the three above)
+from . import (  # noqa: E402,F401
+    apis,  # noqa: E402,F401  (uses the three above)
+    datasets,
+    engine,
+    evaluation,
+    models,
+)
 from .version import __version__  # noqa: E402
 
 __all__ = [
