@@ -8,17 +8,12 @@ from . import compat
 
 compat._apply()
 
-from . import (  # noqa: E402,F401
-    apis,  # noqa: E402,F401  (uses the three above)
-    datasets,
-    engine,
-    evaluation,
-    models,
-)
+from . import apis, datasets, engine, evaluation, models  # noqa: E402,F401
 from .version import __version__  # noqa: E402
 
 __all__ = [
     '__version__',
+    'apis',
     'compat',
     'datasets',
     'engine',
