@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Distributed training with torchrun: tools/dist_train.sh CONFIG GPUS [ARGS]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT as for mmseg's script.
-# On a CPU-only host GPUS is the number of processes (gloo backend).
+# Distributed training with torchrun (as mmseg's tools/dist_train.sh):
+#   tools/dist_train.sh CONFIG GPUS [train.py ARGS]
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node.
+# On a CPU-only host GPUS is the number of processes (gloo backend, see
+# mmseg_dfq.compat.setup_distributed).
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}
@@ -9,6 +11,8 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
+# The repo root on PYTHONPATH lets an uninstalled checkout import mmseg_dfq.
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 torchrun \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Testing under slurm:
-#   GPUS=4 tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [ARGS]
+# Testing under slurm (as mmseg's tools/slurm_test.sh):
+#   [GPUS=8] [GPUS_PER_NODE=8] tools/slurm_test.sh PARTITION JOB_NAME CONFIG
+#       CHECKPOINT [test.py ARGS]
+# CPUS_PER_TASK and SRUN_ARGS are passed to srun.
 set -x
 PARTITION=$1
 JOB_NAME=$2
@@ -12,6 +14,8 @@ CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=${@:5}
 
+# The repo root on PYTHONPATH lets an uninstalled checkout import mmseg_dfq.
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 srun -p "${PARTITION}" \
     --job-name="${JOB_NAME}" \
     --gres=gpu:"${GPUS_PER_NODE}" \
@@ -20,4 +24,5 @@ srun -p "${PARTITION}" \
     --cpus-per-task="${CPUS_PER_TASK}" \
     --kill-on-bad-exit=1 \
     ${SRUN_ARGS} \
-    python -u "$(dirname "$0")/test.py" "${CONFIG}" "${CHECKPOINT}" --launcher="slurm" ${PY_ARGS}
+    python -u "$(dirname "$0")/test.py" "${CONFIG}" "${CHECKPOINT}" \
+        --launcher="slurm" ${PY_ARGS}

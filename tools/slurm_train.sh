@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Training under slurm:
-#   GPUS=8 tools/slurm_train.sh PARTITION JOB_NAME CONFIG [ARGS]
+# Training under slurm (as mmseg's tools/slurm_train.sh):
+#   [GPUS=8] [GPUS_PER_NODE=8] tools/slurm_train.sh PARTITION JOB_NAME CONFIG
+#       [train.py ARGS]
+# CPUS_PER_TASK and SRUN_ARGS are passed to srun.
 set -x
 PARTITION=$1
 JOB_NAME=$2
@@ -11,6 +13,8 @@ CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=${@:4}
 
+# The repo root on PYTHONPATH lets an uninstalled checkout import mmseg_dfq.
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 srun -p "${PARTITION}" \
     --job-name="${JOB_NAME}" \
     --gres=gpu:"${GPUS_PER_NODE}" \

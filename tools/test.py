@@ -1,21 +1,34 @@
-"""Test a checkpoint with the mmengine Runner (mmseg's tools/test.py).
+"""Test a checkpoint with the mmengine Runner (mmseg's ``tools/test.py``).
 
-Same arguments as mmsegmentation's ``tools/test.py``. What is different,
-and why:
+Usage::
 
-- ``import mmseg_dfq`` first (registration + :mod:`mmseg_dfq.compat`), and
-  CPU-only distributed runs as in ``tools/train.py``.
-- The metrics the Runner returns (flat keys such as ``Domain1/OD_Dice``,
-  ``mean_unseen/OC_HD95``) are written as JSON: ``--out FILE.json``, by
-  default ``<work_dir>/metrics.json``. mmseg's ``--out`` (a folder of raw
-  predictions for IoUMetric's format-only mode) has no meaning for
-  ``DomainMetric``; use ``--show-dir`` for prediction overlays and
-  ``tools/infer.py`` for masks and NIfTI volumes.
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR]
+        [--metrics-json FILE] [--per-case FILE.csv] [--out DIR]
+        [--show] [--show-dir DIR] [--wait-time S] [--tta]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Same arguments and behaviour as mmsegmentation 1.x's ``tools/test.py``.
+What differs, and why:
+
+- ``import mmseg_dfq`` first, CPU-only distributed runs and the device
+  adaptation of the config, as in ``tools/train.py``.
+- The metrics the Runner returns (flat keys such as ``Domain1/OD_Dice`` or
+  ``mean_unseen/OC_HD95``) are written as JSON to ``--metrics-json``, by
+  default ``<work_dir>/metrics.json`` (NaN, e.g. a distance to an empty
+  prediction, is written as ``null``). mmseg only prints them to the log.
 - ``--per-case FILE.csv`` writes one row per image/volume (domain, case,
   seen/unseen, every metric) through ``DomainMetric(per_case_file=...)``.
+- ``--out`` keeps mmseg's meaning (the evaluator's ``output_dir`` for raw
+  predictions); it is refused with a clear message when the test evaluator
+  has no ``output_dir`` argument (``DomainMetric`` has none; use
+  ``--show-dir`` for overlays and ``tools/infer.py`` for masks and NIfTI).
+- ``--show``/``--show-dir`` use ``DomainVisualizationHook`` (mmseg's hook,
+  which also paints NIfTI slices) and paint every test sample.
+- A missing config or checkpoint file is reported before anything is built.
 """
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -25,12 +38,22 @@ from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
-import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registration)
+import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
+from mmseg.registry import METRICS
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 
 
-def parse_args():
+def parse_args(argv=None):
+    """Parse the command line.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Default: None.
+
+    Returns:
+        argparse.Namespace: The parsed arguments.
+    """
     parser = argparse.ArgumentParser(
         description='MMSeg test (and eval) a model'
     )
@@ -40,11 +63,18 @@ def parse_args():
         '--work-dir', help='the dir for logs and the metrics JSON'
     )
     parser.add_argument(
-        '--out',
-        help='JSON file for the metrics (default: <work_dir>/metrics.json)',
+        '--metrics-json',
+        help='JSON file for the returned metrics '
+        '(default: <work_dir>/metrics.json)',
     )
     parser.add_argument(
         '--per-case', help='CSV file with one row of metrics per case'
+    )
+    parser.add_argument(
+        '--out',
+        type=str,
+        help='the directory to save output prediction for offline '
+        'evaluation (evaluators with an output_dir argument, e.g. IoUMetric)',
     )
     parser.add_argument(
         '--show', action='store_true', help='show prediction results'
@@ -78,44 +108,126 @@ def parse_args():
     parser.add_argument(
         '--tta', action='store_true', help='Test time augmentation'
     )
+    # torch.distributed.launch (torch >= 2.0) passes --local-rank, older
+    # versions --local_rank; torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
 def trigger_visualization_hook(cfg, args):
-    """Turn on mmseg's SegVisualizationHook to paint predictions."""
+    """Turn on the visualization hook to paint (or show) predictions.
+
+    Args:
+        cfg (mmengine.Config): The test config, changed in place.
+        args (argparse.Namespace): Parsed arguments.
+
+    Returns:
+        mmengine.Config: ``cfg``.
+    """
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
         raise RuntimeError(
             'VisualizationHook must be included in default_hooks, e.g. '
             "visualization=dict(type='SegVisualizationHook')"
         )
-    # Our subclass also paints NIfTI slices; every test sample is painted.
-    hooks['visualization']['type'] = 'DomainVisualizationHook'
-    hooks['visualization']['draw'] = True
-    hooks['visualization']['interval'] = 1
+    vis = hooks['visualization']
+    # Our subclass of SegVisualizationHook also paints NIfTI slices, and a
+    # test run paints every sample rather than mmseg's every 50th.
+    if vis.get('type') in (
+        'SegVisualizationHook',
+        'mmseg.SegVisualizationHook',
+    ):
+        vis['type'] = 'DomainVisualizationHook'
+    vis['draw'] = True
+    vis['interval'] = 1
     if args.show:
-        hooks['visualization']['show'] = True
-        hooks['visualization']['wait_time'] = args.wait_time
+        vis['show'] = True
+        vis['wait_time'] = args.wait_time
     if args.show_dir:
         cfg.visualizer['save_dir'] = args.show_dir
     return cfg
 
 
-def _json_number(value):
-    value = float(value)
-    return None if math.isnan(value) else value
+def set_prediction_dir(cfg, out_dir):
+    """Give every test evaluator mmseg's ``output_dir`` (``--out``).
+
+    Args:
+        cfg (mmengine.Config): The test config, changed in place.
+        out_dir (str): Directory for the raw predictions.
+
+    Raises:
+        SystemExit: When an evaluator has no ``output_dir`` argument.
+    """
+    evaluators = cfg.test_evaluator
+    if not isinstance(evaluators, (list, tuple)):
+        evaluators = [evaluators]
+    for evaluator in evaluators:
+        metric_cls = METRICS.get(evaluator['type'])
+        if metric_cls is None or (
+            'output_dir' not in inspect.signature(metric_cls).parameters
+        ):
+            raise SystemExit(
+                f'--out needs a test evaluator with an output_dir argument '
+                f'(e.g. IoUMetric), but {evaluator["type"]} has none. Use '
+                '--show-dir for overlays, --per-case for per-case metrics '
+                'or tools/infer.py for prediction masks.'
+            )
+        evaluator['output_dir'] = out_dir
+        evaluator['keep_results'] = True
 
 
-def main():
-    args = parse_args()
+def to_json_value(value):
+    """Make one metric value JSON-safe (NaN and infinities become None).
+
+    Args:
+        value: A metric as returned by the evaluator (number, NumPy scalar,
+            tensor scalar or anything else).
+
+    Returns:
+        float | None | str: The value for ``json.dump``.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+def dump_metrics(metrics, path):
+    """Write the metrics dict as JSON (main process only).
+
+    Args:
+        metrics (dict): What ``runner.test()`` returned.
+        path (str): The JSON file.
+
+    Returns:
+        str: The absolute path written.
+    """
+    path = osp.abspath(path)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(
+            {k: to_json_value(v) for k, v in metrics.items()}, f, indent=2
+        )
+    return path
+
+
+def main(argv=None):
+    """Build the Runner, test the checkpoint and write the metrics JSON.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Default: None.
+    """
+    args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(
             f'checkpoint {args.checkpoint!r} does not exist'
         )
+    # Before the Runner: on CPU-only hosts mmengine's own init needs CUDA.
     setup_distributed(args.launcher)
     cfg = load_config(
         args.config, args.cfg_options, args.launcher, args.work_dir
@@ -127,18 +239,20 @@ def main():
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
+    if args.out is not None:
+        set_prediction_dir(cfg, args.out)
     if args.per_case:
         cfg.test_evaluator['per_case_file'] = args.per_case
 
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
 
-    out = args.out or osp.join(cfg.work_dir, 'metrics.json')
     if is_main_process():
-        os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-        with open(out, 'w') as f:
-            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
-        print(f'Metrics written to {out}')
+        path = dump_metrics(
+            metrics,
+            args.metrics_json or osp.join(cfg.work_dir, 'metrics.json'),
+        )
+        print(f'Metrics written to {path}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,35 +1,58 @@
-"""Train a segmentor with the mmengine Runner (mmseg's tools/train.py).
+"""Train a segmentor with the mmengine Runner (mmseg's ``tools/train.py``).
 
-Same arguments and behaviour as mmsegmentation's ``tools/train.py``. What is
-different, and why:
+Usage::
 
-- ``import mmseg_dfq`` first: registers the DFQ components and applies
-  :mod:`mmseg_dfq.compat` (mmcv-lite ops, safe checkpoint loading).
-- ``--launcher pytorch|slurm|mpi`` on a host without CUDA initialises a gloo
-  process group and adapts the config (``SyncBN`` -> ``BN``, DDP without
-  device ids) before the Runner is built, because mmengine's launchers call
-  ``torch.cuda.set_device``. On GPU hosts nothing changes.
-- ``--amp`` on a host without CUDA stops with a clear message (mmengine's
-  ``AmpOptimWrapper`` supports GPUs/NPUs only) instead of an assertion.
-- A missing config file is reported as such.
+    python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Same arguments and behaviour as mmsegmentation 1.x's ``tools/train.py``.
+What differs, and why:
+
+- ``import mmseg_dfq`` comes first: it applies :mod:`mmseg_dfq.compat`
+  (pure-PyTorch ``mmcv.ops`` stand-ins for mmcv-lite, safe loading of
+  mmengine checkpoints under torch's ``weights_only=True``) and registers the
+  DFQ components, so configs work with or without their ``custom_imports``.
+- :func:`mmseg_dfq.compat.setup_distributed` runs before the config is read
+  and :func:`mmseg_dfq.compat.adapt_cfg_to_device` (through
+  :func:`mmseg_dfq.config.load_config`) before the Runner is built: on a
+  host without CUDA, ``--launcher pytorch|slurm|mpi`` gets a gloo process
+  group, ``SyncBN`` becomes ``BN`` and DDP runs without device ids, because
+  mmengine's launchers call ``torch.cuda.set_device``. On GPU hosts nothing
+  changes.
+- ``--amp`` on a host without an accelerator stops with a clear message:
+  mmengine's ``AmpOptimWrapper`` asserts CUDA/NPU/MLU/MUSA.
+- A config file that does not exist is reported as such (mmengine would
+  fail later with a less direct message).
 """
 
 import argparse
 import logging
 import os
 
-import torch
 from mmengine.config import DictAction
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import Runner
-from mmseg.registry import RUNNERS
 
-import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registration)
+import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
+from mmseg.registry import RUNNERS
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 
+# Devices for which mmengine's AmpOptimWrapper works.
+AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
 
-def parse_args():
+
+def parse_args(argv=None):
+    """Parse the command line.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Default: None.
+
+    Returns:
+        argparse.Namespace: The parsed arguments.
+    """
     parser = argparse.ArgumentParser(description='Train a segmentor')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -37,13 +60,14 @@ def parse_args():
         '--resume',
         action='store_true',
         default=False,
-        help='resume from the latest checkpoint in the work_dir automatically',
+        help='resume from the latest checkpoint in the work_dir '
+        'automatically (or from load_from when it is set)',
     )
     parser.add_argument(
         '--amp',
         action='store_true',
         default=False,
-        help='enable automatic-mixed-precision training (GPU)',
+        help='enable automatic-mixed-precision training (GPU/NPU only)',
     )
     parser.add_argument(
         '--cfg-options',
@@ -62,22 +86,33 @@ def parse_args():
         default='none',
         help='job launcher',
     )
-    # torch.distributed.launch passes --local-rank, older tools --local_rank.
+    # torch.distributed.launch (torch >= 2.0) passes --local-rank, older
+    # versions --local_rank; torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
 def enable_amp(cfg):
-    """Switch the optimizer wrapper to mmengine's AmpOptimWrapper."""
-    if not torch.cuda.is_available():
+    """Switch the optimizer wrapper to mmengine's ``AmpOptimWrapper``.
+
+    Args:
+        cfg (mmengine.Config): The training config, changed in place.
+
+    Raises:
+        SystemExit: On a host without an accelerator AMP supports, or when
+            the config's optimizer wrapper is not a plain ``OptimWrapper``.
+    """
+    device = get_device()
+    if device not in AMP_DEVICES:
         raise SystemExit(
-            '--amp needs a GPU (mmengine AmpOptimWrapper); on the CPU train '
-            'in float32 without --amp.'
+            f'--amp needs one of {AMP_DEVICES} (mmengine AmpOptimWrapper), '
+            f'but this host only has {device!r}; train in float32 without '
+            '--amp.'
         )
-    wrapper = cfg.optim_wrapper.type
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if wrapper == 'AmpOptimWrapper':
         print_log(
             'AMP training is already enabled in your config.',
@@ -94,8 +129,15 @@ def enable_amp(cfg):
     cfg.optim_wrapper.loss_scale = 'dynamic'
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    """Build the Runner from the config and train.
+
+    Args:
+        argv (list[str], optional): Arguments; None reads ``sys.argv``.
+            Default: None.
+    """
+    args = parse_args(argv)
+    # Before the Runner: on CPU-only hosts mmengine's own init needs CUDA.
     setup_distributed(args.launcher)
     cfg = load_config(
         args.config, args.cfg_options, args.launcher, args.work_dir
