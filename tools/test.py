@@ -37,9 +37,9 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
+from mmseg.registry import METRICS
 
 import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
-from mmseg.registry import METRICS
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 

@@ -33,9 +33,9 @@ from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
 
 import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
-from mmseg.registry import RUNNERS
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 
