@@ -45,7 +45,7 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'),
 )
-# Iteration-based logs (mmseg's default_runtime says the same; repeated so
-# the schedule is complete on its own).
-log_processor = dict(by_epoch=False)
+# Iteration-based logs: log_processor=dict(by_epoch=False) comes from
+# 'mmseg::_base_/default_runtime.py', which every config lists next to this
+# file; mmengine refuses a key defined in two bases, so it is not repeated.
 randomness = dict(seed=0)
