@@ -5,6 +5,7 @@ import os.path as osp
 from mmengine.config import Config
 
 from .compat import adapt_cfg_to_device
+from .datasets.samplers import check_domain_mix_batch_size
 
 
 def load_config(path, cfg_options=None, launcher='none', work_dir=None):
@@ -16,6 +17,11 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
         launcher (str): 'none', 'pytorch', 'slurm' or 'mpi'. Default: 'none'.
         work_dir (str, optional): Overrides the config's ``work_dir``; when
             neither is set, ``./work_dirs/<config name>``.
+
+    Raises:
+        FileNotFoundError: If the config file does not exist.
+        ValueError: If the train batch size is not the sum of a
+            ``DomainMixSampler``'s per-domain counts.
 
     Returns:
         mmengine.Config: The config (adapted by
@@ -33,4 +39,8 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
         cfg.work_dir = osp.join(
             './work_dirs', osp.splitext(osp.basename(path))[0]
         )
+    if cfg.get('train_dataloader'):
+        # A batch size other than the sum of the per-domain counts would
+        # silently break the mix: stop here instead.
+        check_domain_mix_batch_size(cfg.train_dataloader)
     return adapt_cfg_to_device(cfg)
