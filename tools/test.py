@@ -39,7 +39,7 @@ from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 from mmseg.registry import METRICS
 
-import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
+import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 
@@ -179,6 +179,33 @@ def set_prediction_dir(cfg, out_dir):
         evaluator['keep_results'] = True
 
 
+def set_per_case_file(cfg, path):
+    """Ask the test ``DomainMetric`` for its per-case CSV (``--per-case``).
+
+    Args:
+        cfg (mmengine.Config): The test config, changed in place.
+        path (str): The CSV file.
+
+    Raises:
+        SystemExit: Unless exactly one test evaluator is a ``DomainMetric``
+            (other metrics would silently ignore the argument).
+    """
+    evaluators = cfg.test_evaluator
+    if not isinstance(evaluators, (list, tuple)):
+        evaluators = [evaluators]
+    targets = [
+        e
+        for e in evaluators
+        if e.get('type') in ('DomainMetric', 'mmseg.DomainMetric')
+    ]
+    if len(targets) != 1:
+        raise SystemExit(
+            '--per-case needs exactly one DomainMetric test evaluator, got '
+            f'{[e.get("type") for e in evaluators]}'
+        )
+    targets[0]['per_case_file'] = path
+
+
 def to_json_value(value):
     """Make one metric value JSON-safe (NaN and infinities become None).
 
@@ -242,7 +269,7 @@ def main(argv=None):
     if args.out is not None:
         set_prediction_dir(cfg, args.out)
     if args.per_case:
-        cfg.test_evaluator['per_case_file'] = args.per_case
+        set_per_case_file(cfg, args.per_case)
 
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()

@@ -8,10 +8,11 @@ Usage::
 Same arguments and behaviour as mmsegmentation 1.x's ``tools/train.py``.
 What differs, and why:
 
-- ``import mmseg_dfq`` comes first: it applies :mod:`mmseg_dfq.compat`
-  (pure-PyTorch ``mmcv.ops`` stand-ins for mmcv-lite, safe loading of
-  mmengine checkpoints under torch's ``weights_only=True``) and registers the
-  DFQ components, so configs work with or without their ``custom_imports``.
+- ``import mmseg_dfq`` before anything imports ``mmseg.models``: it applies
+  :mod:`mmseg_dfq.compat` (pure-PyTorch ``mmcv.ops`` stand-ins for
+  mmcv-lite, safe loading of mmengine checkpoints under torch's
+  ``weights_only=True``) and registers the DFQ components, so configs work
+  with or without their ``custom_imports``.
 - :func:`mmseg_dfq.compat.setup_distributed` runs before the config is read
   and :func:`mmseg_dfq.compat.adapt_cfg_to_device` (through
   :func:`mmseg_dfq.config.load_config`) before the Runner is built: on a
@@ -35,7 +36,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-import mmseg_dfq  # noqa: F401  (first: compat fixes + registration)
+import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
 from mmseg_dfq.compat import setup_distributed
 from mmseg_dfq.config import load_config
 

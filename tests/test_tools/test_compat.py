@@ -15,6 +15,8 @@ import pickle
 import pkgutil
 import re
 
+import mmseg
+import mmseg.models
 import numpy as np
 import pytest
 import torch
@@ -22,17 +24,14 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, load_checkpoint
 from mmengine.structures import PixelData
-from torch.utils.data import Dataset
-
-import mmseg_dfq  # noqa: F401  (first: installs the mmcv.ops stand-ins)
-import mmseg
-import mmseg.models
 from mmseg.models.losses import focal_loss as mmseg_focal
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch.utils.data import Dataset
+
+import mmseg_dfq  # noqa: F401  (conftest.py imports it before mmseg)
 from mmseg_dfq.compat import HAS_COMPILED_MMCV_OPS, adapt_cfg_to_device
 
 needs_fallback = pytest.mark.skipif(
@@ -42,12 +41,6 @@ needs_fallback = pytest.mark.skipif(
 MMSEG_MODEL_CONFIGS = osp.join(
     osp.dirname(mmseg.__file__), '.mim', 'configs', '_base_', 'models'
 )
-
-
-@pytest.fixture(autouse=True)
-def mmseg_scope():
-    """Build models in mmseg's scope, as the Runner does."""
-    init_default_scope('mmseg')
 
 
 # --------------------------------------------------------------------------
@@ -465,9 +458,7 @@ class _Exploit:
 def test_malicious_checkpoint_is_refused(tmp_path):
     marker = tmp_path / 'marker'
     path = str(tmp_path / 'evil.pth')
-    torch.save(
-        {'state_dict': {'w': _Exploit(f'echo pwned > {marker}')}}, path
-    )
+    torch.save({'state_dict': {'w': _Exploit(f'echo pwned > {marker}')}}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path)
     with pytest.raises(RuntimeError, match=re.escape(repr(path))):

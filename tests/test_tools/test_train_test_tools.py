@@ -8,11 +8,13 @@ and once with two (torchrun, gloo), then tools/test.py writes the metrics
 JSON. The tools run as subprocesses, exactly as a user runs them.
 """
 
+import glob
 import importlib.util
 import json
 import math
 import os
 import os.path as osp
+import re
 import signal
 import socket
 import subprocess
@@ -208,9 +210,10 @@ def run_tool(cmd, timeout, **env_extra):
             f'{cmd} ran past {timeout} s\n--- stdout ---\n{_tail(out)}\n'
             f'--- stderr ---\n{_tail(err)}'
         )
+    # stderr first: the traceback (torchrun's worker report) is there.
     assert proc.returncode == 0, (
-        f'{cmd} exited with {proc.returncode}\n--- stdout ---\n{_tail(out)}'
-        f'\n--- stderr ---\n{_tail(err)}'
+        f'{cmd} exited with {proc.returncode}\n--- stderr ---\n'
+        f'{_tail(err, 8000)}\n--- stdout ---\n{_tail(out, 2000)}'
     )
     return out + err
 
@@ -228,17 +231,18 @@ def test_train_then_test_one_process(tiny_config, tmp_path):
         timeout=120,
     )
     assert f'Iter(train) [{MAX_ITERS}/{MAX_ITERS}]' in log, _tail(log)
-    assert 'mIoU' in log, _tail(log)  # the validation at the end ran
+    # The validation at the end ran over both images.
+    assert re.search(r'Iter\(val\) \[2/2\].*mIoU: ', log), _tail(log)
     for it in (MAX_ITERS // 2, MAX_ITERS):
         assert osp.isfile(osp.join(work_dir, f'iter_{it}.pth'))
     checkpoint = osp.join(work_dir, f'iter_{MAX_ITERS}.pth')
-    # SyncBN became BN on this CPU-only host, and the weights load with
-    # torch's weights_only default.
+    # The weights load with torch's weights_only default.
     state = torch.load(checkpoint)['state_dict']
     assert 'decode_head.fusion_conv.bn.running_mean' in state
 
     test_dir = str(tmp_path / 'test')
     pred_dir = str(tmp_path / 'preds')
+    show_dir = str(tmp_path / 'show')
     log = run_tool(
         [
             sys.executable,
@@ -249,6 +253,8 @@ def test_train_then_test_one_process(tiny_config, tmp_path):
             test_dir,
             '--out',
             pred_dir,
+            '--show-dir',
+            show_dir,
         ],
         timeout=120,
     )
@@ -261,9 +267,12 @@ def test_train_then_test_one_process(tiny_config, tmp_path):
         assert isinstance(value, float) and 0 <= value <= 100
     # --out keeps mmseg's meaning: IoUMetric writes the predicted masks.
     assert sorted(os.listdir(pred_dir)) == ['val_0.png', 'val_1.png']
+    # --show-dir paints every test image (DomainVisualizationHook).
+    painted = glob.glob(osp.join(show_dir, '**', '*.png'), recursive=True)
+    assert len(painted) == 2, painted
 
 
-def test_train_two_processes_with_dist_train_sh(tiny_config, tmp_path):
+def test_two_processes_with_dist_train_and_test_sh(tiny_config, tmp_path):
     if not osp.isfile(osp.join(osp.dirname(sys.executable), 'torchrun')):
         pytest.skip('no torchrun next to this interpreter')
     work_dir = str(tmp_path / 'work')
@@ -280,11 +289,40 @@ def test_train_two_processes_with_dist_train_sh(tiny_config, tmp_path):
         PORT=str(_free_port()),
     )
     assert 'Distributed training: True' in log, _tail(log)
-    assert "'world_size': 2" in log or 'world_size: 2' in log or (
-        'GPU number: 2' in log
-    ), _tail(log)
-    assert 'mIoU' in log, _tail(log)
-    assert osp.isfile(osp.join(work_dir, f'iter_{MAX_ITERS}.pth'))
+    assert 'GPU number: 2' in log, _tail(log)
+    # gloo and DDP without device ids (mmseg_dfq.compat on a CPU host).
+    assert "dist_cfg: {'backend': 'gloo'}" in log, _tail(log)
+    assert 'device_ids=None' in log, _tail(log)
+    # SyncBN (needs GPUs) became BN in the config the Runner logs.
+    assert "norm_cfg=dict(requires_grad=True, type='BN')" in log, _tail(log)
+    assert "type='SyncBN'" not in log, _tail(log)
+    assert f'Iter(train) [{MAX_ITERS}/{MAX_ITERS}]' in log, _tail(log)
+    # Each of the two ranks validated one of the two images.
+    assert re.search(r'Iter\(val\) \[1/1\].*mIoU: ', log), _tail(log)
+    checkpoint = osp.join(work_dir, f'iter_{MAX_ITERS}.pth')
+    assert osp.isfile(checkpoint)
+
+    metrics_file = str(tmp_path / 'dist_metrics.json')
+    log = run_tool(
+        [
+            'bash',
+            'tools/dist_test.sh',
+            tiny_config,
+            checkpoint,
+            '2',
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--metrics-json',
+            metrics_file,
+        ],
+        timeout=150,
+        PORT=str(_free_port()),
+    )
+    # Only the main process writes, with the metrics of both ranks.
+    assert log.count('Metrics written to') == 1, _tail(log)
+    assert re.search(r'Iter\(test\) \[1/1\].*mIoU: ', log), _tail(log)
+    with open(metrics_file) as f:
+        assert set(json.load(f)) == {'aAcc', 'mIoU', 'mAcc', 'mDice'}
 
 
 # --------------------------------------------------------------------------
@@ -335,6 +373,23 @@ def test_out_needs_an_evaluator_with_output_dir(tiny_config):
     cfg.test_evaluator = dict(type='DomainMetric')
     with pytest.raises(SystemExit, match='DomainMetric has none'):
         test.set_prediction_dir(cfg, 'preds')
+
+
+def test_per_case_needs_a_domain_metric(tiny_config):
+    from mmengine.config import Config
+
+    test = _load_tool('test')
+    cfg = Config.fromfile(tiny_config)
+    # IoUMetric would swallow the argument silently.
+    with pytest.raises(SystemExit, match="'IoUMetric'"):
+        test.set_per_case_file(cfg, 'cases.csv')
+    cfg.test_evaluator = [
+        dict(type='IoUMetric'),
+        dict(type='DomainMetric', mode='2d'),
+    ]
+    test.set_per_case_file(cfg, 'cases.csv')
+    assert cfg.test_evaluator[1]['per_case_file'] == 'cases.csv'
+    assert 'per_case_file' not in cfg.test_evaluator[0]
 
 
 def test_metrics_json_values(tmp_path):
