@@ -18,6 +18,11 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     Returns:
         Tensor: Same shape as ``x``; statistics over H x W, no affine.
     """
+    if x.shape[2] * x.shape[3] < 2:
+        # F.instance_norm rejects a single spatial element in training; its
+        # statistics would give x - mean = 0 there, so return that (keeping
+        # the graph) instead of failing on small inputs.
+        return x - x.mean(dim=(2, 3), keepdim=True)
     return F.instance_norm(x, eps=eps)
 
 
@@ -36,7 +41,8 @@ def channel_covariance(x: torch.Tensor) -> torch.Tensor:
     # float32 even under autocast: the sums over HW overflow/round in fp16.
     flat = x.float().reshape(b, c, h * w)
     if h * w < 2:
-        return flat.new_zeros(b, c, c)
+        # Zeros that stay in the graph, so backward() on this alone works.
+        return flat.new_zeros(b, c, c) + 0 * flat.sum()
     with torch.autocast(device_type=flat.device.type, enabled=False):
         return torch.bmm(flat, flat.transpose(1, 2)) / (h * w - 1)
 
