@@ -36,6 +36,7 @@ __all__ = [
     'allow_mmengine_checkpoints',
     'explain_unsafe_checkpoint',
     'setup_distributed',
+    'teardown_distributed',
     'adapt_cfg_to_device',
     'HAS_COMPILED_MMCV_OPS',
 ]
@@ -356,6 +357,20 @@ def setup_distributed(launcher):
         )
     dist.init_process_group(backend='gloo', init_method='env://')
     return True
+
+
+def teardown_distributed():
+    """Destroy the default process group, if any, before the process exits.
+
+    Leaving a gloo group to the interpreter's shutdown made a torchrun worker
+    abort now and then ('terminate called without an active exception')
+    after its work was done, failing the whole run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _replace_sync_bn(node):

@@ -40,7 +40,7 @@ from mmengine.runner import Runner
 from mmseg.registry import METRICS
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
-from mmseg_dfq.compat import setup_distributed
+from mmseg_dfq.compat import setup_distributed, teardown_distributed
 from mmseg_dfq.config import load_config
 
 
@@ -280,6 +280,7 @@ def main(argv=None):
             args.metrics_json or osp.join(cfg.work_dir, 'metrics.json'),
         )
         print(f'Metrics written to {path}', flush=True)
+    teardown_distributed()
 
 
 if __name__ == '__main__':

@@ -37,7 +37,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
-from mmseg_dfq.compat import setup_distributed
+from mmseg_dfq.compat import setup_distributed, teardown_distributed
 from mmseg_dfq.config import load_config
 
 # Devices for which mmengine's AmpOptimWrapper works.
@@ -152,6 +152,7 @@ def main(argv=None):
     else:
         runner = RUNNERS.build(cfg)
     runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

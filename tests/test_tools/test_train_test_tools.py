@@ -190,6 +190,11 @@ def run_tool(cmd, timeout, **env_extra):
     env['PATH'] = os.pathsep.join(
         (osp.dirname(sys.executable), env.get('PATH', ''))
     )
+    # One OpenMP thread per process: two torchrun workers with two threads
+    # each on a 2-core machine oversubscribe it, and under that load the
+    # gloo workers were seen to abort ('terminate called without an active
+    # exception') now and then.
+    env.setdefault('OMP_NUM_THREADS', '1')
     env.update(env_extra)
     # A session of its own, so a timeout also ends torchrun's workers.
     proc = subprocess.Popen(
