@@ -1,3 +1,5 @@
+"""Inference on new data and feature extraction for the analysis tools."""
+
 from .features import (
     build_analysis_dataset,
     domain_features,
@@ -7,8 +9,13 @@ from .features import (
 from .inference import (
     FUNDUS_GREY,
     SegInferencer,
+    file_stem,
     find_inputs,
     fundus_overlay,
+    init_segmentor,
+    input_kind,
+    save_label_volume,
+    volume_slice_overlay,
 )
 
 __all__ = [
@@ -16,8 +23,13 @@ __all__ = [
     'SegInferencer',
     'build_analysis_dataset',
     'domain_features',
+    'file_stem',
     'find_inputs',
     'fundus_overlay',
+    'init_segmentor',
+    'input_kind',
     'mean_abs_covariance',
     'off_diagonal_mean',
+    'save_label_volume',
+    'volume_slice_overlay',
 ]

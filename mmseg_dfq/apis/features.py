@@ -75,7 +75,15 @@ def domain_features(
                 False,
             )
             out = model.extract_feat(data['inputs'])
+            if not -len(out) <= level < len(out):
+                raise ValueError(
+                    f'feature level {level} does not exist: the model '
+                    f'gives {len(out)} levels (0..{len(out) - 1}, or -1 for '
+                    'the deepest)'
+                )
             feats[domain].append(out[level][0].float().cpu())
+    if not feats:
+        raise ValueError('the analysis dataset holds no samples')
     return dict(feats)
 
 
@@ -95,6 +103,13 @@ def mean_abs_covariance(features: Sequence[torch.Tensor]) -> np.ndarray:
 
 
 def off_diagonal_mean(matrix: np.ndarray) -> float:
-    """Mean of the off-diagonal entries of a square matrix."""
+    """Mean of the off-diagonal entries of a square matrix.
+
+    Args:
+        matrix (np.ndarray): (C, C), C >= 2.
+
+    Returns:
+        float: The mean over the C * (C - 1) entries off the diagonal.
+    """
     c = matrix.shape[0]
     return float((matrix.sum() - np.trace(matrix)) / (c * (c - 1)))

@@ -1,103 +1,263 @@
 """Segment new fundus images and NIfTI volumes with a trained model.
 
 The preprocessing is the test pipeline's: fundus images go through the
-config's ``test_dataloader`` pipeline (annotation loading dropped); volumes
-are normalised and cut into 2.5D slices by the same functions the prostate
-dataset uses, so a model sees exactly what it saw in ``tools/test.py``.
+config's ``test_dataloader`` pipeline with its annotation loader dropped;
+volumes are decoded, checked and min-max scaled by the functions the
+prostate dataset uses, cut into the same 2.5D slices, and then run through
+the rest of that pipeline (everything after ``LoadProstateSlice``). A model
+therefore sees exactly what it saw in ``tools/test.py``, and the
+post-processing is the one the config's ``DomainMetric`` applies.
 """
 
 import os
 import os.path as osp
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
+import nibabel as nib
 import numpy as np
 import torch
 from mmengine.dataset import Compose
 from mmseg.apis import init_model
 
+from ..config import load_config
 from ..datasets.transforms import (
     decode_nifti,
     normalise_prostate_image,
     slice_25d,
 )
-from ..evaluation.surface import largest_connected_component
+from ..evaluation.surface import fill_holes, largest_connected_component
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 NIFTI_EXTS = ('.nii', '.nii.gz')
+SEGMENTATION_TAG = '_segmentation.nii'
 # Fundus labels 0 background, 1 rim, 2 cup -> the grey levels of the masks.
 FUNDUS_GREY = np.array([255, 128, 0], dtype=np.uint8)
+# Loaders of the test pipeline that inference replaces or drops.
+VOLUME_LOADERS = ('LoadProstateSlice',)
 
 
-def _kind(path: str) -> Optional[str]:
+def input_kind(path: str) -> Optional[str]:
+    """Tell an image from a NIfTI volume by the file name.
+
+    Args:
+        path (str): A file name.
+
+    Returns:
+        str | None: 'volume', 'image', or None for other extensions.
+    """
     name = path.lower()
     if name.endswith(NIFTI_EXTS):
-        return 'nifti'
+        return 'volume'
     if name.endswith(IMAGE_EXTS):
         return 'image'
     return None
 
 
-def find_inputs(path: str) -> List[str]:
-    """List the images / volumes to segment in a file or folder.
+def file_stem(path: str) -> str:
+    """File name without its extension (``.nii.gz`` counts as one).
 
-    Segmentations lying beside their volumes (``*_segmentation.nii*``) are
-    skipped in folders.
+    Args:
+        path (str): A file path.
+
+    Returns:
+        str: E.g. ``'Case00'`` for ``'site/Case00.nii.gz'``.
+    """
+    name = osp.basename(path)
+    if name.lower().endswith('.nii.gz'):
+        return name[: -len('.nii.gz')]
+    return osp.splitext(name)[0]
+
+
+def find_inputs(path: str) -> Tuple[List[str], List[str]]:
+    """List the images / volumes to segment in a file or folder.
 
     Args:
         path (str): A fundus image, a NIfTI volume, or a folder of either.
 
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If a file has an unsupported extension, or a folder
+            holds nothing to segment.
+
     Returns:
-        list[str]: Sorted input files.
+        tuple[list[str], list[str]]: The sorted inputs, and the ground-truth
+        volumes (``*_segmentation.nii*``) of a folder that were left out.
     """
     if not osp.exists(path):
-        raise FileNotFoundError(f'input {path!r} does not exist')
+        raise FileNotFoundError(f'input not found: {path}')
     if osp.isfile(path):
-        if _kind(path) is None:
+        if input_kind(path) is None:
             raise ValueError(
-                f'{path!r}: unsupported file type (expected one of '
-                f'{IMAGE_EXTS + NIFTI_EXTS})'
+                f'unsupported file type (expected one of '
+                f'{", ".join(IMAGE_EXTS + NIFTI_EXTS)}): {path}'
             )
-        return [path]
-    files = sorted(
-        osp.join(path, f)
-        for f in os.listdir(path)
-        if _kind(f) is not None and '_segmentation.nii' not in f.lower()
-    )
+        return [path], []
+    files, skipped = [], []
+    for name in sorted(os.listdir(path)):
+        full = osp.join(path, name)
+        if not osp.isfile(full) or input_kind(name) is None:
+            continue
+        # The SAML layout keeps labels beside the volumes: not inputs.
+        if SEGMENTATION_TAG in name.lower():
+            skipped.append(full)
+        else:
+            files.append(full)
     if not files:
-        raise ValueError(f'{path!r}: no image or NIfTI file found')
-    return files
+        raise ValueError(
+            f'no image ({", ".join(IMAGE_EXTS)}) or NIfTI volume found in '
+            f'folder {path}'
+        )
+    return files, skipped
+
+
+def init_segmentor(
+    config: str,
+    checkpoint: Optional[str],
+    device: str = 'cpu',
+    cfg_options: Optional[dict] = None,
+):
+    """Build a model from its config and load a checkpoint, for inference.
+
+    The config is read by :func:`mmseg_dfq.config.load_config`, so a
+    GPU-minded config (SyncBN) also runs on a CPU-only host.
+
+    Args:
+        config (str): Config file.
+        checkpoint (str, optional): Checkpoint file; None keeps the
+            initialisation (tests only).
+        device (str): 'cpu' or 'cuda[:i]'. Default: 'cpu'.
+        cfg_options (dict, optional): Config overrides.
+
+    Raises:
+        FileNotFoundError: If the config or checkpoint does not exist.
+
+    Returns:
+        BaseSegmentor: The model in eval mode, ``model.cfg`` set.
+    """
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
+    cfg = load_config(config, cfg_options)
+    model = init_model(cfg, checkpoint, device=device)
+    return model.eval()
 
 
 def fundus_overlay(
-    image_rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45
+    image_rgb: np.ndarray,
+    labels: np.ndarray,
+    alpha: float = 0.45,
+    colours: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Paint disc rim (green) and cup (blue) over an RGB image.
+    """Paint labels translucently over an image (rim green, cup blue).
 
     Args:
-        image_rgb (np.ndarray): (H, W, 3) uint8.
-        labels (np.ndarray): (H, W) labels 0/1/2.
+        image_rgb (np.ndarray): (H, W, 3) uint8 RGB.
+        labels (np.ndarray): (H, W) labels; 0 is left unpainted.
         alpha (float): Opacity of the colours. Default: 0.45.
+        colours (np.ndarray, optional): (num_classes, 3) RGB per label.
+            Default: fundus, 1 rim green, 2 cup blue.
 
     Returns:
-        np.ndarray: (H, W, 3) uint8.
+        np.ndarray: (H, W, 3) uint8 RGB.
     """
-    colours = np.array([[0, 0, 0], [0, 200, 0], [0, 90, 255]], np.float32)
+    if colours is None:
+        colours = np.array([[0, 0, 0], [0, 200, 0], [0, 90, 255]])
+    colours = np.asarray(colours, np.float32)
     out = image_rgb.astype(np.float32)
     fg = labels > 0
     out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def volume_slice_overlay(
+    volume: np.ndarray, labels: np.ndarray, k: Optional[int] = None
+) -> np.ndarray:
+    """Slice k of a volume in grey with its labels in red.
+
+    The slice is shown in the array layout (rows = first NIfTI axis), not
+    rotated to a radiological view.
+
+    Args:
+        volume (np.ndarray): (H, W, D) intensities (any range).
+        labels (np.ndarray): (H, W, D) labels.
+        k (int, optional): Slice index. Default: the middle slice.
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8 RGB.
+    """
+    k = volume.shape[2] // 2 if k is None else k
+    img = volume[:, :, k].astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    grey = (img - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+    rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    red = np.array([[0, 0, 0]] + [[255, 40, 40]] * 255)
+    return fundus_overlay(rgb, labels[:, :, k], alpha=0.5, colours=red)
+
+
+def save_label_volume(
+    labels: np.ndarray, source_path: str, out_path: str
+) -> None:
+    """Write a label volume with the geometry of its source NIfTI.
+
+    The source's header (voxel size, orientation codes, qform and sform) and
+    affine are kept, so the labels overlay the source in ITK-SNAP or 3D
+    Slicer; the data type becomes uint8 without intensity scaling.
+
+    Args:
+        labels (np.ndarray): (H, W, D) labels, the source's array layout.
+        source_path (str): The NIfTI volume that was segmented.
+        out_path (str): Output ``.nii`` / ``.nii.gz`` file.
+    """
+    src = nib.load(source_path)
+    if labels.shape != src.shape:
+        raise ValueError(
+            f'label volume of shape {labels.shape} does not match the '
+            f'source shape {src.shape}: {source_path}'
+        )
+    header = src.header.copy()
+    header.set_data_dtype(np.uint8)
+    # Labels, not intensities: no rescaling slope/intercept.
+    header.set_slope_inter(1, 0)
+    pred = type(src)(labels.astype(np.uint8), src.affine, header)
+    # Keep both orientation records exactly (the constructor may rewrite
+    # them from the affine alone).
+    pred.set_qform(src.get_qform(), code=int(src.header['qform_code']))
+    pred.set_sform(src.get_sform(), code=int(src.header['sform_code']))
+    nib.save(pred, out_path)
+
+
+def _metric_postprocess_cfg(cfg) -> Dict:
+    """Structures and post-processing of the config's ``DomainMetric``."""
+    evaluator = cfg.get('test_evaluator', None)
+    if isinstance(evaluator, (list, tuple)):
+        evaluator = next(
+            (e for e in evaluator if e.get('type') == 'DomainMetric'), None
+        )
+    if not evaluator or evaluator.get('type') != 'DomainMetric':
+        return dict(structures=None, fill_holes=False)
+    mode = evaluator.get('mode', '2d')
+    fill = evaluator.get('fill_holes', None)
+    return dict(
+        structures={k: list(v) for k, v in evaluator['structures'].items()},
+        fill_holes=(mode == '2d') if fill is None else bool(fill),
+    )
+
+
 class SegInferencer:
-    """A trained mmseg model applied to fundus images and NIfTI volumes.
+    """A trained mmseg model applied to fundus images or NIfTI volumes.
+
+    Which input kind a model takes follows from its test pipeline: a
+    pipeline that starts with ``LoadProstateSlice`` segments volumes
+    (slice by slice, 2.5D), any other segments images.
 
     Args:
         config (str): The model's config file.
         checkpoint (str): Its checkpoint.
         device (str): 'cpu' or 'cuda[:i]'. Default: 'cpu'.
-        largest_cc (bool): Keep the largest connected component of every
-            foreground structure (2D per image, 3D per volume), as the
-            metric's post-processing does. Default: True.
+        postprocess (bool): Apply the post-processing of the config's
+            ``DomainMetric`` to every structure: keep the largest connected
+            component (2D per image, 3D per volume) and, where the metric
+            does (fundus), fill its holes. Default: True.
+        cfg_options (dict, optional): Config overrides.
     """
 
     def __init__(
@@ -105,26 +265,57 @@ class SegInferencer:
         config: str,
         checkpoint: str,
         device: str = 'cpu',
-        largest_cc: bool = True,
+        postprocess: bool = True,
+        cfg_options: Optional[dict] = None,
     ):
-        for path, what in ((config, 'config'), (checkpoint, 'checkpoint')):
-            if not osp.isfile(path):
-                raise FileNotFoundError(f'{what} {path!r} does not exist')
-        self.model = init_model(config, checkpoint, device=device)
+        self.config = config
+        self.model = init_segmentor(config, checkpoint, device, cfg_options)
         self.cfg = self.model.cfg
-        self.largest_cc = largest_cc
+        self.postprocess = postprocess
+        try:
+            test_pipeline = self.cfg.test_dataloader.dataset.pipeline
+        except AttributeError:
+            raise ValueError(
+                f'{config} has no test_dataloader.dataset.pipeline, which '
+                'inference uses as its preprocessing'
+            ) from None
         pipeline = [
             t
-            for t in self.cfg.test_dataloader.dataset.pipeline
+            for t in test_pipeline
+            # Ground truth is not there to load for new data.
             if 'Annotation' not in t['type']
-            and t['type'] != 'LoadProstateSlice'
         ]
-        self.image_pipeline = Compose(pipeline)
+        types = [t['type'] for t in pipeline]
+        self.kind = (
+            'volume' if any(t in VOLUME_LOADERS for t in types) else 'image'
+        )
+        # For volumes the slices are cut here (same functions as
+        # LoadProstateSlice); the rest of the pipeline runs unchanged.
+        self.pipeline = Compose(
+            [t for t in pipeline if t['type'] not in VOLUME_LOADERS]
+        )
+        post = _metric_postprocess_cfg(self.cfg)
+        num_classes = self.model.decode_head.num_classes
+        self.structures = post['structures'] or {
+            f'class{k}': [k] for k in range(1, num_classes)
+        }
+        self.fill_holes = post['fill_holes']
 
-    @property
-    def num_classes(self) -> int:
-        """int: Classes the model predicts."""
-        return self.model.decode_head.num_classes
+    def check_input(self, path: str) -> None:
+        """Raise a clear error if the model cannot segment this file.
+
+        Args:
+            path (str): Input file.
+        """
+        kind = input_kind(path)
+        if kind != self.kind:
+            raise ValueError(
+                f'the model of {self.config} segments '
+                f'{"NIfTI volumes" if self.kind == "volume" else "2D images"}'
+                f' (see its test pipeline), not '
+                f'{"a NIfTI volume" if kind == "volume" else "a 2D image"}:'
+                f' {path}'
+            )
 
     def _predict(self, packed: List[dict]) -> List[np.ndarray]:
         data = dict(
@@ -138,16 +329,63 @@ class SegInferencer:
             for r in results
         ]
 
-    def _keep_largest(self, labels: np.ndarray) -> np.ndarray:
-        """Largest component of each nested structure (c >= k for class k)."""
-        if not self.largest_cc:
+    def _postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """The metric's post-processing, applied to each structure."""
+        if not self.postprocess:
             return labels
         out = np.zeros_like(labels)
-        for k in range(1, self.num_classes):
-            # Fundus classes nest (cup inside disc): structure k = labels>=k.
-            mask = largest_connected_component(labels >= k)
-            out[mask] = k
+        # Paint structures from the widest class set to the narrowest, so a
+        # nested one (cup inside disc) ends up on top; each keeps its
+        # smallest class (disc = {rim, cup} -> rim, cup = {cup} -> cup).
+        for classes in sorted(self.structures.values(), key=len)[::-1]:
+            mask = largest_connected_component(np.isin(labels, classes))
+            if self.fill_holes:
+                if mask.ndim == 2:
+                    mask = fill_holes(mask)
+                else:
+                    for k in range(mask.shape[2]):
+                        mask[:, :, k] = fill_holes(mask[:, :, k])
+            out[mask] = min(classes)
         return out
+
+    def pack_image(self, path: str) -> dict:
+        """Run an image through the test pipeline (no annotations).
+
+        Args:
+            path (str): Image file.
+
+        Returns:
+            dict: ``inputs`` (Tensor, (3, h, w)) and ``data_samples``, as the
+            test dataloader gives them.
+        """
+        return self.pipeline(
+            dict(img_path=path, seg_fields=[], reduce_zero_label=False)
+        )
+
+    def pack_slice(self, volume: np.ndarray, path: str, k: int) -> dict:
+        """Cut 2.5D slice k as ``LoadProstateSlice`` does; run the rest.
+
+        Args:
+            volume (np.ndarray): (H, W, D) float32 volume, already scaled by
+                :func:`normalise_prostate_image`.
+            path (str): Its file (kept as ``img_path``).
+            k (int): Slice index along the third axis.
+
+        Returns:
+            dict: ``inputs`` (Tensor, (3, H, W)) and ``data_samples``.
+        """
+        return self.pipeline(
+            dict(
+                img=slice_25d(volume, k),
+                img_path=path,
+                img_shape=volume.shape[:2],
+                ori_shape=volume.shape[:2],
+                slice_index=k,
+                num_slices=volume.shape[2],
+                seg_fields=[],
+                reduce_zero_label=False,
+            )
+        )
 
     def image(self, path: str) -> np.ndarray:
         """Segment one fundus image.
@@ -158,13 +396,14 @@ class SegInferencer:
         Returns:
             np.ndarray: (H, W) uint8 labels at the image's own size.
         """
-        packed = self.image_pipeline(
-            dict(img_path=path, seg_fields=[], reduce_zero_label=False)
-        )
-        return self._keep_largest(self._predict([packed])[0])
+        self.check_input(path)
+        return self._postprocess(self._predict([self.pack_image(path)])[0])
 
     def volume(
-        self, path: str, batch_size: int = 8, progress=None
+        self,
+        path: str,
+        batch_size: int = 8,
+        progress: Optional[Callable[[int], object]] = None,
     ) -> np.ndarray:
         """Segment every slice of a NIfTI volume (2.5D).
 
@@ -175,35 +414,34 @@ class SegInferencer:
                 done after each batch.
 
         Returns:
-            np.ndarray: (H, W, D) uint8 labels, the volume's array layout.
+            np.ndarray: (H, W, D) uint8 labels in the volume's array layout
+            (slice k is ``labels[:, :, k]``).
         """
-        from mmcv.transforms import to_tensor
-        from mmseg.structures import SegDataSample
-
+        self.check_input(path)
         vol = normalise_prostate_image(decode_nifti(path), path)
         depth = vol.shape[2]
         out = np.zeros(vol.shape, np.uint8)
         for start in range(0, depth, batch_size):
-            packed = []
-            for k in range(start, min(start + batch_size, depth)):
-                img = slice_25d(vol, k)
-                sample = SegDataSample()
-                sample.set_metainfo(
-                    dict(
-                        img_path=path,
-                        ori_shape=img.shape[:2],
-                        img_shape=img.shape[:2],
-                        slice_index=k,
-                    )
-                )
-                packed.append(
-                    dict(
-                        inputs=to_tensor(img.transpose(2, 0, 1).copy()),
-                        data_samples=sample,
-                    )
-                )
-            for k, pred in zip(range(start, depth), self._predict(packed)):
+            stop = min(start + batch_size, depth)
+            packed = [
+                self.pack_slice(vol, path, k) for k in range(start, stop)
+            ]
+            for k, pred in zip(range(start, stop), self._predict(packed)):
                 out[:, :, k] = pred
             if progress is not None:
-                progress(len(packed))
-        return self._keep_largest(out)
+                progress(stop - start)
+        return self._postprocess(out)
+
+    def __call__(self, path: str, **kwargs) -> np.ndarray:
+        """Segment an image or a volume, whichever ``path`` is.
+
+        Args:
+            path (str): Image or NIfTI file.
+            **kwargs: Passed to :meth:`volume` for volumes.
+
+        Returns:
+            np.ndarray: Labels, (H, W) or (H, W, D), uint8.
+        """
+        if input_kind(path) == 'volume':
+            return self.volume(path, **kwargs)
+        return self.image(path)

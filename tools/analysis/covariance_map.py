@@ -19,11 +19,11 @@ import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registration)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-from mmseg.apis import init_model  # noqa: E402
 
 from mmseg_dfq.apis import (  # noqa: E402
     build_analysis_dataset,
     domain_features,
+    init_segmentor,
     mean_abs_covariance,
     off_diagonal_mean,
 )
@@ -37,7 +37,17 @@ def parse_args():
     parser.add_argument('--ckpt2', help='checkpoint of the second model')
     parser.add_argument('--labels', nargs='+', help='names of the models')
     parser.add_argument('--data-root', help='overrides the config data root')
-    parser.add_argument('--level', type=int, default=-1, help='feature level')
+    parser.add_argument(
+        '--domains',
+        nargs='+',
+        help='domains to average over, by index or name (default: all)',
+    )
+    parser.add_argument(
+        '--level',
+        type=int,
+        default=-1,
+        help='level of extract_feat (default -1: the deepest, the queries)',
+    )
     parser.add_argument(
         '--num-images', type=int, default=16, help='images per domain'
     )
@@ -55,6 +65,13 @@ def parse_args():
     return args
 
 
+def _domains(values):
+    """Domain indices stay ints, names stay strings; None for all."""
+    if not values:
+        return None
+    return [int(v) if v.isdigit() else v for v in values]
+
+
 def main():
     args = parse_args()
     models = [(args.config, args.checkpoint)]
@@ -67,8 +84,10 @@ def main():
         1, len(models), figsize=(4.2 * len(models), 4), squeeze=False
     )
     for ax, (config, ckpt), label in zip(axes[0], models, labels):
-        model = init_model(config, ckpt, device=args.device).eval()
-        dataset = build_analysis_dataset(model.cfg, args.data_root)
+        model = init_segmentor(config, ckpt, device=args.device)
+        dataset = build_analysis_dataset(
+            model.cfg, args.data_root, _domains(args.domains)
+        )
         feats = domain_features(model, dataset, args.level, args.num_images)
         cov = mean_abs_covariance([f for fs in feats.values() for f in fs])
         value = off_diagonal_mean(cov)
@@ -81,11 +100,15 @@ def main():
         im = ax.imshow(cov[:n, :n], vmin=0, vmax=1, cmap='viridis')
         ax.set_title(f'{label}\nmean |off-diag| = {value:.3f}', fontsize=9)
         ax.set_xlabel('channel')
-        ax.set_ylabel('channel')
+        if ax is axes[0][0]:
+            ax.set_ylabel('channel')
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(args.out, dpi=100, bbox_inches='tight')
     print(f'written {args.out}')
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from None

@@ -19,11 +19,14 @@ import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registration)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-from mmseg.apis import init_model  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import silhouette_score  # noqa: E402
 
-from mmseg_dfq.apis import build_analysis_dataset, domain_features  # noqa
+from mmseg_dfq.apis import (  # noqa: E402
+    build_analysis_dataset,
+    domain_features,
+    init_segmentor,
+)
 
 
 def parse_args():
@@ -31,9 +34,22 @@ def parse_args():
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--data-root', help='overrides the config data root')
-    parser.add_argument('--level', type=int, default=-1, help='feature level')
     parser.add_argument(
-        '--num-images', type=int, default=32, help='images per domain'
+        '--domains',
+        nargs='+',
+        help='domains to embed, by index or name (default: all)',
+    )
+    parser.add_argument(
+        '--level',
+        type=int,
+        default=-1,
+        help='level of extract_feat (default -1: the deepest)',
+    )
+    parser.add_argument(
+        '--num-images',
+        type=int,
+        default=32,
+        help='images (prostate: slices) per domain (default: 32)',
     )
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cpu')
@@ -44,14 +60,22 @@ def parse_args():
 
 def main():
     args = parse_args()
-    model = init_model(args.config, args.checkpoint, device=args.device)
-    dataset = build_analysis_dataset(model.cfg, args.data_root)
-    feats = domain_features(model.eval(), dataset, args.level, args.num_images)
+    model = init_segmentor(args.config, args.checkpoint, device=args.device)
+    domains = args.domains and [
+        int(d) if d.isdigit() else d for d in args.domains
+    ]
+    dataset = build_analysis_dataset(model.cfg, args.data_root, domains)
+    feats = domain_features(model, dataset, args.level, args.num_images)
     names = sorted(feats)
     x = np.stack([f.mean(dim=(1, 2)).numpy() for d in names for f in feats[d]])
     y = np.array([i for i, d in enumerate(names) for _ in feats[d]])
-    if len(names) < 2:
-        raise SystemExit('t-SNE by domain needs at least two domains')
+    if len(names) < 2 or len(x) <= len(names):
+        # The silhouette needs two domains and one domain with two images.
+        raise SystemExit(
+            f'error: t-SNE by domain needs at least two domains and more '
+            f'images than domains; got {len(x)} image(s) of {len(names)} '
+            'domain(s)'
+        )
     score = float(silhouette_score(x, y))
     emb = TSNE(
         n_components=2,
@@ -77,4 +101,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from None
