@@ -193,7 +193,7 @@ def test_neck_normalises_selected_levels_only():
 
 
 # ---------------------------------------------------------------- RDWT loss
-def numpy_rdwt(feats, stage_weights, loss_weight, eps=1e-5):
+def numpy_rdwt(feats, stage_weights, loss_weight, eps=1e-5, mean=True):
     """Independent float64 RDWT loss: IN, covariance, sum_{j<k} |S_jk|."""
     total = 0.0
     for weight, feat in zip(stage_weights, feats):
@@ -209,7 +209,32 @@ def numpy_rdwt(feats, stage_weights, loss_weight, eps=1e-5):
             rows, cols = np.triu_indices(c, k=1)
             per_sample.append(np.abs(cov[rows, cols]).sum())
         total += weight * np.mean(per_sample)
-    return loss_weight * total
+    return loss_weight * (total / len(feats) if mean else total)
+
+
+def numpy_authors_objective(feats, layout='channels', eps=1e-5):
+    """The authors' formula: 1e-4 * (sum_i mean_b sum|triu(S_i + eps I)|)/n.
+
+    Returns the value and its constant diagonal part (sum_j |S_jj + eps|,
+    averaged like the rest), so that value - diagonal is what RDWTLoss
+    reports by default. ``layout='authors'`` groups the token-major values
+    as their reshape without a transpose does.
+    """
+    value = diagonal = 0.0
+    for feat in feats:
+        x = feat.detach().double().numpy()
+        b, c, h, w = x.shape
+        if layout == 'authors':
+            x = x.transpose(0, 2, 3, 1)
+        x = x.reshape(b, c, h * w)
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(
+            x.var(-1, keepdims=True) + eps
+        )
+        cov = np.einsum('bcn,bdn->bcd', x, x) / (h * w - 1) + eps * np.eye(c)
+        value += np.abs(np.triu(cov)).sum(axis=(1, 2)).mean()
+        diagonal += np.abs(np.diagonal(cov, axis1=1, axis2=2)).sum(-1).mean()
+    n = len(feats)
+    return 1e-4 * value / n, 1e-4 * diagonal / n
 
 
 def test_rdwt_loss_matches_numpy():
@@ -218,10 +243,48 @@ def test_rdwt_loss_matches_numpy():
     expected = numpy_rdwt(feats, [1.0, 0.5, 2.0], 0.3)
     assert loss(feats).dtype == torch.float32
     np.testing.assert_allclose(float(loss(feats)), expected, rtol=1e-5)
-    # Default: lambda 1e-4, a plain sum over levels.
+    # reduction='sum' keeps the earlier plain sum (4x the authors' gradient
+    # with four levels).
     np.testing.assert_allclose(
-        float(RDWTLoss()(feats)), numpy_rdwt(feats, [1] * 3, 1e-4), rtol=1e-5
+        float(RDWTLoss(reduction='sum')(feats)),
+        numpy_rdwt(feats, [1] * 3, 1e-4, mean=False),
+        rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize('layout', ['channels', 'authors'])
+def test_rdwt_loss_default_is_the_authors_objective(layout):
+    feats = [f * 2 + 0.5 for f in feats_for(B0, h=64, w=96)]
+    value, diagonal = numpy_authors_objective(feats, layout)
+    ours = RDWTLoss(layout=layout)
+    np.testing.assert_allclose(float(ours(feats)), value - diagonal, rtol=1e-5)
+    with_diag = RDWTLoss(layout=layout, with_diagonal=True)
+    np.testing.assert_allclose(float(with_diag(feats)), value, rtol=1e-5)
+    # The diagonal is a constant (up to eps / var): the same gradient.
+    grads = []
+    for loss in (ours, with_diag):
+        leaves = [f.clone().requires_grad_(True) for f in feats]
+        loss(leaves).backward()
+        grads.append(torch.cat([g.grad.flatten() for g in leaves]))
+    scale = grads[0].abs().max().item()
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-3 * scale)
+    assert grads[0].abs().sum() > 0
+
+
+def test_rdwt_layouts_group_different_values():
+    x = feats_for([8], h=64, w=96)[0] * 3 + 1
+    by_channel = instance_norm(x, layout='channels')
+    by_strip = instance_norm(x, layout='authors')
+    assert by_channel.shape == by_strip.shape == x.shape
+    # 'authors': each run of H*W consecutive token-major values is
+    # standardised (NumPy re-statement of their reshape / permute).
+    t = x.double().numpy().transpose(0, 2, 3, 1).reshape(2, 8, -1)
+    t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True))
+    expected = t.reshape(2, 16, 24, 8).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(by_strip.numpy(), expected, atol=1e-4)
+    assert (by_channel - by_strip).abs().max() > 0.1
+    with pytest.raises(ValueError, match='layout'):
+        RDWTLoss(layout='tokens')
 
 
 def test_rdwt_helpers_match_numpy():

@@ -7,7 +7,7 @@ from mmseg.models.backbones.mit import MixVisionTransformer
 from mmseg.models.utils import nlc_to_nchw
 from mmseg.registry import MODELS
 
-from ..losses.rdwt_loss import instance_norm
+from ..utils.whitening import check_layout, instance_norm
 
 
 @MODELS.register_module()
@@ -15,14 +15,20 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
     """MixVisionTransformer whose stage outputs are instance-normalised.
 
     After a selected stage's final LayerNorm, its map is normalised per
-    sample and channel over H x W (no affine) and that normalised map is fed
-    both to the next stage and to the outputs, as in the authors' network.
-    Adds no parameter, so mmseg's MiT checkpoints load unchanged.
+    sample and group (no affine) and that normalised map is fed both to the
+    next stage and to the outputs, as in the authors' network. Adds no
+    parameter, so mmseg's MiT checkpoints load unchanged.
 
     Args:
         rdwt_stages (Sequence[int]): 0-based stages to whiten.
             Default: (0, 1, 2, 3).
         rdwt_eps (float): Instance-norm epsilon. Default: 1e-5.
+        rdwt_layout (str): What is normalised: ``'channels'`` (each channel
+            over H x W, as the paper's text describes; the default) or
+            ``'authors'`` (the published code's reshape of the (B, N, C)
+            tokens without a transpose, see
+            :mod:`mmseg_dfq.models.utils.whitening`). The RDWT loss must
+            use the same layout. Default: 'channels'.
         **kwargs: Arguments of :class:`MixVisionTransformer`.
     """
 
@@ -30,6 +36,7 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         self,
         rdwt_stages: Sequence[int] = (0, 1, 2, 3),
         rdwt_eps: float = 1e-5,
+        rdwt_layout: str = 'channels',
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -42,6 +49,9 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             )
         self.rdwt_stages = stages
         self.rdwt_eps = rdwt_eps
+        self.rdwt_layout = check_layout(
+            rdwt_layout, 'RDWTMixVisionTransformer'
+        )
 
     def forward(self, x):
         """Forward the stages, whitening the selected stage outputs.
@@ -64,9 +74,8 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
                 # Keep nlc_to_nchw's channels-last layout: on CPU the
                 # next convs and the head's bilinear resizes are ~2.5x
                 # slower on the contiguous NCHW that instance_norm returns.
-                x = instance_norm(x, self.rdwt_eps).contiguous(
-                    memory_format=torch.channels_last
-                )
+                x = instance_norm(x, self.rdwt_eps, self.rdwt_layout)
+                x = x.contiguous(memory_format=torch.channels_last)
             if i in self.out_indices:
                 outs.append(x)
         return outs

@@ -1,5 +1,6 @@
 """DFQ decode head: deep features query the shallow, high-resolution ones."""
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -7,7 +8,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
+from mmengine.model import (
+    BaseModule,
+    constant_init,
+    normal_init,
+    trunc_normal_init,
+)
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
@@ -33,16 +39,29 @@ class MixFFN(nn.Module):
         """Args: x (Tensor): (B, H*W, C); hw: (H, W). Returns (B, H*W, C)."""
         b, n, _ = x.shape
         x = self.fc1(x)
-        x = x.transpose(1, 2).reshape(b, -1, hw[0], hw[1])
-        x = F.gelu(self.dwconv(x)).flatten(2).transpose(1, 2)
+        # Token-major (B, H, W, C) viewed as NCHW: channels-last, no copy.
+        x = x.reshape(b, hw[0], hw[1], -1).permute(0, 3, 1, 2)
+        x = F.gelu(self.dwconv(x)).permute(0, 2, 3, 1).reshape(b, n, -1)
         return self.fc2(x)
 
 
 class FeatureQueryBlock(BaseModule):
     """Pre-norm cross-attention block: one deep level queries shallow c1.
 
-    Keys and values come from c1 pooled to the query level's grid, then a
-    1x1 conv, LayerNorm, GELU and one linear layer to ``2 * query_dims``.
+    The authors' ``Block_feed``: three LayerNorms (the query tokens, the c1
+    tokens before pooling, and before the MixFFN); keys and values come from
+    the normalised c1, average-pooled to the query level's grid, then a 1x1
+    conv, LayerNorm, GELU and one linear layer (no bias) to
+    ``2 * query_dims``; the query linear layer has no bias either, the
+    output projection has one.
+
+    Parameter names and their counterparts in the authors' ``Block_feed``
+    (``attn_c{i}_c1`` of ``FeedFormerHead``): ``q_norm`` = ``norm1``,
+    ``shallow_norm`` = ``norm2``, ``ffn_norm`` = ``norm3``, ``q`` =
+    ``attn.q``, ``kv`` = ``attn.kv``, ``proj`` = ``attn.proj``,
+    ``kv_conv`` = ``attn.sr``, ``kv_norm`` = ``attn.norm``, ``ffn.fc1`` /
+    ``ffn.dwconv`` / ``ffn.fc2`` = ``mlp.fc1`` / ``mlp.dwconv.dwconv`` /
+    ``mlp.fc2``.
 
     Args:
         query_dims (int): Channels C_i of the deep (query) level.
@@ -50,6 +69,11 @@ class FeatureQueryBlock(BaseModule):
         num_heads (int): Attention heads; must divide ``query_dims``.
         mlp_ratio (float): MixFFN expansion. Default: 4.
         drop_path (float): DropPath rate. Default: 0.1.
+        pool_ratio (int, optional): Pool c1 with a fixed average pooling of
+            this kernel and stride, as the authors (2, 4, 8 for c2, c3, c4);
+            None pools adaptively to the query grid, which equals the fixed
+            pooling when the sizes divide and also matches the grids when
+            they do not. Default: None.
     """
 
     def __init__(
@@ -59,6 +83,7 @@ class FeatureQueryBlock(BaseModule):
         num_heads: int,
         mlp_ratio: float = 4,
         drop_path: float = 0.1,
+        pool_ratio: Optional[int] = None,
     ):
         super().__init__()
         if query_dims % num_heads:
@@ -66,18 +91,42 @@ class FeatureQueryBlock(BaseModule):
                 f'DFQHead: {num_heads} heads do not divide {query_dims} '
                 'query channels'
             )
+        if pool_ratio is not None and int(pool_ratio) < 1:
+            raise ValueError(
+                f'DFQHead: pool ratio must be >= 1, got {pool_ratio}'
+            )
         self.num_heads = num_heads
+        self.pool_ratio = None if pool_ratio is None else int(pool_ratio)
+        self.q_norm = nn.LayerNorm(query_dims)
+        self.shallow_norm = nn.LayerNorm(kv_dims)
         self.kv_conv = nn.Conv2d(kv_dims, kv_dims, 1)
         self.kv_norm = nn.LayerNorm(kv_dims)
-        self.kv = nn.Linear(kv_dims, 2 * query_dims)
-        self.q_norm = nn.LayerNorm(query_dims)
-        self.q = nn.Linear(query_dims, query_dims)
+        self.kv = nn.Linear(kv_dims, 2 * query_dims, bias=False)
+        self.q = nn.Linear(query_dims, query_dims, bias=False)
         self.proj = nn.Linear(query_dims, query_dims)
         self.ffn_norm = nn.LayerNorm(query_dims)
         self.ffn = MixFFN(query_dims, int(query_dims * mlp_ratio))
         self.drop_path = (
             DropPath(drop_path) if drop_path > 0 else nn.Identity()
         )
+        self.init_weights()
+
+    def init_weights(self):
+        """The authors' initialisation (SegFormer's).
+
+        Linear: truncated normal (std 0.02), zero bias; LayerNorm: (1, 0);
+        Conv2d: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out / groups,
+        zero bias.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=0.02, bias=0.0)
+            elif isinstance(m, nn.LayerNorm):
+                constant_init(m, val=1.0, bias=0.0)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1]
+                fan_out = fan_out * m.out_channels // m.groups
+                normal_init(m, mean=0.0, std=math.sqrt(2.0 / fan_out))
 
     def forward(
         self, query: torch.Tensor, shallow: torch.Tensor
@@ -89,18 +138,26 @@ class FeatureQueryBlock(BaseModule):
             shallow (Tensor): Shallow level c1, (B, C_1, H_1, W_1).
 
         Returns:
-            Tensor: Refined deep level, (B, C_i, H_i, W_i).
+            Tensor: Refined deep level, (B, C_i, H_i, W_i) (channels-last
+            memory).
         """
         b, c, h, w = query.shape
-        # Average pooling by the stride ratio (2, 4, 8 for MiT); adaptive so
-        # non-divisible sizes still land on the query grid.
-        kv = F.adaptive_avg_pool2d(shallow, (h, w))
-        kv = self.kv_conv(kv).flatten(2).transpose(1, 2)
+        # LayerNorm over channels on the (B, H, W, C) view (no copy for the
+        # channels-last maps of the RDWT backbone), back to NCHW to pool.
+        kv = self.shallow_norm(shallow.permute(0, 2, 3, 1))
+        kv = kv.permute(0, 3, 1, 2)
+        if self.pool_ratio is None:
+            kv = F.adaptive_avg_pool2d(kv, (h, w))
+        else:
+            kv = F.avg_pool2d(kv, self.pool_ratio, self.pool_ratio)
+        kv = self.kv_conv(kv)
+        n_kv = kv.shape[2] * kv.shape[3]
+        kv = kv.permute(0, 2, 3, 1).reshape(b, n_kv, -1)
         kv = self.kv(F.gelu(self.kv_norm(kv)))
         k, v = kv.reshape(
-            b, h * w, 2, self.num_heads, c // self.num_heads
+            b, n_kv, 2, self.num_heads, c // self.num_heads
         ).permute(2, 0, 3, 1, 4)
-        x = query.flatten(2).transpose(1, 2)
+        x = query.permute(0, 2, 3, 1).reshape(b, h * w, c)
         q = (
             self.q(self.q_norm(x))
             .reshape(b, h * w, self.num_heads, c // self.num_heads)
@@ -111,7 +168,7 @@ class FeatureQueryBlock(BaseModule):
         attn = attn.transpose(1, 2).reshape(b, h * w, c)
         x = x + self.drop_path(self.proj(attn))
         x = x + self.drop_path(self.ffn(self.ffn_norm(x), (h, w)))
-        return x.transpose(1, 2).reshape(b, c, h, w)
+        return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 @MODELS.register_module()
@@ -121,13 +178,26 @@ class DFQHead(BaseDecodeHead):
     The first selected level (c1, stride 4) serves as keys/values; every
     deeper level is a query refined by a :class:`FeatureQueryBlock`. The
     refined levels are resized to c1, concatenated with it (deepest first),
-    fused by a 1x1 conv + norm + ReLU to ``channels`` and classified.
+    fused by a 1x1 conv + norm + ReLU to ``channels`` and classified. With
+    the defaults this is the authors' ``FeedFormerHead`` (no dropout before
+    the classifier: ``dropout_ratio`` defaults to 0 here).
+
+    State-dict mapping to the authors' head (see
+    :func:`mmseg_dfq.models.convert.convert_authors_head`):
+    ``blocks.{0,1,2}.*`` = ``attn_c{2,3,4}_c1.*`` (names inside a block in
+    :class:`FeatureQueryBlock`), ``fusion_conv.conv`` / ``fusion_conv.bn``
+    = ``linear_fuse.conv`` / ``linear_fuse.bn``, ``conv_seg`` =
+    ``linear_pred``.
 
     Args:
         num_heads (Sequence[int]): Heads per deep level, shallow to deep.
             Default: (2, 5, 8).
         mlp_ratio (float): MixFFN expansion. Default: 4.
         drop_path_rate (float): DropPath of the blocks. Default: 0.1.
+        pool_ratios (Sequence[int], optional): Fixed average-pooling ratio
+            of c1 per deep level, as the authors' (2, 4, 8); None pools c1
+            adaptively to each query grid (the same on sizes divisible by
+            32, and one key per query cell on the others). Default: None.
         loss_rdwt (dict, optional): Config of an ``RDWTLoss`` computed on the
             features the head receives; None disables it (the "+DFQHead"
             ablation). Default: None.
@@ -139,7 +209,8 @@ class DFQHead(BaseDecodeHead):
             same result, since both are linear, for less arithmetic).
             Default: True.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels``,
-            ``in_index``, ``channels`` (768 in DFQ), ``num_classes``...).
+            ``in_index``, ``channels`` (768 in DFQ), ``num_classes``,
+            ``dropout_ratio`` (default 0 here)...).
     """
 
     def __init__(
@@ -147,11 +218,14 @@ class DFQHead(BaseDecodeHead):
         num_heads: Sequence[int] = (2, 5, 8),
         mlp_ratio: float = 4,
         drop_path_rate: float = 0.1,
+        pool_ratios: Optional[Sequence[int]] = None,
         loss_rdwt: Optional[dict] = None,
         rdwt_in_index: Optional[Sequence[int]] = None,
         fuse_at_level_resolution: bool = True,
         **kwargs,
     ):
+        # The authors' head has no dropout before the classifier.
+        kwargs.setdefault('dropout_ratio', 0.0)
         super().__init__(input_transform='multiple_select', **kwargs)
         levels = len(self.in_channels)
         if levels < 2:
@@ -166,10 +240,17 @@ class DFQHead(BaseDecodeHead):
                 f'per deep level ({levels - 1} for in_channels '
                 f'{self.in_channels})'
             )
+        if pool_ratios is not None and len(pool_ratios) != levels - 1:
+            raise ValueError(
+                f'DFQHead: pool_ratios {tuple(pool_ratios)} must give one '
+                f'ratio per deep level ({levels - 1} for in_channels '
+                f'{self.in_channels})'
+            )
+        ratios = pool_ratios or [None] * (levels - 1)
         c1 = self.in_channels[0]
         self.blocks = nn.ModuleList(
-            FeatureQueryBlock(c, c1, h, mlp_ratio, drop_path_rate)
-            for c, h in zip(self.in_channels[1:], num_heads)
+            FeatureQueryBlock(c, c1, h, mlp_ratio, drop_path_rate, r)
+            for c, h, r in zip(self.in_channels[1:], num_heads, ratios)
         )
         self.fusion_conv = ConvModule(
             sum(self.in_channels),

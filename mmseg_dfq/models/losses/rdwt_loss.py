@@ -1,83 +1,54 @@
-"""RDWT decorrelation loss and the two feature statistics it is built on."""
+"""RDWT decorrelation loss."""
 
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-
-def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Normalise each channel of each sample to zero mean, unit variance.
-
-    Args:
-        x (Tensor): Feature map, shape (B, C, H, W).
-        eps (float): Added to the variance. Default: 1e-5.
-
-    Returns:
-        Tensor: Same shape as ``x``; statistics over H x W, no affine.
-    """
-    if x.shape[2] * x.shape[3] < 2:
-        # F.instance_norm rejects a single spatial element in training; its
-        # statistics would give x - mean = 0 there, so return that (keeping
-        # the graph) instead of failing on small inputs.
-        return x - x.mean(dim=(2, 3), keepdim=True)
-    return F.instance_norm(x, eps=eps)
-
-
-def channel_covariance(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample channel covariance ``X X^T / (HW - 1)`` in float32.
-
-    Args:
-        x (Tensor): Feature map, shape (B, C, H, W), assumed zero-mean per
-            channel (e.g. the output of :func:`instance_norm`).
-
-    Returns:
-        Tensor: Shape (B, C, C). All zeros for 1x1 maps, where a covariance
-        is undefined.
-    """
-    b, c, h, w = x.shape
-    # float32 even under autocast: the sums over HW overflow/round in fp16.
-    flat = x.float().reshape(b, c, h * w)
-    if h * w < 2:
-        # Zeros that stay in the graph, so backward() on this alone works.
-        return flat.new_zeros(b, c, c) + 0 * flat.sum()
-    with torch.autocast(device_type=flat.device.type, enabled=False):
-        return torch.bmm(flat, flat.transpose(1, 2)) / (h * w - 1)
-
-
-def off_diagonal_abs_sum(cov: torch.Tensor) -> torch.Tensor:
-    """Sum of ``|S_jk|`` over ``j < k`` for each matrix of a batch.
-
-    Args:
-        cov (Tensor): Symmetric matrices, shape (B, C, C).
-
-    Returns:
-        Tensor: Shape (B,).
-    """
-    c = cov.shape[-1]
-    # Half of (all entries - diagonal): the upper triangle of a symmetric S.
-    total = cov.abs().sum(dim=(-2, -1))
-    diag = torch.diagonal(cov, dim1=-2, dim2=-1).abs().sum(-1)
-    return (total - diag) / 2 if c > 1 else total * 0
+from ..utils.whitening import (
+    channel_covariance,
+    check_layout,
+    instance_norm,
+    off_diagonal_abs_sum,
+)
 
 
 @MODELS.register_module()
 class RDWTLoss(nn.Module):
     """Decorrelation loss of the relaxed deep whitening transformation.
 
-    For every feature level: instance-normalise, take the per-sample channel
-    covariance S (float32), and sum ``|S_jk|`` over the off-diagonal entries
-    ``j < k``; average over the batch. Levels are combined with
-    ``stage_weights`` (a plain sum by default, as in the paper) and scaled by
-    ``loss_weight``.
+    For every feature level: instance-normalise (per ``layout`` group), take
+    the per-sample group covariance S (float32), and sum ``|S_jk|`` over the
+    off-diagonal entries ``j < k``; average over the batch. The level terms
+    L_i are weighted by ``stage_weights`` (all 1 by default) and combined by
+    ``reduction``, then scaled by ``loss_weight``:
+
+    - ``reduction='mean'`` (default): ``loss_weight * sum_i w_i L_i / n``,
+      the authors' objective (their encoder returns the sum of its four
+      stage terms divided by 4, their training adds 1e-4 times that).
+    - ``reduction='sum'``: ``loss_weight * sum_i w_i L_i``; with four levels
+      its gradient is exactly 4x the authors'.
+
+    The authors' stage term sums the upper triangle *including* the
+    diagonal of ``S + 1e-5 I``. After instance normalisation the diagonal is
+    a constant (~HW / (HW - 1)), so it changes the logged value but never
+    the gradient; ``with_diagonal=True`` adds it to reproduce their number.
 
     Args:
         loss_weight (float): lambda of the paper. Default: 1e-4.
         stage_weights (Sequence[float], optional): One weight per level.
             Default: None (all 1).
-        eps (float): Instance-norm epsilon. Default: 1e-5.
+        reduction (str): ``'mean'`` or ``'sum'`` over levels.
+            Default: 'mean'.
+        layout (str): ``'channels'`` (true channels, the default) or
+            ``'authors'`` (the published reshape-without-transpose
+            grouping); must match the backbone's / neck's ``rdwt_layout``.
+            Default: 'channels'.
+        with_diagonal (bool): Add the constant diagonal of ``S + eps I``
+            to each term, as the authors' code does. Default: False.
+        eps (float): Instance-norm epsilon (and the authors' diagonal
+            offset). Default: 1e-5.
         loss_name (str): Key of the loss in the losses dict.
             Default: 'loss_rdwt'.
     """
@@ -86,6 +57,9 @@ class RDWTLoss(nn.Module):
         self,
         loss_weight: float = 1e-4,
         stage_weights: Optional[Sequence[float]] = None,
+        reduction: str = 'mean',
+        layout: str = 'channels',
+        with_diagonal: bool = False,
         eps: float = 1e-5,
         loss_name: str = 'loss_rdwt',
     ):
@@ -94,12 +68,20 @@ class RDWTLoss(nn.Module):
             raise ValueError(
                 f'RDWTLoss: loss_weight must be >= 0, got {loss_weight}'
             )
+        if reduction not in ('mean', 'sum'):
+            raise ValueError(
+                "RDWTLoss: reduction must be 'mean' or 'sum', got "
+                f'{reduction!r}'
+            )
         self.loss_weight = float(loss_weight)
         self.stage_weights = (
             None
             if stage_weights is None
             else [float(w) for w in stage_weights]
         )
+        self.reduction = reduction
+        self.layout = check_layout(layout, 'RDWTLoss')
+        self.with_diagonal = bool(with_diagonal)
         self.eps = eps
         self._loss_name = loss_name
 
@@ -107,6 +89,28 @@ class RDWTLoss(nn.Module):
     def loss_name(self) -> str:
         """str: The key under which the Runner logs this loss."""
         return self._loss_name
+
+    def stage_term(self, feat: torch.Tensor) -> torch.Tensor:
+        """Decorrelation term L_i of one level, averaged over the batch.
+
+        Args:
+            feat (Tensor): Feature map, (B, C, H, W).
+
+        Returns:
+            Tensor: Scalar (float32).
+        """
+        if feat.dim() != 4:
+            raise ValueError(
+                'RDWTLoss: expected (B, C, H, W) maps, got '
+                f'shape {tuple(feat.shape)}'
+            )
+        normed = instance_norm(feat.float(), self.eps, self.layout)
+        cov = channel_covariance(normed, self.layout)
+        term = off_diagonal_abs_sum(cov)
+        if self.with_diagonal:
+            diag = torch.diagonal(cov, dim1=-2, dim2=-1) + self.eps
+            term = term + diag.abs().sum(-1)
+        return term.mean()
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Compute the weighted decorrelation loss.
@@ -129,12 +133,7 @@ class RDWTLoss(nn.Module):
             )
         total = feats[0].new_zeros((), dtype=torch.float32)
         for weight, feat in zip(weights, feats):
-            if feat.dim() != 4:
-                raise ValueError(
-                    'RDWTLoss: expected (B, C, H, W) maps, got '
-                    f'shape {tuple(feat.shape)}'
-                )
-            normed = instance_norm(feat.float(), self.eps)
-            cov = channel_covariance(normed)
-            total = total + weight * off_diagonal_abs_sum(cov).mean()
+            total = total + weight * self.stage_term(feat)
+        if self.reduction == 'mean':
+            total = total / len(feats)
         return self.loss_weight * total

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 from mmseg.registry import MODELS
 
-from ..losses.rdwt_loss import instance_norm
+from ..utils.whitening import check_layout, instance_norm
 
 
 @MODELS.register_module()
@@ -20,14 +20,20 @@ class RDWTNeck(nn.Module):
         in_index (Sequence[int], optional): Levels to normalise; None means
             all. Default: None.
         eps (float): Instance-norm epsilon. Default: 1e-5.
+        rdwt_layout (str): ``'channels'`` or ``'authors'``, as in
+            :class:`RDWTMixVisionTransformer`. Default: 'channels'.
     """
 
     def __init__(
-        self, in_index: Optional[Sequence[int]] = None, eps: float = 1e-5
+        self,
+        in_index: Optional[Sequence[int]] = None,
+        eps: float = 1e-5,
+        rdwt_layout: str = 'channels',
     ):
         super().__init__()
         self.in_index = None if in_index is None else tuple(in_index)
         self.eps = eps
+        self.rdwt_layout = check_layout(rdwt_layout, 'RDWTNeck')
 
     def forward(self, inputs):
         """Whiten the selected levels.
@@ -47,6 +53,6 @@ class RDWTNeck(nn.Module):
             )
         chosen = {i % n for i in index}
         return tuple(
-            instance_norm(x, self.eps) if i in chosen else x
+            instance_norm(x, self.eps, self.rdwt_layout) if i in chosen else x
             for i, x in enumerate(inputs)
         )

@@ -1,0 +1,19 @@
+from .whitening import (
+    RDWT_LAYOUTS,
+    channel_covariance,
+    check_layout,
+    from_whitening_groups,
+    instance_norm,
+    off_diagonal_abs_sum,
+    whitening_groups,
+)
+
+__all__ = [
+    'RDWT_LAYOUTS',
+    'channel_covariance',
+    'check_layout',
+    'from_whitening_groups',
+    'instance_norm',
+    'off_diagonal_abs_sum',
+    'whitening_groups',
+]
