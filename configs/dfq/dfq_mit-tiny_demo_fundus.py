@@ -28,16 +28,14 @@ train_pipeline = [
         type='RandomApply',
         transforms=[
             dict(
-                type='RandomResize',
+                type='RandomAnisotropicResize',
                 scale=crop_size,
                 ratio_range=(1.0, 1.5),
-                keep_ratio=True,
             )
         ],
         prob=0.5,
     ),
     dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [

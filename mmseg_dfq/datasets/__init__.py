@@ -1,5 +1,6 @@
 """Domain-split datasets, loading transforms and the domain-mix sampler."""
 
+from .augment import RandomAnisotropicResize
 from .fundus import FundusDGDataset
 from .prostate import ProstateDGDataset
 from .samplers import DomainMixSampler, check_domain_mix_batch_size
@@ -41,6 +42,7 @@ __all__ = [
     'LoadFundusImageFromFile',
     'LoadProstateSlice',
     'ProstateDGDataset',
+    'RandomAnisotropicResize',
     'VolumeCache',
     'check_domain_mix_batch_size',
     'decode_fundus_mask',

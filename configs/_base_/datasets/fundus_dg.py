@@ -44,8 +44,10 @@ data_preprocessor_cfg = dict(
     size=crop_size,
 )
 
-# The authors' augmentation: resize to 256, random scale x1..1.5 half of the
-# time, random crop back to 256, flip.
+# The authors' augmentation: resize to 256, then half of the time scale x
+# and y independently by U(1, 1.5), random crop back to 256; no flip (add
+# dict(type='RandomFlip', prob=0.5) before PackSegInputs for one; see the
+# departures table in docs/design.md).
 train_pipeline = [
     dict(type='LoadFundusImageFromFile'),
     dict(type='LoadFundusAnnotations'),
@@ -54,16 +56,14 @@ train_pipeline = [
         type='RandomApply',
         transforms=[
             dict(
-                type='RandomResize',
+                type='RandomAnisotropicResize',
                 scale=crop_size,
                 ratio_range=(1.0, 1.5),
-                keep_ratio=True,
             )
         ],
         prob=0.5,
     ),
     dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 # Annotations are loaded after Resize so the metric sees original-size masks

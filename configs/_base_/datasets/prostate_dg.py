@@ -46,9 +46,10 @@ data_preprocessor_cfg = dict(
     size_divisor=32,
 )
 
+# The authors train prostate without augmentation (a flip, if wanted, is
+# dict(type='RandomFlip', prob=0.5) after the loader; see docs/design.md).
 train_pipeline = [
     dict(type='LoadProstateSlice'),
-    dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
