@@ -7,13 +7,29 @@
 #   error);
 # - the logged RDWT value includes their constant diagonal (same gradient);
 # - keys/values pooled with their fixed AvgPool2d(2, 4, 8) (equal to the
-#   adaptive default at sizes divisible by 32, as their 256 crops are).
+#   adaptive default at sizes divisible by 32, as their 256 crops are);
+# - two sigmoid channels (disc, cup) trained with BCE + a batch-pooled Dice
+#   and thresholded at 0.75 on probabilities resized to the image, instead
+#   of the 3-class softmax; the metric still reports OD (disc or cup) and OC.
 # What still differs is listed in the departures table of docs/design.md.
+# Checkpoints of the authors' train_feed.py load into this model after
+# tools/convert/dfq_official_to_mmseg.py (their MiT-b3: the _b3_ config).
 _base_ = './dfq_mit-b2_fundus_d1.py'
+# Output channel -> the labels it covers: disc = rim + cup, cup.
+label_sets = [[1, 2], [2]]
 model = dict(
+    type='MultiLabelEncoderDecoder',
+    label_sets=label_sets,
+    threshold=0.75,
     backbone=dict(rdwt_layout='authors'),
     decode_head=dict(
+        num_classes=2,
+        out_channels=2,
         pool_ratios=(2, 4, 8),
+        loss_decode=[
+            dict(type='MultiLabelBCELoss', label_sets=label_sets),
+            dict(type='MultiLabelDiceLoss', label_sets=label_sets),
+        ],
         loss_rdwt=dict(layout='authors', with_diagonal=True),
     ),
 )

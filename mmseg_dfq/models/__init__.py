@@ -1,1 +1,8 @@
-from . import backbones, decode_heads, losses, necks, utils  # noqa: F401
+from . import (  # noqa: F401
+    backbones,
+    decode_heads,
+    losses,
+    necks,
+    segmentors,
+    utils,
+)

@@ -344,12 +344,15 @@ def test_converter_tool_output_loads_into_dfq_model(tmp_path, arch):
     torch.save(authors_checkpoint(arch), src)
     main([str(src), str(dst)])
     init_default_scope('mmseg')
+    # The published-model config of that size: two sigmoid channels.
     cfg = Config.fromfile(
-        osp.join(ROOT, 'configs', '_base_', 'models', f'dfq_mit-{arch}.py')
+        osp.join(
+            ROOT, 'configs', 'dfq', f'dfq_mit-{arch}_fundus_d1_authors.py'
+        )
     )
     cfg.model.backbone.init_cfg = None
-    cfg.model.decode_head.num_classes = 2
     cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    assert cfg.model.decode_head.num_classes == 2
     model = MODELS.build(cfg.model)
     state = torch.load(dst, map_location='cpu', weights_only=True)
     result = model.load_state_dict(state['state_dict'], strict=True)

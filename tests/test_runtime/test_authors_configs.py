@@ -9,6 +9,7 @@ from mmengine.runner import Runner
 from mmseg_dfq.config import load_config
 from mmseg_dfq.datasets.synthetic import make_fundus
 from mmseg_dfq.models.backbones.mit_rdwt import RDWTMixVisionTransformer
+from mmseg_dfq.models.segmentors import MultiLabelEncoderDecoder
 
 REPO = osp.join(osp.dirname(__file__), '..', '..')
 CONFIGS = osp.join(REPO, 'configs', 'dfq')
@@ -55,12 +56,15 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
     cfg.custom_hooks = []
     runner = Runner.from_cfg(cfg)
     model = runner.model
+    assert isinstance(model, MultiLabelEncoderDecoder)
+    assert model.threshold == 0.75
     assert isinstance(model.backbone, RDWTMixVisionTransformer)
     assert model.backbone.rdwt_layout == 'authors'
     runner.train()
     logged = runner.message_hub.log_scalars
     rdwt = logged['train/decode.loss_rdwt'].current()
-    ce = logged['train/decode.loss_ce'].current()
-    assert torch.isfinite(torch.tensor([rdwt, ce])).all()
+    bce = logged['train/decode.loss_bce'].current()
+    dice = logged['train/decode.loss_dice'].current()
+    assert torch.isfinite(torch.tensor([rdwt, bce, dice])).all()
     # Their value includes the diagonal: at least one per group and stage.
     assert rdwt > 1e-4 * 64

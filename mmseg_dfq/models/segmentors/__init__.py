@@ -1,0 +1,3 @@
+from .multilabel import MultiLabelEncoderDecoder
+
+__all__ = ['MultiLabelEncoderDecoder']

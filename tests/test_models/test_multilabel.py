@@ -1,0 +1,130 @@
+"""The authors' two-sigmoid fundus form: nested targets, losses, labels."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import mmseg_dfq  # noqa: F401  (registers the plugin)
+from mmseg_dfq.models.losses import MultiLabelBCELoss, MultiLabelDiceLoss
+
+SETS = [[1, 2], [2]]  # disc = rim + cup, cup
+
+
+def labels_and_logits(seed=0, b=2, h=12, w=10):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (b, h, w), generator=g)
+    labels[0, 0, :4] = 255  # ignored (padding)
+    logits = torch.randn(b, 2, h, w, generator=g) * 2
+    return labels, logits
+
+
+def numpy_targets(labels):
+    lab = labels.numpy()
+    valid = (lab != 255).astype(np.float64)
+    disc = np.isin(lab, [1, 2]) * valid
+    cup = (lab == 2) * valid
+    return np.stack([disc, cup], 1), valid[:, None]
+
+
+def test_bce_matches_numpy():
+    labels, logits = labels_and_logits()
+    t, valid = numpy_targets(labels)
+    p = 1 / (1 + np.exp(-logits.double().numpy()))
+    bce = -(t * np.log(p) + (1 - t) * np.log(1 - p)) * valid
+    expected = bce.sum() / (valid.sum() * 2)
+    ours = MultiLabelBCELoss(label_sets=SETS, loss_weight=2.0)(logits, labels)
+    np.testing.assert_allclose(float(ours), 2 * expected, rtol=1e-5)
+
+
+def test_pooled_dice_matches_numpy():
+    labels, logits = labels_and_logits(1)
+    t, valid = numpy_targets(labels)
+    p = 1 / (1 + np.exp(-logits.double().numpy())) * valid
+    dice = (2 * (p * t).sum() + 1e-5) / ((p * p).sum() + (t * t).sum() + 1e-5)
+    ours = MultiLabelDiceLoss(label_sets=SETS)(logits, labels)
+    np.testing.assert_allclose(float(ours), 1 - dice, rtol=1e-5)
+    # Perfect, confident predictions give ~0.
+    perfect = torch.from_numpy(t * 40 - 20).float()
+    assert float(MultiLabelDiceLoss(label_sets=SETS)(perfect, labels)) < 1e-6
+
+
+def test_losses_check_channels_and_sets():
+    labels, logits = labels_and_logits()
+    with pytest.raises(ValueError, match='3 label_sets'):
+        MultiLabelBCELoss(label_sets=[[1], [2], [3]])(logits, labels)
+    with pytest.raises(ValueError, match='label_sets'):
+        MultiLabelDiceLoss(label_sets=[[]])
+
+
+def build_segmentor(threshold=0.75):
+    init_default_scope('mmseg')
+    return MODELS.build(
+        dict(
+            type='MultiLabelEncoderDecoder',
+            label_sets=SETS,
+            threshold=threshold,
+            backbone=dict(
+                type='RDWTMixVisionTransformer',
+                embed_dims=8,
+                num_layers=[1, 1, 1, 1],
+                num_heads=[1, 2, 4, 8],
+            ),
+            decode_head=dict(
+                type='DFQHead',
+                in_channels=[8, 16, 32, 64],
+                in_index=[0, 1, 2, 3],
+                num_heads=(1, 1, 1),
+                channels=16,
+                num_classes=2,
+                out_channels=2,
+                norm_cfg=dict(type='BN'),
+                loss_decode=[
+                    dict(type='MultiLabelBCELoss', label_sets=SETS),
+                    dict(type='MultiLabelDiceLoss', label_sets=SETS),
+                ],
+            ),
+        )
+    ).eval()
+
+
+def test_probabilities_are_resized_then_thresholded():
+    model = build_segmentor()
+    logits = torch.randn(1, 2, 16, 16) * 3
+    sample = SegDataSample()
+    sample.set_metainfo(
+        dict(img_shape=(16, 16), ori_shape=(40, 30), pad_shape=(16, 16))
+    )
+    (out,) = model.postprocess_result(logits, [sample])
+    # The authors: sigmoid, bilinear resize, then 0.75 per channel.
+    probs = F.interpolate(
+        logits.sigmoid(), (40, 30), mode='bilinear', align_corners=False
+    )[0]
+    disc, cup = (probs > 0.75).numpy()
+    expected = np.where(cup, 2, np.where(disc, 1, 0))
+    np.testing.assert_array_equal(out.pred_sem_seg.data[0].numpy(), expected)
+    torch.testing.assert_close(out.seg_logits.data, probs)
+    # A cup outside the disc stays cup (label 2): the authors' channels are
+    # independent; OD = {1, 2} then counts it as disc too.
+    assert ((cup & ~disc).sum() == 0) or (expected[cup & ~disc] == 2).all()
+
+
+def test_segmentor_trains_and_checks_channels():
+    model = build_segmentor().train()
+    samples = []
+    for _ in range(2):
+        s = SegDataSample()
+        s.set_metainfo(
+            dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))
+        )
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 64, 64)))
+        samples.append(s)
+    losses = model.loss(torch.randn(2, 3, 64, 64), samples)
+    assert {'decode.loss_bce', 'decode.loss_dice'} <= set(losses)
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    with pytest.raises(ValueError, match='threshold'):
+        build_segmentor(threshold=1.5)
