@@ -10,12 +10,13 @@
 #                    else .venv in the checkout.
 #   PYTHON           interpreter that creates a new environment. Default:
 #                    python3.
-#   TORCH_SPEC       torch/torchvision requirements to install first. Empty
-#                    (the default): keep a torch + torchvision pair that the
-#                    environment already has and that works together, else
-#                    install DEFAULT_TORCH_SPEC below. Set: always install it.
+#   TORCH_SPEC       torch/torchvision requirements to install first.
+#                    Default: DEFAULT_TORCH_SPEC below.
 #   TORCH_INDEX_URL  package index for that install, e.g. one of PyTorch's
 #                    per-CUDA indexes (README, "Choosing a CUDA build").
+#                    With neither of the two set, a torch + torchvision pair
+#                    that the environment already has and that works together
+#                    is kept; with either set, the pair is always installed.
 #   FORCE=1          redo the set-up even when the stamp says it is done.
 #
 # Re-runs skip everything when the stamp in the environment matches setup.py,
@@ -70,7 +71,7 @@ import torchvision
 torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
 PY
 }
-if [ -z "$torch_spec" ] && pair_works; then
+if [ -z "$torch_spec$index_url" ] && pair_works; then
   say "keeping the torch + torchvision already in $venv" \
     "(TORCH_SPEC=... installs another pair)"
 else
