@@ -1,4 +1,4 @@
-"""Install mmseg-dfq: ``pip install -e .`` (install torch first)."""
+"""Install mmseg-dfq: ``pip install -e .`` (torch + torchvision first)."""
 
 import re
 from pathlib import Path
@@ -45,8 +45,11 @@ setup(
     python_requires='>=3.8',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     install_requires=[
-        # torch is not pinned: users bring the build for their CUDA first.
+        # torch is not pinned: users bring the build for their CUDA first,
+        # together with the torchvision built for it (README, Install).
         'torch>=1.12',
+        # mmpretrain imports torchvision but does not declare it.
+        'torchvision',
         'mmengine>=0.10.0,<0.11',
         _mmcv_requirement(),
         'mmsegmentation==1.2.2',
