@@ -369,8 +369,11 @@ def test_demo_config_trains_through_the_runner(tmp_path):
     cfg.train_dataloader.dataset.data_root = root
     cfg.train_dataloader.batch_size = 6
     cfg.train_dataloader.sampler.domain_counts = [2, 2, 2]
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    # Validation (plain batches through the same preprocessor) at the end.
+    cfg.val_dataloader.dataset.data_root = root
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop', max_iters=2, val_interval=2
+    )
     cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
     cfg.param_scheduler = []
     cfg.default_hooks.checkpoint = None
@@ -386,3 +389,20 @@ def test_demo_config_trains_through_the_runner(tmp_path):
         'ram.loss_consistency',
     ):
         assert np.isfinite(scalars[f'train/{key}'].current()), key
+    assert 'val/Domain1/OD_Dice' in scalars
+
+
+def test_plain_encoder_decoder_trains_on_both_views():
+    """Without RAMEncoderDecoder the doubled batch is just a batch."""
+    cfg = Config.fromfile(RAM_BASE)
+    cfg.model.type = 'EncoderDecoder'
+    cfg.model.pop('consistency_weight')
+    cfg.model.backbone.init_cfg = None
+    cfg.model.decode_head.channels = 32
+    cfg.model.data_preprocessor.size = (32, 48)
+    model = MODELS.build(cfg.model)
+    data = model.data_preprocessor(make_batch([2, 3, 4]), True)
+    assert data['inputs'].shape[0] == 6
+    losses = model(**data, mode='loss')
+    assert {'decode.loss_ce', 'decode.loss_dice'} <= set(losses)
+    assert all(torch.isfinite(v).all() for v in losses.values())
