@@ -187,12 +187,13 @@ class RAMSegDataPreProcessor(SegDataPreProcessor):
                 if j != i and (d != domain or not self.cross_domain)
             ]
             if not eligible:
+                which = 'from another domain ' if self.cross_domain else ''
                 raise ValueError(
                     f'RAMSegDataPreProcessor: sample {i} (domain {domain!r}) '
-                    'has no partner from another domain in its batch '
-                    f'(batch domains: {domains}); train with '
-                    'DomainMixSampler so every batch mixes the source '
-                    'domains, or set cross_domain=False'
+                    f'has no partner {which}in its batch (batch domains: '
+                    f'{domains}); train with DomainMixSampler so every '
+                    'batch mixes the source domains (cross_domain=False '
+                    'also accepts a partner of the same domain)'
                 )
             pick = int(torch.randint(len(eligible), (1,)))
             partners.append(eligible[pick])
