@@ -1,6 +1,7 @@
 # DFQ parts on a DINOv2 ViT-S/14 (MultiLevelNeck + RDWTNeck + DFQHead + RDWT
 # loss), fundus OD/OC, held-out Domain1, fine-tuning the whole network.
-# Crops of 252 px (18 x 18 patches; the authors' pipeline at 256 otherwise).
+# Crops of 252 px (18 x 18 patches); otherwise the fundus pipeline of
+# configs/_base_/datasets/fundus_dg.py.
 # The backbone learns at 0.1x the head's rate: the DFQ recipe's Adam 5e-4 is
 # for the MiT and its from-scratch head, and would overwrite the DINOv2
 # features. dfq_vit-s14-dinov2-frozen_fundus_d1-252.py freezes them instead.
@@ -27,16 +28,14 @@ train_pipeline = [
         type='RandomApply',
         transforms=[
             dict(
-                type='RandomResize',
+                type='RandomAnisotropicResize',
                 scale=crop_size,
                 ratio_range=(1.0, 1.5),
-                keep_ratio=True,
             )
         ],
         prob=0.5,
     ),
     dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
