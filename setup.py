@@ -1,9 +1,45 @@
 """Install mmseg-dfq: ``pip install -e .`` (install torch first)."""
 
+import os
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Installed into site-packages: Python runs its import line at start-up, and
+# _mmseg_dfq_hook provides mmcv.ops on mmcv-lite in any import order (only
+# once mmcv.ops is imported; inactive with a full mmcv).
+HOOK_PTH = 'mmseg_dfq_hook.pth'
+HOOK_LINE = (
+    'import _mmseg_dfq_hook; _mmseg_dfq_hook.install()  # mmseg-dfq: '
+    'mmcv.ops without compiled ops, see _mmseg_dfq_hook.py\n'
+)
+
+
+class BuildPyWithHook(build_py):
+    """build_py that also writes the start-up ``.pth`` next to the modules.
+
+    A wheel (``pip install .``) puts build_py's outputs into site-packages,
+    where Python processes ``.pth`` files. An editable install
+    (``pip install -e .``, setuptools >= 64) packs only its unpacked wheel
+    folder, which is the install command's ``install_lib`` there.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            folder = self.get_finalized_command('install').install_lib
+        else:
+            folder = self.build_lib
+        self.mkpath(folder)
+        with open(os.path.join(folder, HOOK_PTH), 'w') as f:
+            f.write(HOOK_LINE)
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, HOOK_PTH)
+        ]
 
 
 def _version():
@@ -44,6 +80,8 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    py_modules=['_mmseg_dfq_hook'],
+    cmdclass={'build_py': BuildPyWithHook},
     install_requires=[
         # torch is not pinned: users bring the build for their CUDA first.
         'torch>=1.12',

@@ -7,6 +7,7 @@ from mmseg.models.backbones.mit import MixVisionTransformer
 from mmseg.models.utils import nlc_to_nchw
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition  # mmsegapi
 from ..losses.rdwt_loss import instance_norm
 
 
@@ -42,6 +43,7 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             )
         self.rdwt_stages = stages
         self.rdwt_eps = rdwt_eps
+        check_rdwt_composition(self)  # composition check (mmsegapi)
 
     def forward(self, x):
         """Forward the stages, whitening the selected stage outputs.

@@ -12,6 +12,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition  # mmsegapi
+
 
 class MixFFN(nn.Module):
     """Linear -> depthwise 3x3 conv -> GELU -> Linear on (B, N, C) tokens.
@@ -183,6 +185,7 @@ class DFQHead(BaseDecodeHead):
         self.rdwt_in_index = (
             None if rdwt_in_index is None else list(rdwt_in_index)
         )
+        check_rdwt_composition(self)  # composition check (mmsegapi)
 
     def _check_inputs(self, inputs):
         if len(inputs) <= max(self.in_index):

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition  # mmsegapi
 from ..losses.rdwt_loss import instance_norm
 
 
@@ -28,6 +29,7 @@ class RDWTNeck(nn.Module):
         super().__init__()
         self.in_index = None if in_index is None else tuple(in_index)
         self.eps = eps
+        check_rdwt_composition(self)  # composition check (mmsegapi)
 
     def forward(self, inputs):
         """Whiten the selected levels.
