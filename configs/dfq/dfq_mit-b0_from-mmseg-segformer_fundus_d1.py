@@ -17,6 +17,9 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['mmseg_dfq'], allow_failed_imports=False)
+# Restated rather than taken from mmseg's base: dicts inherited across
+# packages carry a _scope_ key, which norm layers do not accept.
+norm_cfg = dict(type='SyncBN', requires_grad=True)
 checkpoint = 'https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/mit_b0_20220624-7e0fe6dd.pth'  # noqa
 model = dict(
     # Fundus pixels to [-1, 1] (mmseg's default is ImageNet statistics).
@@ -36,7 +39,7 @@ model = dict(
         drop_path_rate=0.1,
         dropout_ratio=0.1,
         num_classes=3,
-        norm_cfg={{_base_.norm_cfg}},
+        norm_cfg=norm_cfg,
         align_corners=False,
         loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4),
         loss_decode=[
