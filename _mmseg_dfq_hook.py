@@ -4,11 +4,12 @@ mmseg imports ``mmcv.ops`` while importing ``mmseg.models``, and mmcv-lite
 has no compiled ops, so ``from mmseg.apis import init_model`` fails unless
 ``import mmseg_dfq`` ran first and installed the pure-PyTorch stand-ins of
 :mod:`mmseg_dfq.compat`. Installing the package also installs
-``mmseg_dfq_hook.pth``, which makes Python import this module at start-up.
-
-At start-up this module imports nothing but ``sys``: it puts one finder at
-the front of ``sys.meta_path`` that ignores every module but ``mmcv.ops``.
-When ``mmcv.ops`` is first imported, the finder
+``mmseg_dfq_hook.pth``, whose one line Python runs at start-up: it puts a
+stub finder at the front of ``sys.meta_path`` that ignores every module but
+``mmcv.ops`` and imports nothing (this module included) until then, so
+programs that never import mmcv pay for one class definition. When
+``mmcv.ops`` is first imported, the stub calls :func:`find_spec` here,
+which
 
 - steps aside if mmcv has its compiled ops (``mmcv._ext``: a full mmcv) or
   mmseg-dfq is no longer importable; otherwise
@@ -17,12 +18,13 @@ When ``mmcv.ops`` is first imported, the finder
   progress) and returns the ``mmcv.ops`` stand-in it builds,
 
 and then removes itself from ``sys.meta_path``. ``import mmseg_dfq`` later
-reuses that same ``mmseg_dfq.compat`` module.
+reuses that same ``mmseg_dfq.compat`` module. :func:`install` puts the
+same finder in place by hand (e.g. in an environment without the ``.pth``).
 """
 
 import sys
 
-__all__ = ['install']
+__all__ = ['MmcvOpsFinder', 'find_spec', 'install', 'remove']
 
 
 def _load_compat():
@@ -76,45 +78,57 @@ class _FallbackLoader:
         pass
 
 
+def find_spec(fullname, path=None, target=None):
+    """Return a spec for the stand-in ``mmcv.ops``, or None.
+
+    The meta path finders' ``find_spec`` (the start-up stub calls it for
+    ``mmcv.ops`` only).
+
+    Args:
+        fullname (str): Module being imported.
+        path: Parent package's ``__path__`` (unused).
+        target: Unused.
+
+    Returns:
+        ModuleSpec | None: None for every other module, with a full mmcv,
+        or when mmseg-dfq cannot be found.
+    """
+    if fullname != 'mmcv.ops':
+        return None
+    import importlib.util
+
+    # One decision is enough: mmcv.ops is then in sys.modules.
+    remove()
+    if importlib.util.find_spec('mmcv._ext') is not None:
+        return None
+    compat = _load_compat()
+    if compat is None:
+        return None
+    return importlib.util.spec_from_loader('mmcv.ops', _FallbackLoader(compat))
+
+
 class MmcvOpsFinder:
-    """Meta path finder that provides ``mmcv.ops`` when mmcv has no ops."""
+    """Meta path finder that provides ``mmcv.ops`` when mmcv has no ops.
 
-    @classmethod
-    def find_spec(cls, fullname, path=None, target=None):
-        """Return a spec for the stand-in ``mmcv.ops``, or None.
+    The ``.pth`` line builds an equivalent stub inline (so that start-up
+    imports nothing); both carry ``_mmseg_dfq_hook`` for :func:`remove`.
+    """
 
-        Args:
-            fullname (str): Module being imported.
-            path: Parent package's ``__path__`` (unused).
-            target: Unused.
+    _mmseg_dfq_hook = True
+    find_spec = staticmethod(find_spec)
 
-        Returns:
-            ModuleSpec | None: None for every other module, with a full
-            mmcv, or when mmseg-dfq cannot be found.
-        """
-        if fullname != 'mmcv.ops':
-            return None
-        import importlib.util
 
-        # One decision is enough: mmcv.ops is then in sys.modules.
-        remove()
-        if importlib.util.find_spec('mmcv._ext') is not None:
-            return None
-        compat = _load_compat()
-        if compat is None:
-            return None
-        return importlib.util.spec_from_loader(
-            'mmcv.ops', _FallbackLoader(compat)
-        )
+def _is_ours(finder):
+    return getattr(finder, '_mmseg_dfq_hook', False)
 
 
 def install():
     """Put :class:`MmcvOpsFinder` first on ``sys.meta_path`` (idempotent)."""
-    if 'mmcv.ops' not in sys.modules and MmcvOpsFinder not in sys.meta_path:
+    if 'mmcv.ops' not in sys.modules and not any(map(_is_ours, sys.meta_path)):
         sys.meta_path.insert(0, MmcvOpsFinder)
 
 
 def remove():
-    """Take :class:`MmcvOpsFinder` off ``sys.meta_path`` (if it is there)."""
-    while MmcvOpsFinder in sys.meta_path:
-        sys.meta_path.remove(MmcvOpsFinder)
+    """Take the hook's finders off ``sys.meta_path``."""
+    for finder in [f for f in sys.meta_path if _is_ours(f)]:
+        sys.meta_path.remove(finder)

@@ -7,13 +7,19 @@ from pathlib import Path
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
-# Installed into site-packages: Python runs its import line at start-up, and
-# _mmseg_dfq_hook provides mmcv.ops on mmcv-lite in any import order (only
-# once mmcv.ops is imported; inactive with a full mmcv).
+# Installed into site-packages, where Python runs this line at start-up: a
+# stub finder that does nothing until mmcv.ops is imported, then lets
+# _mmseg_dfq_hook provide mmcv.ops on mmcv-lite (inactive with a full mmcv).
+# Inline so that start-up imports nothing; idempotent because site.py may
+# process a site-packages folder twice (seen in a venv made from a venv).
 HOOK_PTH = 'mmseg_dfq_hook.pth'
 HOOK_LINE = (
-    'import _mmseg_dfq_hook; _mmseg_dfq_hook.install()  # mmseg-dfq: '
-    'mmcv.ops without compiled ops, see _mmseg_dfq_hook.py\n'
+    'import sys; any(getattr(f, "_mmseg_dfq_hook", 0) for f in sys.meta_path)'
+    ' or sys.meta_path.insert(0, type('
+    "'MmsegDfqStartupFinder', (), dict(_mmseg_dfq_hook=True, "
+    'find_spec=staticmethod(lambda name, path=None, target=None: '
+    "__import__('_mmseg_dfq_hook').find_spec(name, path, target) "
+    "if name == 'mmcv.ops' else None))))\n"
 )
 
 

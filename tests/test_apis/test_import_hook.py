@@ -41,7 +41,7 @@ MMSEG_FIRST = textwrap.dedent(
     ops = sys.modules['mmcv.ops']
     assert getattr(ops, '__mmseg_dfq_fallback__', False), ops
     assert 'mmseg_dfq' not in sys.modules
-    assert _mmseg_dfq_hook.MmcvOpsFinder not in sys.meta_path
+    assert not [f for f in sys.meta_path if hasattr(f, '_mmseg_dfq_hook')]
     compat = sys.modules['mmseg_dfq.compat']
     import mmseg_dfq
     assert mmseg_dfq.compat is compat
@@ -192,6 +192,16 @@ def test_mmseg_first_after_install(install, tmp_path):
         pip_install(python, wheel)
         expected = osp.join(site, 'mmseg_dfq', 'compat.py')
     with open(osp.join(site, 'mmseg_dfq_hook.pth')) as f:
-        assert f.read().startswith('import _mmseg_dfq_hook;')
+        line = f.read()
+    assert line.startswith('import sys;') and '_mmseg_dfq_hook' in line
+    # A program that never imports mmcv does not even load the hook module;
+    # one stub finder waits for mmcv.ops.
+    probe = (
+        'import sys, json; print("_mmseg_dfq_hook" in sys.modules, '
+        '"mmseg_dfq" in sys.modules, '
+        'sum(hasattr(f, "_mmseg_dfq_hook") for f in sys.meta_path))'
+    )
+    out = run([python, '-c', probe], cwd=tmp_path, env=clean_env())
+    assert out.split() == ['False', 'False', '1'], out
     out = run([python, '-c', MMSEG_FIRST], cwd=tmp_path, env=clean_env())
     assert f'HOOK-OK {expected}' in out
