@@ -174,6 +174,8 @@ def test_prostate_slices_as_arrays(prostate_root, prostate_ckpt):
     inferencer = MMSegInferencer(
         model=PROSTATE_CFG, weights=prostate_ckpt, device='cpu'
     )
+    with pytest.raises(ValueError, match='tools/infer.py'):
+        inferencer(volumes[0])
     varied = False
     for path in volumes:
         slices = nifti_slices(path)
