@@ -43,9 +43,10 @@ class BuildPyWithHook(build_py):
             f.write(HOOK_LINE)
 
     def get_outputs(self, include_bytecode=True):
-        return super().get_outputs(include_bytecode) + [
-            os.path.join(self.build_lib, HOOK_PTH)
-        ]
+        outputs = super().get_outputs(include_bytecode)
+        if getattr(self, 'editable_mode', False):
+            return outputs
+        return outputs + [os.path.join(self.build_lib, HOOK_PTH)]
 
 
 def _version():
