@@ -12,6 +12,7 @@ import glob
 import importlib.util
 import os
 import os.path as osp
+import shutil
 import site
 import subprocess
 import sys
@@ -169,6 +170,17 @@ def test_mmseg_first_after_install(install, tmp_path):
         pip_install(python, '-e', REPO)
         expected = osp.join(REPO, 'mmseg_dfq', 'compat.py')
     else:
+        # From a clean copy of the sources: no build/ left in the checkout,
+        # and only what setup.py packages can end up in the wheel.
+        src = tmp_path / 'src'
+        src.mkdir()
+        for name in ('setup.py', 'README.md', '_mmseg_dfq_hook.py'):
+            shutil.copy(osp.join(REPO, name), src / name)
+        shutil.copytree(
+            osp.join(REPO, 'mmseg_dfq'),
+            src / 'mmseg_dfq',
+            ignore=shutil.ignore_patterns('__pycache__'),
+        )
         dist = tmp_path / 'dist'
         run(
             [
@@ -181,7 +193,7 @@ def test_mmseg_first_after_install(install, tmp_path):
                 '--no-build-isolation',
                 '-w',
                 dist,
-                REPO,
+                src,
             ],
             cwd=tmp_path,
             env=clean_env(),
