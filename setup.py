@@ -1,9 +1,52 @@
 """Install mmseg-dfq: ``pip install -e .`` (torch + torchvision first)."""
 
+import os
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Installed into site-packages, where Python runs this line at start-up: a
+# stub finder that does nothing until mmcv.ops is imported, then lets
+# _mmseg_dfq_hook provide mmcv.ops on mmcv-lite (inactive with a full mmcv).
+# Inline so that start-up imports nothing; idempotent because site.py may
+# process a site-packages folder twice (seen in a venv made from a venv).
+HOOK_PTH = 'mmseg_dfq_hook.pth'
+HOOK_LINE = (
+    'import sys; any(getattr(f, "_mmseg_dfq_hook", 0) for f in sys.meta_path)'
+    ' or sys.meta_path.insert(0, type('
+    "'MmsegDfqStartupFinder', (), dict(_mmseg_dfq_hook=True, "
+    'find_spec=staticmethod(lambda name, path=None, target=None: '
+    "__import__('_mmseg_dfq_hook').find_spec(name, path, target) "
+    "if name == 'mmcv.ops' else None))))\n"
+)
+
+
+class BuildPyWithHook(build_py):
+    """build_py that also writes the start-up ``.pth`` next to the modules.
+
+    A wheel (``pip install .``) puts build_py's outputs into site-packages,
+    where Python processes ``.pth`` files. An editable install
+    (``pip install -e .``, setuptools >= 64) packs only its unpacked wheel
+    folder, which is the install command's ``install_lib`` there.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            folder = self.get_finalized_command('install').install_lib
+        else:
+            folder = self.build_lib
+        self.mkpath(folder)
+        with open(os.path.join(folder, HOOK_PTH), 'w') as f:
+            f.write(HOOK_LINE)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if getattr(self, 'editable_mode', False):
+            return outputs
+        return outputs + [os.path.join(self.build_lib, HOOK_PTH)]
 
 
 def _version():
@@ -44,6 +87,8 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
+    py_modules=['_mmseg_dfq_hook'],
+    cmdclass={'build_py': BuildPyWithHook},
     install_requires=[
         # torch is not pinned: users bring the build for their CUDA first,
         # together with the torchvision built for it (README, Install).

@@ -43,7 +43,11 @@ from mmseg_dfq.apis import (
     save_label_volume,
     volume_slice_overlay,
 )
-from mmseg_dfq.datasets.transforms import decode_nifti, read_nifti_header
+from mmseg_dfq.datasets.transforms import (
+    decode_nifti,
+    read_image_as_stored,
+    read_nifti_header,
+)
 
 
 def parse_args():
@@ -94,7 +98,8 @@ def write_fundus(inferencer, path, out_dir, overlay):
     if not cv2.imwrite(mask_path, FUNDUS_GREY[labels]):
         raise OSError(f'cannot write {mask_path}')
     if overlay:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        # As stored (EXIF orientation ignored), like the model's input.
+        bgr = read_image_as_stored(path)
         rgb = fundus_overlay(bgr[..., ::-1], labels)
         cv2.imwrite(osp.join(out_dir, f'{stem}_overlay.png'), rgb[..., ::-1])
 

@@ -38,8 +38,9 @@ train_pipeline = [
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# Test loaders that mmseg's inference APIs recognise (see fundus_dg.py).
 test_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
     dict(type='Resize', scale=crop_size, keep_ratio=False),
     dict(type='LoadFundusAnnotations'),
     dict(type='PackSegInputs', meta_keys=meta_keys),

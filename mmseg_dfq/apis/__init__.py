@@ -14,6 +14,7 @@ from .inference import (
     fundus_overlay,
     init_segmentor,
     input_kind,
+    nifti_slices,
     save_label_volume,
     volume_slice_overlay,
 )
@@ -29,6 +30,7 @@ __all__ = [
     'init_segmentor',
     'input_kind',
     'mean_abs_covariance',
+    'nifti_slices',
     'off_diagonal_mean',
     'save_label_volume',
     'volume_slice_overlay',

@@ -4,9 +4,13 @@ The preprocessing is the test pipeline's: fundus images go through the
 config's ``test_dataloader`` pipeline with its annotation loader dropped;
 volumes are decoded, checked and min-max scaled by the functions the
 prostate dataset uses, cut into the same 2.5D slices, and then run through
-the rest of that pipeline (everything after ``LoadProstateSlice``). A model
+the rest of that pipeline (everything after its loading steps). A model
 therefore sees exactly what it saw in ``tools/test.py``, and the
 post-processing is the one the config's ``DomainMetric`` applies.
+
+mmseg's own ``inference_model`` / ``MMSegInferencer`` also run on these
+configs (see ``mmseg_dfq.datasets.transforms``); for prostate models they
+take 2.5D slices as arrays, which :func:`nifti_slices` cuts from a volume.
 """
 
 import os
@@ -18,8 +22,10 @@ import numpy as np
 import torch
 from mmengine.dataset import Compose
 from mmseg.apis import init_model
+from mmseg.registry import DATASETS
 
 from ..config import load_config
+from ..datasets.prostate import ProstateDGDataset
 from ..datasets.transforms import (
     decode_nifti,
     normalise_prostate_image,
@@ -32,7 +38,8 @@ NIFTI_EXTS = ('.nii', '.nii.gz')
 SEGMENTATION_TAG = '_segmentation.nii'
 # Fundus labels 0 background, 1 rim, 2 cup -> the grey levels of the masks.
 FUNDUS_GREY = np.array([255, 128, 0], dtype=np.uint8)
-# Loaders of the test pipeline that inference replaces or drops.
+# Loaders of the test pipeline that mark a volume model (the prostate test
+# pipelines now load with DFQ's LoadImageFromFile; the dataset type tells).
 VOLUME_LOADERS = ('LoadProstateSlice',)
 
 
@@ -108,6 +115,26 @@ def find_inputs(path: str) -> Tuple[List[str], List[str]]:
             f'folder {path}'
         )
     return files, skipped
+
+
+def nifti_slices(path: str) -> List[np.ndarray]:
+    """The 2.5D slices of a NIfTI volume, as a prostate model's inputs.
+
+    Decoded, checked and min-max scaled like the prostate dataset does, then
+    cut as ``LoadProstateSlice`` cuts them, so ``inference_model(model,
+    nifti_slices(path))`` (mmseg's API) predicts slice k of the volume as
+    ``tools/test.py`` does. Post-processing (largest 3D component) and NIfTI
+    output are :class:`SegInferencer`'s / ``tools/infer.py``'s job.
+
+    Args:
+        path (str): A ``.nii`` / ``.nii.gz`` volume.
+
+    Returns:
+        list[np.ndarray]: One float32 (H, W, 3) array in [-1, 1] per slice
+        ``volume[:, :, k]``.
+    """
+    vol = normalise_prostate_image(decode_nifti(path), path)
+    return [slice_25d(vol, k) for k in range(vol.shape[2])]
 
 
 def init_segmentor(
@@ -245,9 +272,9 @@ def _metric_postprocess_cfg(cfg) -> Dict:
 class SegInferencer:
     """A trained mmseg model applied to fundus images or NIfTI volumes.
 
-    Which input kind a model takes follows from its test pipeline: a
-    pipeline that starts with ``LoadProstateSlice`` segments volumes
-    (slice by slice, 2.5D), any other segments images.
+    Which input kind a model takes follows from its test data: a
+    ``ProstateDGDataset`` (or a pipeline with ``LoadProstateSlice``) means
+    volumes (slice by slice, 2.5D), anything else images.
 
     Args:
         config (str): The model's config file.
@@ -286,14 +313,21 @@ class SegInferencer:
             if 'Annotation' not in t['type']
         ]
         types = [t['type'] for t in pipeline]
-        self.kind = (
-            'volume' if any(t in VOLUME_LOADERS for t in types) else 'image'
+        dataset_cls = DATASETS.get(
+            self.cfg.test_dataloader.dataset.get('type', '')
         )
-        # For volumes the slices are cut here (same functions as
-        # LoadProstateSlice); the rest of the pipeline runs unchanged.
-        self.pipeline = Compose(
-            [t for t in pipeline if t['type'] not in VOLUME_LOADERS]
+        volumes = any(t in VOLUME_LOADERS for t in types) or (
+            dataset_cls is not None
+            and issubclass(dataset_cls, ProstateDGDataset)
         )
+        self.kind = 'volume' if volumes else 'image'
+        if volumes:
+            # The slices are cut here (same functions as LoadProstateSlice);
+            # the steps after the loader run unchanged.
+            pipeline = [
+                t for t in pipeline if not t['type'].startswith('Load')
+            ]
+        self.pipeline = Compose(pipeline)
         post = _metric_postprocess_cfg(self.cfg)
         num_classes = self.model.decode_head.num_classes
         self.structures = post['structures'] or {

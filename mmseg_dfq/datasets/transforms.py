@@ -2,7 +2,17 @@
 
 Every loader fails loudly: a missing, corrupt or wrongly encoded file raises
 an error that names the file and the problem, so a bad sample can never turn
-into a silently wrong label map.
+into a silently wrong label map. Images are decoded as stored: an EXIF
+orientation tag is ignored (cv2 and PIL would otherwise rotate a JPEG while
+its PNG mask stays as stored, misaligning the two).
+
+The test pipelines are written so that mmseg's own inference code works on
+them unchanged: it drops test-pipeline steps of type ``LoadAnnotations``
+only and looks for one of type ``LoadImageFromFile``. Hence
+:class:`LoadFundusAnnotations` passes a sample without a mask through, and
+the test pipelines load images with
+``dict(type='LoadImageFromFile', _scope_='mmseg_dfq')``
+(:class:`LoadImageOrSliceFromFile`).
 """
 
 import os.path as osp
@@ -15,6 +25,8 @@ import numpy as np
 from mmcv.transforms import BaseTransform, LoadImageFromFile
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
+
+from ..registry import TRANSFORMS as DFQ_TRANSFORMS
 
 # Grey-level thresholds of the DoFE/RAM-DSIR fundus masks (255 background,
 # 128 disc rim, 0 cup); the bands tolerate JPEG-like noise around each level.
@@ -41,6 +53,42 @@ def _read_bytes(path: str, what: str) -> bytes:
     return data
 
 
+# Decode as stored: 3-channel BGR, EXIF orientation ignored.
+IMREAD_AS_STORED = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+NIFTI_EXTS = ('.nii', '.nii.gz')
+
+
+def imdecode_as_stored(data: bytes, path: str, what: str = 'image'):
+    """Decode image bytes to BGR uint8 pixels as stored (no EXIF rotation).
+
+    Args:
+        data (bytes): Encoded image (PNG, JPEG, TIFF, BMP...).
+        path (str): Where the bytes came from, named in errors.
+        what (str): What the image is, used in the message. Default:
+            'image'.
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8, BGR.
+    """
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), IMREAD_AS_STORED)
+    if img is None:
+        raise ValueError(f'cannot decode {what} (corrupt?): {path}')
+    return img
+
+
+def read_image_as_stored(path: str, what: str = 'image') -> np.ndarray:
+    """Read an image file as stored (no EXIF rotation), BGR uint8.
+
+    Args:
+        path (str): Image file.
+        what (str): What the image is, used in errors. Default: 'image'.
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8, BGR.
+    """
+    return imdecode_as_stored(_read_bytes(path, what), path, what)
+
+
 def decode_fundus_mask(mask: np.ndarray) -> np.ndarray:
     """Map fundus mask grey levels to labels with the authors' thresholds.
 
@@ -65,7 +113,8 @@ class LoadFundusImageFromFile(LoadImageFromFile):
     assertion (or not at all under ``python -O``); this loader raises
     ``FileNotFoundError`` / ``ValueError`` with the path instead. The image
     is decoded as 3-channel BGR uint8 (mmcv's convention; the data
-    preprocessor converts to RGB).
+    preprocessor converts to RGB) with its pixels as stored: an EXIF
+    orientation tag is ignored, as it is for the mask.
 
     Required Keys:
 
@@ -94,10 +143,7 @@ class LoadFundusImageFromFile(LoadImageFromFile):
             ``ori_shape``.
         """
         path = results['img_path']
-        data = _read_bytes(path, 'fundus image')
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f'cannot decode fundus image (corrupt?): {path}')
+        img = read_image_as_stored(path, 'fundus image')
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
@@ -120,9 +166,14 @@ class LoadFundusAnnotations(LoadAnnotations):
     ``ori_shape`` is in ``results``) the mask must have the same size, so
     the annotations may also be loaded after a test-time ``Resize``.
 
+    A sample without ``seg_map_path`` (or with None) passes through
+    unchanged: mmseg's ``inference_model`` and ``MMSegInferencer`` drop only
+    steps of type ``LoadAnnotations`` from a test pipeline, so this one runs
+    on new images that have no mask.
+
     Required Keys:
 
-    - seg_map_path
+    - seg_map_path (optional, see above)
     - ori_shape (optional, used for the size check)
 
     Added Keys:
@@ -194,8 +245,11 @@ class LoadFundusAnnotations(LoadAnnotations):
             results (dict): Result dict with ``seg_map_path``.
 
         Returns:
-            dict: ``results`` with ``gt_seg_map`` and ``seg_fields``.
+            dict: ``results`` with ``gt_seg_map`` and ``seg_fields``, or
+            ``results`` unchanged for a sample without a mask.
         """
+        if results.get('seg_map_path') is None:
+            return results
         results.setdefault('seg_fields', [])
         self._load_seg_map(results)
         return results
@@ -433,3 +487,66 @@ class LoadProstateSlice(BaseTransform):
         results['ori_shape'] = img.shape[:2]
         results.setdefault('seg_fields', []).append('gt_seg_map')
         return results
+
+
+@DFQ_TRANSFORMS.register_module(name='LoadImageFromFile')
+class LoadImageOrSliceFromFile(LoadFundusImageFromFile):
+    """The test pipelines' loader: an image file, or a 2.5D NIfTI slice.
+
+    Registered in the ``mmseg_dfq`` scope under mmcv's name, so a test
+    pipeline selects it with ``dict(type='LoadImageFromFile',
+    _scope_='mmseg_dfq')``. mmseg's ``MMSegInferencer`` finds that step by
+    its type name and replaces it with its own loader of paths and arrays
+    (which, built in this scope, reads paths with this class again);
+    ``inference_model`` replaces the first step with
+    ``LoadImageFromNDArray`` for arrays. In the ``mmseg`` scope
+    ``LoadImageFromFile`` stays mmcv's.
+
+    - A sample with ``slice_index`` (from ``ProstateDGDataset``) is loaded
+      exactly as :class:`LoadProstateSlice` does (2.5D image and labels).
+    - A NIfTI path without ``slice_index`` is refused with a message:
+      volumes are segmented by ``tools/infer.py``, and mmseg's inference
+      APIs take their 2.5D slices as arrays
+      (:func:`mmseg_dfq.apis.nifti_slices`).
+    - Any other path is an image, loaded as
+      :class:`LoadFundusImageFromFile` does (as stored, EXIF orientation
+      ignored, errors naming the file).
+
+    Required Keys:
+
+    - img_path
+    - slice_index, seg_map_path, volume_cache (prostate samples)
+
+    Added Keys:
+
+    - img, img_shape, ori_shape (+ gt_seg_map, seg_fields for slices)
+
+    Args:
+        to_float32 (bool): Whether to convert an image file's pixels to
+            float32 (slices are float32 already). Default: False.
+    """
+
+    def __init__(self, to_float32: bool = False) -> None:
+        super().__init__(to_float32=to_float32)
+        self._slice_loader = LoadProstateSlice()
+
+    def transform(self, results: dict) -> dict:
+        """Load the image or slice that ``results`` names.
+
+        Args:
+            results (dict): Result dict with ``img_path``.
+
+        Returns:
+            dict: ``results`` with ``img`` and shapes.
+        """
+        if 'slice_index' in results:
+            return self._slice_loader.transform(results)
+        path = results['img_path']
+        if str(path).lower().endswith(NIFTI_EXTS):
+            raise ValueError(
+                f'{path} is a NIfTI volume: segment volumes with '
+                "tools/infer.py (mmseg_dfq.apis.SegInferencer); mmseg's "
+                'inference_model / MMSegInferencer take its 2.5D slices as '
+                'arrays, e.g. mmseg_dfq.apis.nifti_slices(path)'
+            )
+        return super().transform(results)

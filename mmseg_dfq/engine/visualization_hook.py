@@ -57,13 +57,10 @@ class DomainVisualizationHook(SegVisualizationHook):
         return np.repeat(grey[..., None], 3, axis=2)
 
     def _read_image(self, path):
-        import mmcv
         from mmengine import fileio
 
-        img = mmcv.imfrombytes(
-            fileio.get(path, backend_args=self.backend_args),
-            channel_order='rgb',
-        )
-        if img is None:
-            raise ValueError(f'cannot decode image {path!r} for painting')
-        return img
+        from ..datasets.transforms import imdecode_as_stored
+
+        # As stored (EXIF orientation ignored), like the model's input.
+        data = fileio.get(path, backend_args=self.backend_args)
+        return imdecode_as_stored(data, path, 'image to paint')[..., ::-1]

@@ -67,9 +67,13 @@ train_pipeline = [
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 # Annotations are loaded after Resize so the metric sees original-size masks
-# (mmseg resizes predictions back to ori_shape).
+# (mmseg resizes predictions back to ori_shape). The loaders are chosen so
+# that mmseg's inference_model / MMSegInferencer run this pipeline as is:
+# DFQ's LoadImageFromFile (the mmseg_dfq scope; LoadFundusImageFromFile
+# under the type name mmseg's inferencer looks for) and annotations that are
+# skipped for an image without a mask.
 test_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
     dict(type='Resize', scale=crop_size, keep_ratio=False),
     dict(type='LoadFundusAnnotations'),
     dict(type='PackSegInputs', meta_keys=meta_keys),

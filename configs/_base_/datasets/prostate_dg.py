@@ -52,8 +52,11 @@ train_pipeline = [
     dict(type='LoadProstateSlice'),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# DFQ's LoadImageFromFile (the mmseg_dfq scope) loads a dataset sample as
+# LoadProstateSlice does; under that type name mmseg's inference_model /
+# MMSegInferencer also run this pipeline on 2.5D slices given as arrays.
 test_pipeline = [
-    dict(type='LoadProstateSlice'),
+    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 

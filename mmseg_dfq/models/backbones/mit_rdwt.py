@@ -7,6 +7,7 @@ from mmseg.models.backbones.mit import MixVisionTransformer
 from mmseg.models.utils import nlc_to_nchw
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition
 from ..utils.whitening import check_layout, instance_norm
 
 
@@ -52,6 +53,7 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         self.rdwt_layout = check_layout(
             rdwt_layout, 'RDWTMixVisionTransformer'
         )
+        check_rdwt_composition(self)
 
     def forward(self, x):
         """Forward the stages, whitening the selected stage outputs.

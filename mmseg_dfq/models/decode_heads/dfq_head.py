@@ -18,6 +18,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition
+
 
 class MixFFN(nn.Module):
     """Linear -> depthwise 3x3 conv -> GELU -> Linear on (B, N, C) tokens.
@@ -264,6 +266,7 @@ class DFQHead(BaseDecodeHead):
         self.rdwt_in_index = (
             None if rdwt_in_index is None else list(rdwt_in_index)
         )
+        check_rdwt_composition(self)
 
     def _check_inputs(self, inputs):
         if len(inputs) <= max(self.in_index):

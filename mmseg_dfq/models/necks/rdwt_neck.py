@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 from mmseg.registry import MODELS
 
+from ..composition import check_rdwt_composition
 from ..utils.whitening import check_layout, instance_norm
 
 
@@ -34,6 +35,7 @@ class RDWTNeck(nn.Module):
         self.in_index = None if in_index is None else tuple(in_index)
         self.eps = eps
         self.rdwt_layout = check_layout(rdwt_layout, 'RDWTNeck')
+        check_rdwt_composition(self)
 
     def forward(self, inputs):
         """Whiten the selected levels.

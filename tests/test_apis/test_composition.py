@@ -1,0 +1,203 @@
+"""DFQ parts composed into stock mmseg models: complete or warned about.
+
+Half compositions (RDWT features with no RDWT loss, or the loss on features
+nothing whitened) warn once at build time, naming the key to set; the
+complete ones, and the example config that builds DFQ from mmseg's own
+SegFormer config, build silently.
+"""
+
+import os.path as osp
+import warnings
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from mmseg_dfq.models.composition import RDWTCompositionWarning
+
+from .conftest import FUNDUS_CFG, REPO
+
+EXAMPLE = osp.join(
+    REPO, 'configs', 'dfq', 'dfq_mit-b0_from-mmseg-segformer_fundus_d1.py'
+)
+TINY_MIT = dict(embed_dims=8, num_layers=[1, 1, 1, 1], init_cfg=None)
+TINY_CHANNELS = [8, 16, 40, 64]
+
+
+def model_cfg(config=FUNDUS_CFG, **changes):
+    """The model of ``config``, tiny, with ``changes`` merged in."""
+    cfg = Config.fromfile(config)
+    cfg.model.backbone.update(TINY_MIT)
+    cfg.model.decode_head.update(in_channels=TINY_CHANNELS, channels=16)
+    cfg.merge_from_dict({f'model.{k}': v for k, v in changes.items()})
+    return cfg.model
+
+
+def build(model):
+    """Build a model; return the composition warnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        built = MODELS.build(model)
+    found = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, RDWTCompositionWarning)
+    ]
+    return built, found
+
+
+def segformer_head():
+    return dict(
+        _delete_=True,
+        type='SegformerHead',
+        in_channels=TINY_CHANNELS,
+        in_index=[0, 1, 2, 3],
+        channels=16,
+        num_classes=3,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        loss_decode=dict(type='CrossEntropyLoss'),
+    )
+
+
+def plain_mit():
+    return dict(
+        _delete_=True,
+        type='MixVisionTransformer',
+        num_heads=[1, 2, 5, 8],
+        **TINY_MIT,
+    )
+
+
+HALF = {
+    # RDWT backbone under mmseg's SegformerHead: no loss consumer.
+    'rdwt-mit+segformer-head': (
+        dict(decode_head=segformer_head()),
+        "model.decode_head=dict(type='DFQHead'",
+    ),
+    # DFQHead without its loss after the RDWT backbone.
+    'rdwt-mit+dfqhead-no-loss': (
+        {'decode_head.loss_rdwt': None},
+        'model.decode_head.loss_rdwt=dict(',
+    ),
+    # The loss on a plain MiT: no RDWT statistics.
+    'plain-mit+dfq-loss': (
+        dict(backbone=plain_mit()),
+        "model.backbone.type='RDWTMixVisionTransformer'",
+    ),
+    # An FPN between the RDWT backbone and the loss.
+    'rdwt-mit+fpn+dfq-loss': (
+        dict(
+            neck=dict(
+                type='FPN',
+                in_channels=TINY_CHANNELS,
+                out_channels=16,
+                num_outs=4,
+            ),
+            decode_head=dict(in_channels=[16] * 4, num_heads=(2, 2, 2)),
+        ),
+        "model.neck=dict(type='RDWTNeck')",
+    ),
+    # RDWTNeck feeding a head without the loss.
+    'plain-mit+rdwt-neck+segformer-head': (
+        dict(
+            backbone=plain_mit(),
+            neck=dict(type='RDWTNeck'),
+            decode_head=segformer_head(),
+        ),
+        "model.decode_head=dict(type='DFQHead'",
+    ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(HALF))
+def test_half_composition_warns_once(case):
+    changes, key = HALF[case]
+    _, found = build(model_cfg(**changes))
+    assert len(found) == 1, found
+    assert key in found[0], found[0]
+
+
+@pytest.mark.parametrize(
+    'config, changes',
+    [
+        (FUNDUS_CFG, {}),  # full DFQ
+        # DFQHead alone (the "+DFQHead" ablation) and plain SegFormer.
+        (
+            FUNDUS_CFG,
+            dict(backbone=plain_mit(), **{'decode_head.loss_rdwt': None}),
+        ),
+        (FUNDUS_CFG, dict(backbone=plain_mit(), decode_head=segformer_head())),
+        # RDWTNeck + DFQHead(loss_rdwt) after a plain backbone.
+        (FUNDUS_CFG, dict(backbone=plain_mit(), neck=dict(type='RDWTNeck'))),
+        (EXAMPLE, {}),
+    ],
+)
+def test_complete_compositions_build_silently(config, changes):
+    _, found = build(model_cfg(config, **changes))
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    'changes',
+    [
+        {'backbone.rdwt_layout': 'authors'},
+        {'decode_head.loss_rdwt.layout': 'authors'},
+        dict(backbone=plain_mit(), neck=dict(type='RDWTNeck')),
+    ],
+    ids=['backbone', 'loss', 'neck'],
+)
+def test_rdwt_layouts_must_agree(changes):
+    if 'neck' in changes:
+        changes['neck']['rdwt_layout'] = 'authors'
+    with pytest.raises(ValueError, match='rdwt_layout=.*loss_rdwt.layout'):
+        MODELS.build(model_cfg(**changes))
+    # Both set alike: builds, and the two modules agree.
+    agreed = dict(changes)
+    agreed['decode_head.loss_rdwt.layout'] = 'authors'
+    if 'backbone.rdwt_layout' not in agreed and 'neck' not in agreed:
+        agreed['backbone.rdwt_layout'] = 'authors'
+    model, found = build(model_cfg(**agreed))
+    assert found == []
+    assert model.decode_head.loss_rdwt.layout == 'authors'
+
+
+def test_parts_built_alone_do_not_warn():
+    cfg = model_cfg()
+    for part in (cfg.backbone, cfg.decode_head, dict(type='RDWTNeck')):
+        assert build(part)[1] == []
+
+
+def test_example_config_is_dfq_from_mmseg_segformer():
+    cfg = Config.fromfile(EXAMPLE)
+    # It starts from mmseg's own SegFormer model config.
+    assert cfg.model.get('_scope_') == 'mmseg'
+    cfg.model.backbone.init_cfg = None
+    ours = Config.fromfile(
+        osp.join(REPO, 'configs', '_base_', 'models', 'dfq_mit-b0.py')
+    )
+    ours.model.backbone.init_cfg = None
+    example, found = build(cfg.model)
+    assert found == []
+    reference, _ = build(ours.model)
+    shapes = {k: v.shape for k, v in example.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
+    assert type(example.backbone).__name__ == 'RDWTMixVisionTransformer'
+    assert example.backbone.rdwt_stages == (0, 1, 2, 3)
+
+    # A training step computes the RDWT loss next to the segmentation ones.
+    torch.manual_seed(0)
+    samples = [
+        SegDataSample(
+            gt_sem_seg=PixelData(data=torch.randint(0, 3, (1, 64, 64))),
+            metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)),
+        )
+        for _ in range(2)
+    ]
+    example.train()
+    losses = example.loss(torch.randn(2, 3, 64, 64), samples)
+    assert 'decode.loss_rdwt' in losses
+    assert torch.isfinite(losses['decode.loss_rdwt'])
+    assert losses['decode.loss_rdwt'] > 0
