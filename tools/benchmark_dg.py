@@ -24,8 +24,8 @@ timings are in ``docs/benchmark_dg.md``.
 """
 
 import argparse
+import importlib.util
 import json
-import logging
 import os
 import os.path as osp
 import tempfile
@@ -35,14 +35,29 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 import torch
-from mmengine.runner import Runner
+from mmengine.config import Config
 
 import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
-from mmseg_dfq.config import load_config
 from mmseg_dfq.datasets.synthetic import make_fundus
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _load_sweep():
+    # tools/ is not a package: load tools/sweep.py by path.
+    spec = importlib.util.spec_from_file_location(
+        'dfq_tools_sweep', osp.join(REPO, 'tools', 'sweep.py')
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load_sweep()
+
 BASES = osp.join(REPO, 'configs', '_base_')
+# The recipe every variant shares (inherits the CPU demo config).
+RECIPE = osp.join(REPO, 'configs', 'benchmark', 'dg-shift_mit-b0_fundus.py')
 # Variant name -> (model base file, config keys set on top of it).
 VARIANTS = OrderedDict(
     [
@@ -145,149 +160,113 @@ def make_shifted_fundus(out_dir, seed=0, cases=20, size=96):
     return summary
 
 
-def write_config(path, variant, target, data_root, crop, channels):
-    """Write a config file for one variant and held-out target domain.
+def _crop_overrides(cfg, crop):
+    """Config keys that set every pipeline's resize and crop to ``crop``.
 
     Args:
-        path (str): Where to write the ``.py`` config.
-        variant (str): A key of ``VARIANTS``.
-        target (int): Held-out domain, 1-4.
-        data_root (str): The benchmark data set.
+        cfg (mmengine.Config): The benchmark recipe.
         crop (int): Training crop and test resize, pixels.
-        channels (int): Decode head channels (all variants alike).
-    """
-    model_base = osp.join(BASES, 'models', VARIANTS[variant][0])
-    data_base = osp.join(BASES, 'datasets', f'fundus_dg_d{target}.py')
-    schedule = osp.join(BASES, 'schedules', 'schedule_demo.py')
-    # The demo config's pipeline at the benchmark's crop size; mmengine
-    # resolves the bases and their _base_ chains.
-    text = f"""_base_ = [
-    {model_base!r},
-    {data_base!r},
-    {schedule!r},
-    'mmseg::_base_/default_runtime.py',
-]
-data_root = {data_root!r}
-crop_size = ({crop}, {crop})
-meta_keys = {{{{_base_.meta_keys}}}}
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(init_cfg=None),
-    decode_head=dict(channels={channels}, num_classes=3),
-)
-train_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='RandomAnisotropicResize',
-                scale=crop_size,
-                ratio_range=(1.0, 1.5),
-            )
-        ],
-        prob=0.5,
-    ),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-test_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-train_dataloader = dict(
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline),
-)
-test_dataloader = dict(
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline),
-)
-"""
-    with open(path, 'w') as f:
-        f.write(text)
-
-
-def run_one(variant, target, seed, args, data_root, work_root):
-    """Train one variant on the sources and test it on all four domains.
-
-    Args:
-        variant (str): A key of ``VARIANTS``.
-        target (int): Held-out domain, 1-4.
-        seed (int): Training seed (init, sampling, augmentation).
-        args (argparse.Namespace): Parsed command line.
-        data_root (str): The benchmark data set.
-        work_root (str): Folder for this run's config and work dir.
 
     Returns:
-        dict: ``unseen_OD``, ``unseen_OC``, ``seen_OD``, ``seen_OC`` (Dice,
-        %, the seen ones averaged over the three source domains) and
-        ``seconds``.
+        dict: Dotted keys (list positions included) -> ``(crop, crop)``.
     """
-    name = f'{variant}_d{target}_s{seed}'
-    cfg_path = osp.join(work_root, f'{name}.py')
-    write_config(
-        cfg_path, variant, target, data_root, args.crop, args.channels
-    )
-    cfg = load_config(cfg_path, work_dir=osp.join(work_root, name))
-    cfg.merge_from_dict(VARIANTS[variant][1])
+    size = (crop, crop)
+    out = {'model.data_preprocessor.size': size}
+
+    def walk(transforms, prefix):
+        for i, t in enumerate(transforms):
+            for key in ('scale', 'crop_size'):
+                if key in t:
+                    out[f'{prefix}.{i}.{key}'] = size
+            if 'transforms' in t:
+                walk(t['transforms'], f'{prefix}.{i}.transforms')
+
+    for loader in ('train_dataloader', 'test_dataloader'):
+        walk(cfg[loader].dataset.pipeline, f'{loader}.dataset.pipeline')
+    return out
+
+
+def sweep_args(args, data_root, work_dir):
+    """The tools/sweep.py command line of this benchmark, parsed.
+
+    Every variant is ``RECIPE`` with its model base swapped in; the CLI's
+    budget (iterations, batch, crop, head channels) is set on every run
+    explicitly, so the schedule bases may change underneath.
+
+    Args:
+        args (argparse.Namespace): This tool's parsed command line.
+        data_root (str): The benchmark data set.
+        work_dir (str): The sweep's work dir.
+
+    Returns:
+        argparse.Namespace: Arguments for :func:`sweep.sweep`.
+    """
     iters = args.iters
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters)
-    cfg.param_scheduler = [
-        dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=iters,
-             by_epoch=False)
-    ]  # fmt: skip
-    # Test once at the end only: no validation loop, no checkpoints, no
-    # visualisation; warnings only, so the benchmark's own table stands out.
-    cfg.val_dataloader = None
-    cfg.val_cfg = None
-    cfg.val_evaluator = None
-    cfg.default_hooks.checkpoint = None
-    cfg.default_hooks.pop('visualization', None)
-    cfg.default_hooks.logger = dict(
-        type='LoggerHook', interval=10**9, log_metric_by_epoch=False
-    )
-    cfg.log_level = 'WARNING'
-    cfg.randomness = dict(seed=seed)
     # A smaller batch than the authors' 16 keeps 36 runs within the CPU
     # budget; the three sources share it as evenly as possible (the first
     # sources get the remainder), the same mix for every variant.
     share, extra = divmod(args.batch, 3)
-    cfg.train_dataloader.batch_size = args.batch
-    cfg.train_dataloader.sampler.domain_counts = [
-        share + (i < extra) for i in range(3)
-    ]
-
-    start = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    metrics = runner.test()
-    seconds = time.time() - start
-    # Runner leaves its handlers on the shared loggers: drop the file ones
-    # so dozens of runs do not keep dozens of log files open.
-    for handler in list(runner.logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            runner.logger.removeHandler(handler)
-            handler.close()
-
-    sources = [d for d in DOMAINS if d != target]
-    out = dict(seconds=seconds)
-    for s in ('OD', 'OC'):
-        key = f'Domain{target}/{s}_Dice'
-        if key not in metrics:
-            raise KeyError(
-                f'{name}: the test metrics lack {key!r}; got {sorted(metrics)}'
-            )
-        out[f'unseen_{s}'] = float(metrics[key])
-        out[f'seen_{s}'] = float(
-            np.mean([metrics[f'Domain{d}/{s}_Dice'] for d in sources])
+    options = {
+        'model.backbone.init_cfg': None,
+        'model.decode_head.channels': args.channels,
+        'model.decode_head.num_classes': 3,
+        'train_cfg': dict(type='IterBasedTrainLoop', max_iters=iters),
+        'param_scheduler': [
+            dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=iters,
+                 by_epoch=False)
+        ],
+        'train_dataloader.batch_size': args.batch,
+        'train_dataloader.sampler.domain_counts': [
+            share + (i < extra) for i in range(3)
+        ],
+    }  # fmt: skip
+    options.update(_crop_overrides(Config.fromfile(RECIPE), args.crop))
+    ns = sweep.build_parser().parse_args(
+        ['--benchmark', 'fundus', '--work-dir', work_dir,
+         '--data-root', data_root, '--variant', 'x']
+        + ['--targets'] + [str(t) for t in args.targets]
+        + ['--seeds'] + [str(s) for s in args.seeds]
+    )  # fmt: skip
+    ns.cfg_options = options
+    ns.variant = [
+        dict(
+            label=name,
+            config=RECIPE,
+            model=osp.join(BASES, 'models', VARIANTS[name][0]),
+            overrides=dict(VARIANTS[name][1]),
         )
+        for name in args.variants
+    ]
+    return ns
+
+
+def run_result(record):
+    """One run's numbers as this tool reports them.
+
+    Args:
+        record (dict): A run of :func:`sweep.sweep`'s ``records``.
+
+    Raises:
+        KeyError: If the run's metrics lack a domain's OD/OC Dice.
+
+    Returns:
+        dict: ``unseen_OD``, ``unseen_OC``, ``seen_OD``, ``seen_OC`` (Dice,
+        %, the seen ones averaged over the three source domains) and
+        ``seconds`` (training + test of this run; 0 if done before).
+    """
+    target = record['k']
+    metrics = record['results']
+    sources = [d for d in DOMAINS if d != target]
+    out = dict(
+        seconds=(record['train_seconds'] or 0) + (record['test_seconds'] or 0)
+    )
+    for s in ('OD', 'OC'):
+        keys = [f'Domain{d}/{s}_Dice' for d in (target, *sources)]
+        missing = [k for k in keys if k not in metrics]
+        if missing:
+            raise KeyError(f'{record["metrics"]}: no {missing}')
+        out[f'unseen_{s}'] = float(metrics[keys[0]])
+        out[f'seen_{s}'] = float(np.mean([metrics[k] for k in keys[1:]]))
     return out
 
 
@@ -430,27 +409,15 @@ def benchmark(args, root):
         f'({time.time() - start:.1f} s)',
         flush=True,
     )
-    work_root = osp.join(root, 'runs')
-    os.makedirs(work_root, exist_ok=True)
+    result = sweep.sweep(
+        sweep_args(args, data_root, osp.join(root, 'runs')),
+        log=lambda line: print(line, flush=True),
+    )
     results = {v: {t: [] for t in args.targets} for v in args.variants}
-    total = len(args.variants) * len(args.targets) * len(args.seeds)
-    done = 0
-    for target in args.targets:
-        for seed in args.seeds:
-            for variant in args.variants:
-                out = run_one(
-                    variant, target, seed, args, data_root, work_root
-                )
-                results[variant][target].append(out)
-                done += 1
-                print(
-                    f'[{done}/{total}] {variant} target Domain{target} '
-                    f'seed {seed}: unseen OD {out["unseen_OD"]:.2f} '
-                    f'OC {out["unseen_OC"]:.2f} | seen OD '
-                    f'{out["seen_OD"]:.2f} OC {out["seen_OC"]:.2f} '
-                    f'({out["seconds"]:.0f} s)',
-                    flush=True,
-                )
+    # The sweep's records come in (target, seed, variant) order.
+    for record in result['records']:
+        out = run_result(record)
+        results[record['variant']][record['k']].append(out)
     return results
 
 
