@@ -1,9 +1,10 @@
 """Leave-one-domain-out CPU benchmark: SegFormer, +DFQHead, DFQ variants.
 
 ``python tools/benchmark_dg.py`` generates a small synthetic fundus set with
-a deliberately strong domain shift, then for every held-out target domain
-and every seed trains each variant at the same budget through the
-mmengine Runner (in-process) and tests each on all four domains at the end.
+a deliberately strong domain shift, then runs ``tools/sweep.py`` on it: for
+every held-out target domain and every seed each variant trains at the same
+budget (``tools/train.py`` and ``tools/test.py``, in this process) and is
+tested on all four domains at the end.
 It prints, per variant and target, the mean +- std over seeds of the unseen
 domain's OD and OC Dice (plus the mean over the seen domains, to show the
 shift), a mean-over-targets row and the wall time.
@@ -14,13 +15,18 @@ unseen domain), then this tool re-renders every written image of its own
 copy with a much stronger per-domain acquisition, see ``BENCHMARK_SHIFTS``.
 Masks are untouched.
 
-Variants share everything but the model base file: MiT-b0 trained from
-scratch (``backbone.init_cfg=None``, no download), decode heads with
-``--channels`` channels, the demo's crop, optimiser (Adam, lr 1e-3) and poly
-schedule over ``--iters`` iterations, a ``--batch`` batch split evenly over
-the three source domains, and the same seed. No validation during training;
-the final model is tested once on every domain's test split. Results and
-timings are in ``docs/benchmark_dg.md``.
+Variants share the recipe ``configs/benchmark/dg-shift_mit-b0_fundus.py``
+(the CPU demo config, without validation) and differ by their model base
+file (``VARIANTS``: model base, config keys on top; adding a variant is one
+entry): MiT-b0 trained from scratch (``backbone.init_cfg=None``, no
+download), decode heads with ``--channels`` channels, ``--crop`` crops, the
+demo's optimiser (Adam, lr 1e-3) and a poly schedule over ``--iters``
+iterations, a ``--batch`` batch split evenly over the three source domains,
+and the same seed; these are set on every run explicitly. The final model is
+tested once on every domain's test split. With ``--work-dir`` the runs, the
+sweep's tables (``runs/sweep_table.{md,csv,json}``) and plot stay there, and
+a rerun keeps the finished runs. Results and timings are in
+``docs/benchmark_dg.md``.
 """
 
 import argparse
@@ -183,6 +189,12 @@ def _crop_overrides(cfg, crop):
 
     for loader in ('train_dataloader', 'test_dataloader'):
         walk(cfg[loader].dataset.pipeline, f'{loader}.dataset.pipeline')
+    # The top-level copies too, so the written config does not contradict
+    # itself.
+    out['crop_size'] = size
+    for name in ('train_pipeline', 'test_pipeline'):
+        if cfg.get(name):
+            walk(cfg[name], name)
     return out
 
 
@@ -275,7 +287,7 @@ def summarize(results, variants, targets):
 
     Args:
         results (dict): ``results[variant][target]`` is a list of
-            :func:`run_one` outputs, one per seed.
+            :func:`run_result` outputs, one per seed.
         variants (list[str]): Variants in row order.
         targets (list[int]): Held-out domains in row order.
 
@@ -316,7 +328,8 @@ def summarize(results, variants, targets):
     return '\n'.join(lines)
 
 
-def parse_args():
+def parse_args(argv=None):
+    """Parse the command line (``argv``; None reads ``sys.argv``)."""
     parser = argparse.ArgumentParser(
         description='Leave-one-domain-out benchmark of SegFormer, +DFQHead '
         'and DFQ on synthetic fundus data with a strong domain shift (CPU).'
@@ -373,7 +386,7 @@ def parse_args():
         '--quick', action='store_true',
         help='smoke test: 1 seed, 1 target, 4 iterations, 10 cases',
     )  # fmt: skip
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds[:1]
         args.targets = args.targets[:1]
@@ -398,7 +411,7 @@ def benchmark(args, root):
         root (str): Folder for the data and the runs.
 
     Returns:
-        dict: ``results[variant][target]``: list of :func:`run_one`
+        dict: ``results[variant][target]``: list of :func:`run_result`
         outputs in seed order.
     """
     data_root = osp.join(root, 'fundus_shifted')

@@ -8,6 +8,8 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
+from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'benchmark_dg.py')
@@ -56,22 +58,75 @@ def test_shifted_data_differ_per_domain(tmp_path):
     assert means[2][0] > means[2][2]
 
 
+def test_variants_compose_through_the_sweep(tmp_path):
+    # Each VARIANTS entry becomes a sweep variant on the recipe config with
+    # its model base swapped in and its own keys on top.
+    tool = _load_tool()
+    args = tool.parse_args(
+        ['--targets', '3', '--seeds', '5', '--iters', '7', '--crop', '48']
+    )
+    ns = tool.sweep_args(args, str(tmp_path / 'data'), str(tmp_path / 'runs'))
+    assert [v['label'] for v in ns.variant] == list(tool.VARIANTS)
+    _, splits = tool.sweep.resolve_benchmark(ns.benchmark)
+    backbones = {}
+    for variant in ns.variant:
+        run = tool.sweep.build_run(variant, splits[2], 5, ns, 'fundus')
+        path = tmp_path / 'cfg.py'
+        path.write_text(run['text'])
+        cfg = Config.fromfile(str(path))
+        backbones[variant['label']] = cfg.model.backbone.type
+        assert cfg.model.decode_head.channels == 128
+        assert cfg.model.backbone.init_cfg is None
+        assert cfg.train_dataloader.dataset.domains == [1, 2, 4]
+        assert cfg.test_dataloader.dataset.unseen_domains == [3]
+        assert cfg.train_dataloader.sampler.domain_counts == [3, 3, 2]
+        assert cfg.train_cfg.max_iters == 7
+        assert cfg.param_scheduler[0]['end'] == 7
+        assert cfg.randomness.seed == 5
+        assert cfg.train_dataloader.dataset.data_root == str(tmp_path / 'data')
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        crops = [t['crop_size'] for t in pipeline if 'crop_size' in t]
+        assert crops == [(48, 48)]
+        pipeline = cfg.test_dataloader.dataset.pipeline
+        assert [t['scale'] for t in pipeline if 'scale' in t] == [(48, 48)]
+        assert cfg.model.data_preprocessor.size == (48, 48)
+        assert run['checkpoint'].endswith('iter_7.pth')
+        if variant['label'] == 'dfq-authors-layout':
+            assert cfg.model.backbone.rdwt_layout == 'authors'
+            assert cfg.model.decode_head.loss_rdwt.layout == 'authors'
+    assert backbones['segformer'] == 'MixVisionTransformer'
+    assert backbones['dfqhead'] == 'MixVisionTransformer'
+    assert backbones['dfq'] == 'RDWTMixVisionTransformer'
+
+
 def test_quick_run(tmp_path):
+    tool = _load_tool()
     out_json = str(tmp_path / 'bench.json')
+    work_dir = str(tmp_path / 'work')
     proc = subprocess.run(
         [sys.executable, TOOL, '--quick', '--iters', '2',
-         '--out-json', out_json],
+         '--out-json', out_json, '--work-dir', work_dir],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for variant in ('segformer', 'dfqhead', 'dfq'):
-        assert f'\n{variant:<10} Domain1' in proc.stdout
+    for variant in tool.VARIANTS:
+        assert f'\n{variant:<18} Domain1' in proc.stdout
     assert 'Total wall time' in proc.stdout
     with open(out_json) as f:
         data = json.load(f)
     assert data['args']['iters'] == 2
-    assert sorted(data['results']) == ['dfq', 'dfqhead', 'segformer']
-    for runs in data['results'].values():
+    assert sorted(data['results']) == sorted(tool.VARIANTS)
+    for variant, runs in data['results'].items():
         (run,) = runs['Domain1']
         for key in ('unseen_OD', 'unseen_OC', 'seen_OD', 'seen_OC'):
             assert 0.0 <= run[key] <= 100.0
+        # The printed number is the one the run's tools/test.py wrote.
+        with open(osp.join(work_dir, 'runs', variant, 'fundus_dg_d1',
+                           'seed0', 'metrics.json')) as f:  # fmt: skip
+            metrics = json.load(f)
+        assert run['unseen_OD'] == pytest.approx(metrics['Domain1/OD_Dice'])
+        seen = [metrics[f'Domain{d}/OC_Dice'] for d in (2, 3, 4)]
+        assert run['seen_OC'] == pytest.approx(np.mean(seen))
+    # The sweep's own tables of the same runs.
+    for ext in ('md', 'csv', 'json'):
+        assert osp.isfile(osp.join(work_dir, 'runs', f'sweep_table.{ext}'))
