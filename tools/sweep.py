@@ -868,10 +868,11 @@ def write_tables(out_dir, columns, rows, records, meta):
         lines.append(
             '| ' + ' | '.join([row['variant'], target] + cells) + ' |'
         )
-    seeds = sorted({str(r['seed']) for r in records})
+    seeds = sorted({r['seed'] for r in records if r['seed'] is not None})
+    seeds = ', '.join(map(str, seeds)) or "each config's randomness.seed"
     lines += [
         '',
-        f'Seeds: {", ".join(seeds)}. Device: {"; ".join(meta["devices"])}. '
+        f'Seeds: {seeds}. Device: {"; ".join(meta["devices"])}. '
         f'Commit: `{meta["commit"]}`. Written {meta["date"]}.',
         '',
         '| Run | config SHA-256 (first 12) |',
