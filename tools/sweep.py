@@ -76,6 +76,8 @@ from collections import OrderedDict
 import numpy as np
 from mmengine.config import Config, DictAction
 
+from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools')
 DATASET_BASES = osp.join(REPO, 'configs', '_base_', 'datasets')
@@ -425,6 +427,14 @@ def build_run(variant, split, seed, args, benchmark):
         cfg.merge_from_dict(args.cfg_options)
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+    if cfg.get('train_dataloader'):
+        # Stop before any run trains, not when the bad one's turn comes.
+        try:
+            check_domain_mix_batch_size(cfg.train_dataloader)
+        except ValueError as err:
+            raise SweepError(
+                f'variant {variant["label"]!r}, split {split["name"]}: {err}'
+            ) from None
     run_dir = osp.join(args.work_dir, variant['label'], split['name'])
     name = f'{variant["label"]}_{split["name"]}'
     if seed is not None:

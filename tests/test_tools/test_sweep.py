@@ -308,6 +308,18 @@ def test_bad_arguments(data_root, tmp_path):
     )
     with pytest.raises(SystemExit, match='exactly one held-out domain'):
         sweep.main(['--benchmark', str(split), '--variant', 'dfq'])
+    # A batch that breaks the domain mix stops the sweep before any run.
+    with pytest.raises(SystemExit, match='split fundus_dg_d1: .*batch_size'):
+        sweep.main(
+            [
+                '--variant',
+                'dfq',
+                '--work-dir',
+                work_dir,
+                '--cfg-options',
+                'train_dataloader.batch_size=5',
+            ]
+        )
     with pytest.raises(SystemExit, match=r'--targets \[7\]'):
         sweep.main(['--variant', 'dfq', '--targets', '7'])
     # dfq has no per-split config for a user's benchmark: say so.
