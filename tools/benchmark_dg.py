@@ -16,16 +16,17 @@ copy with a much stronger per-domain acquisition, see ``BENCHMARK_SHIFTS``.
 Masks are untouched.
 
 Variants share the recipe ``configs/benchmark/dg-shift_mit-b0_fundus.py``
-(the CPU demo config, without validation) and differ by their model base
-file (``VARIANTS``: model base, config keys on top; adding a variant is one
-entry): MiT-b0 trained from scratch (``backbone.init_cfg=None``, no
-download), decode heads with ``--channels`` channels, ``--crop`` crops, the
-demo's optimiser (Adam, lr 1e-3) and a poly schedule over ``--iters``
-iterations, a ``--batch`` batch split evenly over the three source domains,
-and the same seed; these are set on every run explicitly. The final model is
-tested once on every domain's test split. With ``--work-dir`` the runs, the
-sweep's tables (``runs/sweep_table.{md,csv,json}``) and plot stay there, and
-a rerun keeps the finished runs. Results and timings are in
+(the CPU demo config; validation is switched off here) and differ by their
+model base file (``VARIANTS``: model base, config keys on top; adding a
+variant is one entry): MiT-b0 trained from scratch
+(``backbone.init_cfg=None``, no download), decode heads with ``--channels``
+channels, ``--crop`` crops, the demo's optimiser (Adam, lr 1e-3) and a poly
+schedule over ``--iters`` iterations, a ``--batch`` batch split evenly over
+the three source domains, and the same seed; these are set on every run
+explicitly. The final model is tested once on every domain's test split.
+With ``--work-dir`` the runs, the sweep's tables
+(``runs/sweep_table.{md,csv,json}``) and plot stay there, and a rerun keeps
+the finished runs. Results and timings are in
 ``docs/benchmark_dg.md``.
 """
 
@@ -227,6 +228,10 @@ def sweep_args(args, data_root, work_dir):
             dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=iters,
                  by_epoch=False)
         ],
+        # Test once at the end only.
+        'val_dataloader': None,
+        'val_cfg': None,
+        'val_evaluator': None,
         'train_dataloader.batch_size': args.batch,
         'train_dataloader.sampler.domain_counts': [
             share + (i < extra) for i in range(3)

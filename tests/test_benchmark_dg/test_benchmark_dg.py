@@ -79,6 +79,7 @@ def test_variants_compose_through_the_sweep(tmp_path):
         assert cfg.model.backbone.init_cfg is None
         assert cfg.train_dataloader.dataset.domains == [1, 2, 4]
         assert cfg.test_dataloader.dataset.unseen_domains == [3]
+        assert cfg.val_dataloader is None and cfg.val_cfg is None
         assert cfg.train_dataloader.sampler.domain_counts == [3, 3, 2]
         assert cfg.train_cfg.max_iters == 7
         assert cfg.param_scheduler[0]['end'] == 7
