@@ -285,6 +285,22 @@ def test_collect_mean_and_std_over_seeds(data_root, tmp_path):
         data = json.load(f)
     assert {r['device'] for r in data['runs']} == {'not recorded'}
 
+    # A cluster run's device comes from mmengine's environment log.
+    log_dir = osp.join(work_dir, 'dfq', SPLITS[1], 'seed2', '20261127_000000')
+    os.makedirs(log_dir)
+    with open(osp.join(log_dir, '20261127_000000.log'), 'w') as f:
+        f.write('System environment:\n    sys.platform: linux\n'
+                '    CUDA available: True\n    GPU 0,1: NVIDIA H100 80GB\n'
+                '    GPU number: 2\n')  # fmt: skip
+    sweep.main(argv)
+    with open(osp.join(work_dir, 'sweep_table.json')) as f:
+        data = json.load(f)
+    devices = {(r['variant'], r['split'], r['seed']): r['device']
+               for r in data['runs']}  # fmt: skip
+    assert devices.pop(('dfq', SPLITS[1], 2)) == 'NVIDIA H100 80GB'
+    assert set(devices.values()) == {'not recorded'}
+    assert data['meta']['devices'] == ['NVIDIA H100 80GB', 'not recorded']
+
 
 def test_collect_refuses_missing_runs(data_root, tmp_path):
     work_dir = str(tmp_path / 'partial')
