@@ -5,8 +5,9 @@ layout set per variant) x the four fundus held-out splits, one iteration
 each. The sweep first stops after two splits (``--targets 1 2``); one more
 split is run "elsewhere" from the command ``--print-commands`` gives (as a
 cluster job would, in child processes); the full sweep then trains only the
-three missing runs, leaving the files of the finished five untouched; and
-``--collect`` rebuilds the same table without training. The written
+three missing runs, leaving the files of the finished five untouched; a run
+whose metrics are gone is tested again, not retrained; and ``--collect``
+rebuilds the same table without training. The written
 Markdown, CSV and JSON are checked against the ``metrics.json`` files of the
 runs, re-read and averaged here with NumPy.
 """
@@ -205,6 +206,19 @@ def test_sweep_resume_elsewhere_and_collect(data_root, tmp_path, capsys):
     assert out.count('done before, kept') == 5
     assert out.count('trained and tested') == 3
     assert _snapshot_subset(first) == first
+    rows = _check_tables(work_dir)
+
+    # Trained but not tested (a job killed after training): test only.
+    run_dir = osp.join(work_dir, LABELS[1], SPLITS[3], 'seed0')
+    ckpt = osp.join(run_dir, 'iter_1.pth')
+    stamp = os.stat(ckpt).st_mtime_ns
+    os.remove(osp.join(run_dir, 'metrics.json'))
+    capsys.readouterr()
+    sweep.main(argv)
+    out = capsys.readouterr().out
+    assert out.count('done before, kept') == 7
+    assert out.count(': tested (') == 1
+    assert os.stat(ckpt).st_mtime_ns == stamp
     rows = _check_tables(work_dir)
 
     # --collect: same table from the files, nothing trained or rewritten.
