@@ -83,6 +83,8 @@ VARIANTS = OrderedDict(
                 },
             ),
         ),
+        # DFQ + the authors' optional RAM augmentation and consistency loss.
+        ('dfq-ram', ('dfq-ram_mit-b0.py', {})),
     ]
 )
 DOMAINS = (1, 2, 3, 4)
