@@ -1,3 +1,15 @@
+from .checkpoint import find_resumable_checkpoint
+from .nonfinite_hook import NonFiniteLossError, NonFiniteLossHook
+from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
+from .resume_hook import ExactResumeHook
 from .visualization_hook import DomainVisualizationHook
 
-__all__ = ['DomainVisualizationHook']
+__all__ = [
+    'DomainVisualizationHook',
+    'ExactResumeHook',
+    'NonFiniteLossError',
+    'NonFiniteLossHook',
+    'PREEMPTED_EXIT_CODE',
+    'PreemptionHook',
+    'find_resumable_checkpoint',
+]
