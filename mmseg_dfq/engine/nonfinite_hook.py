@@ -45,6 +45,9 @@ def batch_files(data_batch) -> List[str]:
 class _FiniteStepGuard:
     """``update_params`` that leaves the model alone on a non-finite loss.
 
+    Skips the backward pass and the step, and puts back the buffers
+    (BatchNorm running statistics) that the forward pass changed.
+
     Replaces the optimizer wrapper's bound method on the instance (any
     wrapper class, AMP included). In distributed runs the ranks agree
     first, so that all of them skip the backward pass together.
@@ -65,6 +68,8 @@ class _FiniteStepGuard:
         if bad.item() > 0:
             self.hook._skipped_step = True
             self.wrapper.zero_grad()
+            # The forward pass already moved BatchNorm statistics.
+            self.hook.restore_buffers()
             return None
         return self.update(loss, *args, **kwargs)
 
@@ -78,7 +83,8 @@ class NonFiniteLossHook(Hook):
     the iteration the hook either raises :class:`NonFiniteLossError`
     naming the iteration, the non-finite loss terms and the batch's image
     files (``action='raise'``), or logs a warning and counts the skipped
-    steps (``train/skipped_steps`` in the log; ``action='skip'``). Before
+    steps (``train/skipped_steps`` in the log; ``action='skip'``). Images
+    that hold NaN/inf themselves are named separately. Before
     any checkpoint is written the model's floating-point weights and
     buffers are checked: a non-finite model is never saved.
 
@@ -98,6 +104,7 @@ class NonFiniteLossHook(Hook):
         self.action = action
         self.skipped = 0
         self._skipped_step = False
+        self._buffers = []
 
     def before_train(self, runner) -> None:
         """Guard the optimizer wrapper's ``update_params``."""
@@ -112,6 +119,21 @@ class NonFiniteLossHook(Hook):
             return
         if not isinstance(wrapper.update_params, _FiniteStepGuard):
             wrapper.update_params = _FiniteStepGuard(wrapper, self)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None):
+        """Copy the model's buffers, to undo a non-finite forward pass."""
+        buffers = [b for b in runner.model.buffers() if b.is_floating_point()]
+        if len(buffers) != len(self._buffers):
+            self._buffers = [(b, b.detach().clone()) for b in buffers]
+        else:
+            for (_, saved), b in zip(self._buffers, buffers):
+                saved.copy_(b.detach())
+
+    def restore_buffers(self) -> None:
+        """Put back the buffers copied before this iteration."""
+        with torch.no_grad():
+            for buffer, saved in self._buffers:
+                buffer.copy_(saved)
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
@@ -130,6 +152,18 @@ class NonFiniteLossHook(Hook):
             return
         iteration = runner.iter + 1
         files = batch_files(data_batch)
+        inputs = (data_batch or {}).get('inputs') or []
+        nonfinite_inputs = [
+            name
+            for name, x in zip(files, inputs)
+            if torch.is_tensor(x)
+            and x.is_floating_point()
+            and not bool(torch.isfinite(x).all())
+        ]
+        if nonfinite_inputs:
+            files = f'{files}; images with non-finite values: ' + str(
+                nonfinite_inputs
+            )
         rank = get_dist_info()[0]
         where = f' on rank {rank}' if get_dist_info()[1] > 1 else ''
         what = (
