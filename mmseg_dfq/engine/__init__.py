@@ -2,6 +2,7 @@ from .checkpoint import find_resumable_checkpoint
 from .nonfinite_hook import NonFiniteLossError, NonFiniteLossHook
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
 from .resume_hook import ExactResumeHook
+from .tolerant_test_loop import TolerantTestLoop
 from .visualization_hook import DomainVisualizationHook
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     'NonFiniteLossHook',
     'PREEMPTED_EXIT_CODE',
     'PreemptionHook',
+    'TolerantTestLoop',
     'find_resumable_checkpoint',
 ]

@@ -1,5 +1,6 @@
 """A NaN in one image names that image; a bad volume does not stop a folder."""
 
+import json
 import os.path as osp
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
 from mmseg.registry import MODELS, TRANSFORMS
 
+from mmseg_dfq.datasets.synthetic import make_prostate
 from mmseg_dfq.engine import NonFiniteLossError
 
 from ..test_runtime.conftest import (
     FUNDUS_CONFIG,
     PROSTATE_CONFIG,
     REPO_ROOT,
+    TEST,
     data_options,
     tool_env,
 )
@@ -148,3 +151,46 @@ def test_folder_with_a_too_small_volume(tmp_path):
         pred = nib.load(str(out / f'{name}_pred.nii.gz'))
         assert pred.shape == shape
     assert not (out / 'b_small_pred.nii.gz').exists()
+
+
+def test_evaluation_goes_on_past_a_failing_case(tmp_path):
+    root = str(tmp_path / 'prostate')
+    make_prostate(root, seed=0, cases=3, size=64, slices=(4, 6))
+    # The held-out site's second case becomes 4 x 5 x 7: too small.
+    bad = osp.join(root, 'RUNMC', 'Case01.nii.gz')
+    seg = np.zeros((4, 5, 7), np.uint8)
+    seg[1:3, 1:4, 2:5] = 1
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 7), np.float32), np.eye(4)), bad)
+    nib.save(
+        nib.Nifti1Image(seg, np.eye(4)),
+        osp.join(root, 'RUNMC', 'Case01_segmentation.nii.gz'),
+    )
+    init_default_scope('mmseg')
+    model = MODELS.build(Config.fromfile(PROSTATE_CONFIG).model)
+    ckpt = str(tmp_path / 'model.pth')
+    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    work_dir = str(tmp_path / 'work')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TEST,
+            PROSTATE_CONFIG,
+            ckpt,
+            '--work-dir',
+            work_dir,
+            '--cfg-options',
+            *data_options(root),
+        ],
+        cwd=REPO_ROOT,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert f'left out of the metrics: {bad} (7 samples)' in proc.stdout
+    with open(osp.join(work_dir, 'metrics.json')) as f:
+        metrics = json.load(f)
+    # The two other held-out cases were evaluated.
+    assert metrics['RUNMC/n_cases'] == 2
