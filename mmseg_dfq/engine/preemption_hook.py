@@ -12,6 +12,7 @@ from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
 from ..compat import atomic_write
+from .resume_hook import ExactResumeHook
 
 #: Exit status of a run stopped by a preemption signal after it saved its
 #: checkpoint (EX_TEMPFAIL: "try again"); ``tools/slurm_train.sh`` requeues
@@ -123,6 +124,13 @@ class PreemptionHook(Hook):
         path = osp.join(runner.work_dir, filename)
         last = runner.message_hub.get_info('last_ckpt')
         if last is None or osp.abspath(last) != osp.abspath(path):
+            for hook in runner.hooks:
+                # Collective, on every rank: save_checkpoint runs on rank 0.
+                if (
+                    isinstance(hook, ExactResumeHook)
+                    and get_dist_info()[1] > 1
+                ):
+                    hook.gather()
             runner.save_checkpoint(
                 runner.work_dir,
                 filename,

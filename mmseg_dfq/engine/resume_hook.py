@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_dist_info
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
@@ -165,16 +165,63 @@ class ExactResumeHook(Hook):
         self._loaded = None
         self._pending = False
         self._val_rng = None
+        self._gathered = None
 
     # -- saving -------------------------------------------------------------
+    def gather(self) -> None:
+        """Collect every rank's RNG states for the next checkpoint.
+
+        A collective: all ranks call it (mmengine runs ``save_checkpoint``
+        and its hooks on rank 0 only). ``PreemptionHook`` calls it before
+        its own save.
+        """
+        self._gathered = all_gather_object(get_rng_state())
+
+    @staticmethod
+    def _checkpoint_due(runner, at_epoch_end: bool) -> bool:
+        """Whether a ``CheckpointHook`` saves at the end of this step."""
+        for hook in runner.hooks:
+            if not isinstance(hook, CheckpointHook):
+                continue
+            if hook.by_epoch != at_epoch_end:
+                continue
+            if at_epoch_end:
+                due = hook.every_n_epochs(
+                    runner, hook.interval, hook.save_begin
+                ) or (hook.save_last and hook.is_last_train_epoch(runner))
+            else:
+                due = hook.every_n_train_iters(
+                    runner, hook.interval, hook.save_begin
+                ) or (hook.save_last and hook.is_last_train_iter(runner))
+            if due:
+                return True
+        return False
+
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs=None
+    ) -> None:
+        """In distributed runs, gather RNG states before a checkpoint."""
+        if get_dist_info()[1] > 1 and self._checkpoint_due(runner, False):
+            self.gather()
+
+    def after_train_epoch(self, runner) -> None:
+        """In distributed runs, gather RNG states before a checkpoint."""
+        if get_dist_info()[1] > 1 and self._checkpoint_due(runner, True):
+            self.gather()
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Add the RNG states of every rank and the sampler's shape."""
-        # A collective: every rank saves (only rank 0 writes the file).
-        states = all_gather_object(get_rng_state())
+        world_size = get_dist_info()[1]
+        if world_size == 1:
+            states = [get_rng_state()]
+        elif self._gathered is not None:
+            states, self._gathered = self._gathered, None
+        else:  # e.g. a best checkpoint saved after validation
+            states = [get_rng_state()]
         sampler = domain_mix_sampler(runner.train_dataloader)
         checkpoint[STATE_KEY] = dict(
             version=STATE_VERSION,
-            world_size=get_dist_info()[1],
+            world_size=world_size,
             rng=states,
             sampler=None
             if sampler is None
@@ -246,6 +293,13 @@ class ExactResumeHook(Hook):
         rank = get_dist_info()[0]
         if rank < len(states):
             set_rng_state(states[rank])
+        else:
+            print_log(
+                f'the checkpoint holds no RNG state of rank {rank}; its '
+                'random streams start afresh',
+                logger='current',
+                level=logging.WARNING,
+            )
 
     def before_train_epoch(self, runner) -> None:
         """Start the first epoch after a resume at the saved position."""
