@@ -20,7 +20,7 @@ import torch
 
 from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
 
-from ..test_runtime.conftest import TRAIN
+from ..test_runtime.conftest import TRAIN, run_tool
 from .conftest import (
     ITERS,
     assert_same_weights,
@@ -186,3 +186,19 @@ def test_broken_explicit_checkpoint_is_one_error(tmp_path, tiny_fundus):
     assert f"error: checkpoint '{broken}'" in out
     assert 'truncated or corrupt' in out
     assert 'Traceback' not in out
+
+
+def test_two_process_resume_equals_uninterrupted(tmp_path, tiny_fundus):
+    # DDP on CPU (gloo): per-rank RNG states and sampler streams.
+    full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+    run_tool(TRAIN, train_args(tiny_fundus, full), nproc=2)
+    os.makedirs(resumed)
+    shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
+    out = run_tool(
+        TRAIN, train_args(tiny_fundus, resumed, resume=True), nproc=2
+    )
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert_same_weights(
+        osp.join(full, f'iter_{ITERS}.pth'),
+        osp.join(resumed, f'iter_{ITERS}.pth'),
+    )
