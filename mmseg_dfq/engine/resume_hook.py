@@ -318,10 +318,8 @@ class ExactResumeHook(Hook):
                 sampler.skip_batches(skip)
                 # The loop opened its iterator when it was built, before
                 # the checkpoint was loaded: open it again from the
-                # position (and stop the old one's workers, if any).
-                old = getattr(iterator, '_iterator', None)
-                if hasattr(old, '_shutdown_workers'):
-                    old._shutdown_workers()
+                # position (persistent workers are reset by the
+                # DataLoader; others end with the old iterator).
                 iterator = _InfiniteDataloaderIterator(loop.dataloader)
                 iterator._epoch = epoch
             loop.dataloader_iterator = _ResumedIterator(
