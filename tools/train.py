@@ -52,7 +52,11 @@ from mmseg_dfq.compat import (
     teardown_distributed,
 )
 from mmseg_dfq.config import load_config
-from mmseg_dfq.engine import NonFiniteLossError, find_resumable_checkpoint
+from mmseg_dfq.engine import (
+    NonFiniteLossError,
+    find_resumable_checkpoint,
+    remove_stale_temp_files,
+)
 
 # Devices for which mmengine's AmpOptimWrapper works.
 AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
@@ -160,6 +164,9 @@ def main(argv=None):
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    if args.resume and int(os.environ.get('RANK', '0')) == 0:
+        # Left by a run killed while writing a checkpoint.
+        remove_stale_temp_files(cfg.work_dir)
     if args.resume and cfg.get('load_from') is None:
         path, _ = find_resumable_checkpoint(cfg.work_dir)
         # None: nothing to resume from yet (a first start); mmengine then

@@ -1,4 +1,4 @@
-from .checkpoint import find_resumable_checkpoint
+from .checkpoint import find_resumable_checkpoint, remove_stale_temp_files
 from .nonfinite_hook import NonFiniteLossError, NonFiniteLossHook
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
 from .resume_hook import ExactResumeHook
@@ -14,4 +14,5 @@ __all__ = [
     'PreemptionHook',
     'TolerantTestLoop',
     'find_resumable_checkpoint',
+    'remove_stale_temp_files',
 ]

@@ -2,6 +2,7 @@
 
 import glob
 import logging
+import os
 import os.path as osp
 from typing import List, Optional, Tuple
 
@@ -69,3 +70,32 @@ def find_resumable_checkpoint(
             continue
         return path, broken
     return None, broken
+
+
+def remove_stale_temp_files(work_dir: str) -> List[str]:
+    """Delete temporary files of checkpoint writes that were cut short.
+
+    :func:`mmseg_dfq.compat.atomic_write` names them
+    ``.<name>.tmp-<pid>``; one whose process no longer runs is left over
+    from a killed run (the checkpoint it was writing never got its name).
+
+    Args:
+        work_dir (str): The run's work folder.
+
+    Returns:
+        list[str]: The files removed.
+    """
+    removed = []
+    for path in glob.glob(osp.join(work_dir, '.*.tmp-*')):
+        try:
+            pid = int(path.rsplit('.tmp-', 1)[1])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os.remove(path)
+            removed.append(path)
+        except PermissionError:  # a live process of another user
+            continue
+    return removed

@@ -157,7 +157,8 @@ class ExactResumeHook(Hook):
         restore_rng (bool): Restore the saved RNG states. Default: True.
     """
 
-    # before_train_epoch must run after DistSamplerSeedHook (NORMAL).
+    # before_train_epoch must run after DistSamplerSeedHook (NORMAL), and
+    # after_train_iter/epoch before CheckpointHook (VERY_LOW).
     priority = 'LOW'
 
     def __init__(self, restore_rng: bool = True) -> None:

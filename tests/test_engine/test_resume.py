@@ -133,6 +133,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     rc, out = finish(proc)
     assert rc == 0, out[-3000:]
     assert 'Advance dataloader' not in out or 'loads no data' in out
+    assert not glob.glob(osp.join(work_dir, '.*.tmp-*'))  # cleaned up
     final = f'iter_{ITERS}.pth'
     assert_same_weights(
         osp.join(reference_run, final), osp.join(work_dir, final)
