@@ -138,7 +138,9 @@ class DomainMixSampler(Sampler):
         shuffle (bool): Shuffle each domain's indices. Default: True.
         seed_per_draw (bool): Seed the data pipeline of every sample from
             its draw (installs :class:`DrawSeededPrepare` as the data set's
-            ``prepare_data``). Default: True.
+            ``prepare_data``; data set wrappers without one, such as
+            ``ConcatDataset``, are left alone and their augmentation then
+            follows the workers' RNG streams). Default: True.
     """
 
     def __init__(
