@@ -13,7 +13,11 @@ Three gaps are closed here, and nowhere else:
    types. :func:`allow_mmengine_checkpoints` allowlists exactly those types;
    a checkpoint whose pickle calls anything else (``os.system``...) is still
    refused by torch, and :func:`explain_unsafe_checkpoint` turns that refusal
-   into a clear error.
+   into a clear error. Checkpoints that cannot be read at all (cut short
+   by a full disk or a dying node) raise :class:`CheckpointError` naming the
+   file. Checkpoints and mmengine's ``last_checkpoint`` are written
+   atomically (:func:`atomic_write`): mmengine 0.10 writes both in place,
+   so a run killed mid-write left a truncated latest checkpoint.
 3. **Distributed without CUDA**: mmengine's ``pytorch``/``slurm`` launchers
    call ``torch.cuda.set_device``. :func:`setup_distributed` initialises a
    ``gloo`` process group on CPU-only hosts before the Runner is built (the
@@ -23,6 +27,7 @@ Three gaps are closed here, and nowhere else:
 """
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -35,6 +40,9 @@ __all__ = [
     'install_mmcv_ops_fallback',
     'allow_mmengine_checkpoints',
     'explain_unsafe_checkpoint',
+    'CheckpointError',
+    'atomic_write',
+    'load_checkpoint_file',
     'setup_distributed',
     'teardown_distributed',
     'adapt_cfg_to_device',
@@ -252,15 +260,57 @@ def explain_unsafe_checkpoint(filename, error):
     )
 
 
-def _load_local_checkpoint(filename, map_location=None):
-    """mmengine's local checkpoint loader, naming the file on refusal."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded; the message names it."""
+
+
+def _is_weights_only_refusal(error):
+    return 'weights only load failed' in str(error).lower()
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """``torch.load`` a local checkpoint; one clear error when it fails.
+
+    Args:
+        filename (str): Checkpoint path.
+        map_location (str | callable, optional): As for ``torch.load``.
+
+    Returns:
+        dict: The checkpoint.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        RuntimeError: If its pickle references objects outside the allowlist
+            (see :func:`explain_unsafe_checkpoint`).
+        CheckpointError: If the file is not a readable checkpoint (empty,
+            truncated, corrupt).
+    """
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} does not exist')
     try:
         # weights_only is left at torch's default (True for torch >= 2.6).
         return torch.load(filename, map_location=map_location)
     except torch.serialization.pickle.UnpicklingError as err:
-        raise explain_unsafe_checkpoint(filename, err) from err
+        if _is_weights_only_refusal(err):
+            raise explain_unsafe_checkpoint(filename, err) from err
+        raise _unreadable(filename, err) from err
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise _unreadable(filename, err) from err
+
+
+def _unreadable(filename, err):
+    size = os.path.getsize(filename)
+    detail = (str(err) or type(err).__name__).splitlines()[0]
+    return CheckpointError(
+        f'checkpoint {filename!r} ({size} bytes) cannot be read: it is '
+        'truncated or corrupt (a run killed while writing it, a full disk, '
+        f'an incomplete copy). torch says: {detail}'
+    )
+
+
+def _load_local_checkpoint(filename, map_location=None):
+    """mmengine's local checkpoint loader, naming the file on failure."""
+    return load_checkpoint_file(filename, map_location=map_location)
 
 
 def _with_fetch_advice(loader):
@@ -283,6 +333,96 @@ def _with_fetch_advice(loader):
 
     load.__doc__ = f'{loader.__name__}, with advice when it cannot fetch.'
     return load
+
+
+def atomic_write(path, data):
+    """Write a file so that it holds either its old or its new content.
+
+    The bytes go to a temporary file in the same folder, are flushed and
+    fsync'ed, and the temporary file is renamed over ``path`` (atomic on
+    POSIX file systems); the folder is fsync'ed so the rename survives a
+    crash. A process killed at any moment leaves at worst a stray
+    ``.<name>.tmp-<pid>`` file, never a truncated ``path``.
+
+    Args:
+        path (str): Destination.
+        data (bytes | str): Content; ``str`` is written as UTF-8.
+    """
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            _write_and_sync(f, data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on some systems
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_and_sync(f, data):
+    """Write ``data`` to the open file ``f`` and force it to the disk."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class _AtomicTextFile(io.StringIO):
+    """A text file opened for writing that lands atomically on close."""
+
+    def __init__(self, path, encoding):
+        super().__init__()
+        self._path = path
+        self._encoding = encoding or 'utf-8'
+
+    def close(self):
+        if not self.closed:
+            atomic_write(self._path, self.getvalue().encode(self._encoding))
+        super().close()
+
+
+def _open_last_checkpoint(file, mode='r', *args, **kwargs):
+    """``open`` for mmengine's CheckpointHook: atomic text writes."""
+    if mode in ('w', 'wt'):
+        return _AtomicTextFile(file, kwargs.get('encoding'))
+    return open(file, mode, *args, **kwargs)
+
+
+def _register_atomic_writes():
+    """Write checkpoints and ``last_checkpoint`` atomically.
+
+    mmengine saves a checkpoint through its file backend's ``put``
+    (``LocalBackend`` writes in place) and ``CheckpointHook`` writes
+    ``last_checkpoint`` with a plain ``open(..., 'w')``. The local backend
+    is replaced by one whose ``put`` / ``put_text`` use
+    :func:`atomic_write`, and the ``open`` seen by mmengine's checkpoint
+    hook module (only there) by one whose text writes are atomic.
+    """
+    from mmengine.fileio.backends import LocalBackend, register_backend
+    from mmengine.hooks import checkpoint_hook
+
+    class AtomicLocalBackend(LocalBackend):
+        """mmengine's local backend with atomic ``put``/``put_text``."""
+
+        def put(self, obj, filepath):
+            atomic_write(str(filepath), obj)
+
+        def put_text(self, obj, filepath, encoding='utf-8'):
+            atomic_write(str(filepath), obj.encode(encoding))
+
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+    checkpoint_hook.open = _open_last_checkpoint
 
 
 def _register_checkpoint_loader():
@@ -417,3 +557,4 @@ def _apply():
     install_mmcv_ops_fallback()
     allow_mmengine_checkpoints()
     _register_checkpoint_loader()
+    _register_atomic_writes()

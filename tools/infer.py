@@ -18,9 +18,13 @@ Writes
 
 The preprocessing is the config's test pipeline and the post-processing the
 config's ``DomainMetric`` one (largest connected component per structure,
-holes filled for fundus); ``--no-largest-cc`` keeps the raw arg-max. An
-input that cannot be read is reported with its path; the others are still
-segmented and the exit status is 1.
+holes filled for fundus); ``--no-largest-cc`` keeps the raw arg-max.
+
+One bad input never stops a folder: volumes whose slices are smaller than
+the network accepts (its patch embeddings and attention reductions; the
+minimum is found once by probing the model) are refused up front with the
+minimum size, and any error while segmenting one input is reported with
+its path; the others are still segmented and the exit status is 1.
 """
 
 import argparse
@@ -30,6 +34,7 @@ import sys
 from collections import Counter
 
 import cv2
+import torch
 from mmengine.config import DictAction
 from tqdm import tqdm
 
@@ -88,6 +93,66 @@ def parse_args():
     if args.batch_size < 1:
         parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
     return args
+
+
+def min_input_size(model, channels=3, limit=4096):
+    """Smallest square input side that the model's forward pass accepts.
+
+    Too small an input fails inside a convolution whose kernel is larger
+    than its (down-sampled) input, e.g. the stride-8 attention reduction
+    of MiT's first stage. Probed with zero inputs, by doubling and then
+    bisecting (the failure is monotone in the size).
+
+    Args:
+        model (BaseSegmentor): The model, in eval mode.
+        channels (int): Input channels. Default: 3.
+        limit (int): Largest side tried. Default: 4096.
+
+    Returns:
+        int: The side in pixels (1 if every size works).
+    """
+    param = next(model.parameters())
+
+    def works(side):
+        x = param.new_zeros((1, channels, side, side))
+        try:
+            with torch.no_grad():
+                model._forward(x)
+        except RuntimeError:
+            return False
+        return True
+
+    if works(1):
+        return 1
+    lo, hi = 1, 2
+    while not works(hi):
+        lo, hi = hi, hi * 2
+        if hi > limit:
+            raise RuntimeError(f'the model fails on every input up to {limit}')
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    return hi
+
+
+def check_volume_size(path, min_size):
+    """Refuse a volume whose slices are smaller than ``min_size``.
+
+    Args:
+        path (str): NIfTI file.
+        min_size (int): From :func:`min_input_size`.
+
+    Raises:
+        ValueError: Naming the file, its slice size and the minimum.
+    """
+    shape = read_nifti_header(path)[0]
+    if len(shape) >= 2 and min(shape[:2]) < min_size:
+        raise ValueError(
+            f'{path}: its slices are {shape[0]} x {shape[1]} voxels, smaller '
+            f'than the {min_size} x {min_size} that this model needs at the '
+            'least (its patch embeddings and attention reductions shrink '
+            'the input by up to 32x); resample or pad the volume'
+        )
 
 
 def write_fundus(inferencer, path, out_dir, overlay):
@@ -149,11 +214,15 @@ def main():
     except (OSError, ValueError) as err:
         raise SystemExit(f'error: {err}') from None
     os.makedirs(args.out, exist_ok=True)
+    min_size = None
+    if inferencer.kind == 'volume':
+        min_size = min_input_size(inferencer.model)
     failed = []
     for path in tqdm(inputs, desc='segmenting', disable=len(inputs) < 2):
         try:
             inferencer.check_input(path)
             if inferencer.kind == 'volume':
+                check_volume_size(path, min_size)
                 write_volume(
                     inferencer, path, args.out, args.batch_size, args.overlay
                 )
@@ -164,6 +233,13 @@ def main():
         except (OSError, ValueError, IndexError) as err:
             # One unreadable file should not cost the rest of a folder.
             tqdm.write(f'error: {err}', file=sys.stderr)
+            failed.append(path)
+        except Exception as err:  # noqa: BLE001 - reported with its path
+            tqdm.write(
+                f'error: {path}: {type(err).__name__}: '
+                f'{str(err).splitlines()[0] if str(err) else ""}',
+                file=sys.stderr,
+            )
             failed.append(path)
     done = len(inputs) - len(failed)
     print(f'{done} of {len(inputs)} input(s) segmented; results in {args.out}')

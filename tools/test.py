@@ -25,6 +25,10 @@ What differs, and why:
 - ``--show``/``--show-dir`` use ``DomainVisualizationHook`` (mmseg's hook,
   which also paints NIfTI slices) and paint every test sample.
 - A missing config or checkpoint file is reported before anything is built.
+- One failing case does not stop the evaluation: a plain ``TestLoop``
+  becomes :class:`mmseg_dfq.engine.TolerantTestLoop`, which logs the
+  failing batch's files and goes on; the metrics cover the other cases and
+  the exit status is 1.
 """
 
 import argparse
@@ -33,6 +37,8 @@ import json
 import math
 import os
 import os.path as osp
+import sys
+from collections import Counter
 
 from mmengine.config import DictAction
 from mmengine.dist import is_main_process
@@ -271,8 +277,12 @@ def main(argv=None):
     if args.per_case:
         set_per_case_file(cfg, args.per_case)
 
+    if cfg.test_cfg.get('type', 'TestLoop') == 'TestLoop':
+        cfg.test_cfg['type'] = 'TolerantTestLoop'
+
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
+    failures = getattr(runner.test_loop, 'failures', [])
 
     if is_main_process():
         path = dump_metrics(
@@ -281,6 +291,18 @@ def main(argv=None):
         )
         print(f'Metrics written to {path}', flush=True)
     teardown_distributed()
+    if failures:
+        # One entry per file (2.5D samples name their slice).
+        files = Counter(
+            f.split(' (slice ')[0] for batch, _ in failures for f in batch
+        )
+        listed = ', '.join(
+            f'{f} ({n} samples)' if n > 1 else f for f, n in files.items()
+        )
+        sys.exit(
+            f'error: {len(failures)} test batch(es) failed and were left '
+            f'out of the metrics: {listed}'
+        )
 
 
 if __name__ == '__main__':

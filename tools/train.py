@@ -24,6 +24,15 @@ What differs, and why:
   mmengine's ``AmpOptimWrapper`` asserts CUDA/NPU/MLU/MUSA.
 - A config file that does not exist is reported as such (mmengine would
   fail later with a less direct message).
+- ``--resume`` without a checkpoint path resumes from the newest checkpoint
+  of the work dir that loads (mmengine takes the one ``last_checkpoint``
+  names and fails on a truncated file), warning about each unreadable one;
+  a broken ``load_from`` / resume file is one error line naming the file.
+- Exit status: 0 when training finished; 75
+  (:data:`mmseg_dfq.engine.PREEMPTED_EXIT_CODE`) when ``PreemptionHook``
+  saved a checkpoint on SIGTERM/SIGUSR1 and stopped (run again with
+  ``--resume``); 128 + signal number on a second signal; 1 with one error
+  line for an unreadable checkpoint or a non-finite loss.
 """
 
 import argparse
@@ -37,8 +46,17 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
-from mmseg_dfq.compat import setup_distributed, teardown_distributed
+from mmseg_dfq.compat import (
+    CheckpointError,
+    setup_distributed,
+    teardown_distributed,
+)
 from mmseg_dfq.config import load_config
+from mmseg_dfq.engine import (
+    NonFiniteLossError,
+    find_resumable_checkpoint,
+    remove_stale_temp_files,
+)
 
 # Devices for which mmengine's AmpOptimWrapper works.
 AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
@@ -146,12 +164,23 @@ def main(argv=None):
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    if args.resume and int(os.environ.get('RANK', '0')) == 0:
+        # Left by a run killed while writing a checkpoint.
+        remove_stale_temp_files(cfg.work_dir)
+    if args.resume and cfg.get('load_from') is None:
+        path, _ = find_resumable_checkpoint(cfg.work_dir)
+        # None: nothing to resume from yet (a first start); mmengine then
+        # trains from scratch.
+        cfg.load_from = path
 
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    runner.train()
+    try:
+        if 'runner_type' not in cfg:
+            runner = Runner.from_cfg(cfg)
+        else:
+            runner = RUNNERS.build(cfg)
+        runner.train()
+    except (CheckpointError, NonFiniteLossError) as err:
+        raise SystemExit(f'error: {err}') from None
     teardown_distributed()
 
 

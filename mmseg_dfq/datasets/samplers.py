@@ -1,8 +1,9 @@
-"""Infinite sampler that mixes source domains with fixed counts per batch."""
+"""Epoch-sized sampler that mixes source domains with fixed counts."""
 
-import itertools
-from typing import Dict, Iterator, List, Sequence, Sized, Union
+import random
+from typing import Dict, Iterator, List, Optional, Sequence, Sized, Union
 
+import numpy as np
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
 from mmseg.registry import DATA_SAMPLERS
@@ -11,20 +12,116 @@ from torch.utils.data import Sampler
 DomainCounts = Union[Dict[Union[str, int], int], Sequence[int]]
 
 
+class SeededIndex(int):
+    """A data set index that carries the augmentation seed of its draw.
+
+    :class:`DomainMixSampler` yields these; :class:`DrawSeededPrepare`
+    seeds the data pipeline from :attr:`draw_seed`. Anything else sees an
+    ordinary ``int``.
+    """
+
+    draw_seed: int
+
+    def __new__(cls, index: int, draw_seed: int) -> 'SeededIndex':
+        obj = super().__new__(cls, index)
+        obj.draw_seed = int(draw_seed)
+        return obj
+
+    def __reduce__(self):
+        # Indices travel to dataloader workers through a pickle.
+        return (SeededIndex, (int(self), self.draw_seed))
+
+
+class DrawSeededPrepare:
+    """Run a data set's pipeline with RNGs seeded by the sample's draw.
+
+    Installed as the data set's ``prepare_data`` by
+    :class:`DomainMixSampler` (``seed_per_draw=True``). For a
+    :class:`SeededIndex`, Python's ``random``, NumPy's global generator and
+    torch's CPU generator are seeded from the draw before the pipeline runs
+    and put back afterwards, so:
+
+    - a sample's augmentation depends only on (seed, rank, batch, slot):
+      not on the number of dataloader workers, on whether workers persist
+      across epochs, nor on where a run was interrupted and resumed;
+    - loading data never moves the training process's own RNG streams
+      (dropout, drop path), which the resume hook saves in checkpoints.
+
+    A plain ``int`` (e.g. a refetch after a pipeline returned None) runs
+    the pipeline unchanged.
+
+    Args:
+        dataset (BaseDataset): The data set whose ``prepare_data`` to wrap.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, idx):
+        prepare = type(self.dataset).prepare_data
+        seed = getattr(idx, 'draw_seed', None)
+        if seed is None:
+            return prepare(self.dataset, idx)
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        torch_state = torch.random.get_rng_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed)
+            # The CPU generator only: torch.manual_seed would also reseed
+            # every CUDA device of the training process.
+            torch.random.default_generator.manual_seed(seed)
+            return prepare(self.dataset, int(idx))
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.random.set_rng_state(torch_state)
+
+
+def _hash_seed(*entropy: int) -> int:
+    """A 32-bit seed mixed from non-negative integers (NumPy SeedSequence)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
 @DATA_SAMPLERS.register_module()
 class DomainMixSampler(Sampler):
-    """Infinite sampler whose every chunk mixes domains with fixed counts.
+    """Sampler whose every batch mixes domains with fixed counts.
 
-    Built for ``IterBasedTrainLoop`` like mmengine's ``InfiniteSampler``.
-    Each domain has its own endless stream of shuffled indices (a fresh
-    permutation per pass); the sampler yields chunks of ``sum(counts)``
-    indices made of ``counts[d]`` indices from the stream of each domain d,
-    in the domain order of ``domain_counts``. With the dataloader's
-    ``batch_size`` equal to :attr:`chunk_size` every batch therefore holds
-    exactly the configured mix (see :func:`check_domain_mix_batch_size`).
-    Under distributed training each rank draws its own streams (seed +
-    rank), so every rank's batch has the mix and the global batch is
-    ``world_size * chunk_size``.
+    Each batch of :attr:`chunk_size` = ``sum(counts)`` indices holds
+    ``counts[d]`` samples of each domain d, in the domain order of
+    ``domain_counts``; with the dataloader's ``batch_size`` equal to
+    :attr:`chunk_size` (checked by :func:`check_domain_mix_batch_size` and
+    by ``ExactResumeHook`` at the start of training) every batch holds
+    exactly the configured mix.
+
+    **Epoch.** As in the DFQ authors' code, an epoch is as long as the
+    longest source-domain loader: ``max_d floor(N_d / counts[d])`` batches
+    (their per-domain loaders drop the last partial batch), at least one.
+    :meth:`__len__` is that number times :attr:`chunk_size`, so
+    ``EpochBasedTrainLoop(max_epochs=200)`` runs the authors' iteration
+    count for whatever data is on disk (fundus held-out Domain1..4 with
+    the release's 50/99/320/320 training images: 53/45/32/32 batches per
+    epoch, 10,600/9,000/6,400/6,400 iterations). Under distributed training
+    the epoch's batches are shared among the ranks
+    (``ceil(batches / world_size)`` each), so an epoch stays one pass of the
+    longest domain. ``IterBasedTrainLoop`` works too: mmengine restarts a
+    finished sampler with the next epoch.
+
+    **Streams.** Each domain has its own endless stream of shuffled passes
+    (a fresh permutation per pass) that runs on across epochs: shorter
+    domains are reshuffled whenever they run out. The authors instead
+    ``itertools.cycle`` the shorter loaders, which replays the batches of
+    their first pass in the same order and with the same augmentation
+    for the whole training; this sampler deliberately does not reproduce
+    that. Under distributed training each rank draws its own streams.
+
+    **Addressable.** Batch ``g`` (counted from the start of training) is a
+    pure function of (seed, rank, g): the permutation of pass p of domain
+    d is seeded by (seed, rank, d, p), and every draw carries a seed for
+    its augmentation (see :class:`DrawSeededPrepare`). A resumed run
+    therefore starts at the saved position with :meth:`skip_batches`
+    without loading any skipped data, and sees the same batches, augmented
+    the same way, as an uninterrupted run.
 
     The domain of a sample is its ``domain`` data info (set by
     ``FundusDGDataset`` / ``ProstateDGDataset``).
@@ -32,21 +129,27 @@ class DomainMixSampler(Sampler):
     Args:
         dataset (Sized): Data set whose samples carry ``domain`` (and
             ``domain_idx``) in their data info.
-        domain_counts (dict | Sequence[int]): Samples per chunk for each
+        domain_counts (dict | Sequence[int]): Samples per batch for each
             domain: a dict keyed by domain name (or 1-based ``domain_idx``),
             or a list aligned with ``dataset.domains``. Every domain of the
             data set needs a count (0 leaves it out on purpose).
         seed (int, optional): Base seed; None draws one shared by all ranks.
             Default: None.
         shuffle (bool): Shuffle each domain's indices. Default: True.
+        seed_per_draw (bool): Seed the data pipeline of every sample from
+            its draw (installs :class:`DrawSeededPrepare` as the data set's
+            ``prepare_data``; data set wrappers without one, such as
+            ``ConcatDataset``, are left alone and their augmentation then
+            follows the workers' RNG streams). Default: True.
     """
 
     def __init__(
         self,
         dataset: Sized,
         domain_counts: DomainCounts,
-        seed: int = None,
+        seed: Optional[int] = None,
         shuffle: bool = True,
+        seed_per_draw: bool = True,
     ) -> None:
         rank, world_size = get_dist_info()
         self.rank = rank
@@ -78,6 +181,20 @@ class DomainMixSampler(Sampler):
         }
         self.chunk_size = sum(self.domain_counts.values())
         self.size = len(dataset)
+        longest = max(
+            len(self.domain_indices[name]) // self.domain_counts[name]
+            for name in self.domain_indices
+        )
+        # Per rank; at least one batch even when every domain is smaller
+        # than its count (its stream then wraps within the batch).
+        self.epoch_batches = max(1, -(-longest // world_size))
+        self.epoch = 0
+        self._skip = 0
+        # Cached permutation of the current pass of each domain.
+        self._passes: Dict[str, tuple] = {}
+        self.seed_per_draw = seed_per_draw
+        if seed_per_draw and hasattr(type(dataset), 'prepare_data'):
+            dataset.prepare_data = DrawSeededPrepare(dataset)
 
     def _resolve_counts(
         self,
@@ -153,48 +270,109 @@ class DomainMixSampler(Sampler):
             raise ValueError('DomainMixSampler: the counts sum to 0')
         return counts
 
-    def _domain_stream(self, name: str, seed: int) -> Iterator[int]:
-        """Endless shuffled passes over the indices of one domain.
+    def _pass_order(self, name: str, domain_pos: int, p: int) -> List[int]:
+        """Data set indices of pass ``p`` over one domain.
 
         Args:
             name (str): Domain name.
-            seed (int): Seed of this domain's generator.
+            domain_pos (int): Position of the domain in ``domain_indices``.
+            p (int): Pass number (0-based, since the start of training).
 
         Returns:
-            Iterator[int]: Data set indices.
+            list[int]: The domain's indices in the order of that pass.
         """
+        cached = self._passes.get(name)
+        if cached is not None and cached[0] == p:
+            return cached[1]
         indices = self.domain_indices[name]
-        g = torch.Generator()
-        g.manual_seed(seed)
-        while True:
-            if self.shuffle:
-                order = torch.randperm(len(indices), generator=g).tolist()
-                yield from (indices[i] for i in order)
-            else:
-                yield from indices
+        if self.shuffle:
+            rng = np.random.default_rng(
+                np.random.SeedSequence(
+                    [self.seed, self.rank, 0, domain_pos, p]
+                )
+            )
+            order = [indices[i] for i in rng.permutation(len(indices))]
+        else:
+            order = list(indices)
+        self._passes[name] = (p, order)
+        return order
+
+    def batch_indices(self, g: int) -> List[SeededIndex]:
+        """The indices of batch ``g`` of this rank.
+
+        Args:
+            g (int): Batch number since the start of training (epoch
+                ``g // epoch_batches``, batch ``g % epoch_batches`` in it).
+
+        Returns:
+            list[SeededIndex]: :attr:`chunk_size` indices, domain by domain.
+        """
+        out = []
+        for pos, (name, indices) in enumerate(self.domain_indices.items()):
+            count = self.domain_counts[name]
+            n = len(indices)
+            for j in range(count):
+                k = g * count + j  # draw number within the domain's stream
+                index = self._pass_order(name, pos, k // n)[k % n]
+                seed = _hash_seed(self.seed, self.rank, 1, g, len(out))
+                out.append(SeededIndex(index, seed))
+        return out
 
     def __iter__(self) -> Iterator[int]:
-        """Yield chunks of ``chunk_size`` indices, forever.
+        """Yield the batches of the current epoch, batch by batch.
 
         Returns:
-            Iterator[int]: Data set indices.
+            Iterator[int]: Data set indices (:class:`SeededIndex`).
         """
-        base = self.seed + self.rank
-        streams = {
-            # Distinct, rank-dependent seeds for each domain's stream.
-            name: self._domain_stream(name, base * 1000003 + j)
-            for j, name in enumerate(self.domain_indices)
-        }
-        while True:
-            for name, stream in streams.items():
-                yield from itertools.islice(stream, self.domain_counts[name])
+        skip, self._skip = self._skip, 0
+        first = self.epoch * self.epoch_batches
+        for b in range(skip, self.epoch_batches):
+            yield from self.batch_indices(first + b)
 
     def __len__(self) -> int:
-        """Length of the data set (the sampler itself never ends)."""
-        return self.size
+        """Indices per epoch: :attr:`epoch_batches` x :attr:`chunk_size`."""
+        return self.epoch_batches * self.chunk_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Not used by the iteration-based loop."""
+        """Select the epoch that the next :meth:`__iter__` walks.
+
+        Args:
+            epoch (int): Epoch number (0-based).
+        """
+        self.epoch = int(epoch)
+
+    def skip_batches(self, n: int) -> None:
+        """Start the next :meth:`__iter__` at batch ``n`` of its epoch.
+
+        Used on resume: the skipped batches are never loaded. Applies to
+        one pass only.
+
+        Args:
+            n (int): Batches to skip, 0 <= n <= :attr:`epoch_batches`.
+        """
+        if not 0 <= n <= self.epoch_batches:
+            raise ValueError(
+                f'DomainMixSampler: cannot skip {n} batches of an epoch of '
+                f'{self.epoch_batches}'
+            )
+        self._skip = int(n)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise if a dataloader's batch size breaks the domain mix.
+
+        Args:
+            batch_size (int): The dataloader's ``batch_size``.
+
+        Raises:
+            ValueError: If it is not :attr:`chunk_size`.
+        """
+        if batch_size != self.chunk_size:
+            raise ValueError(
+                f'DomainMixSampler counts {self.domain_counts} sum to '
+                f'{self.chunk_size}, but the dataloader batch_size is '
+                f'{batch_size}; they must be equal for every batch to hold '
+                'the mix'
+            )
 
 
 def check_domain_mix_batch_size(dataloader_cfg: dict) -> None:

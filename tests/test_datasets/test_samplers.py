@@ -1,7 +1,9 @@
 import itertools
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 from mmengine.runner import Runner
 
 from mmseg_dfq.datasets import (
@@ -33,9 +35,16 @@ class _ToyDataset:
 
 
 def _chunks(sampler, n_chunks):
-    it = iter(sampler)
+    """The first ``n_chunks`` batches, epoch after epoch."""
     size = sampler.chunk_size
-    return [list(itertools.islice(it, size)) for _ in range(n_chunks)]
+    out = []
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler)
+        out += [drawn[i : i + size] for i in range(0, len(drawn), size)]
+        if len(out) >= n_chunks:
+            return out[:n_chunks]
 
 
 def test_every_chunk_holds_the_mix():
@@ -128,4 +137,124 @@ def test_runner_dataloader_batches_hold_the_mix(fundus_root):
         domains = Counter(batch['domain'])
         assert domains == {'Domain2': 3, 'Domain3': 6, 'Domain4': 7}
     ds = FundusDGDataset(data_root=fundus_root, domains=[2, 3, 4])
-    assert len(DomainMixSampler(ds, [3, 6, 7], seed=0)) == len(ds)
+    # 6 training images per domain: floor(6 / 3) = 2 batches is the
+    # longest loader.
+    assert len(DomainMixSampler(ds, [3, 6, 7], seed=0)) == 2 * 16
+
+
+@pytest.mark.parametrize(
+    'sizes, counts, iters',
+    [
+        # The release's fundus training sets (Domain1..4: 50/99/320/320
+        # images) with the authors' counts; held-out Domain1..4 in turn.
+        ((99, 320, 320), [3, 6, 7], 10600),
+        ((50, 320, 320), [2, 7, 7], 9000),
+        ((50, 99, 320), [2, 4, 10], 6400),
+        ((50, 99, 320), [2, 4, 10], 6400),
+    ],
+)
+def test_epoch_is_the_longest_source_loader(sizes, counts, iters):
+    ds = _ToyDataset(tuple(zip('ABC', sizes)))
+    sampler = DomainMixSampler(ds, domain_counts=counts, seed=0)
+    # Independent statement: max_d floor(N_d / b_d) batches per epoch.
+    batches = max(n // b for n, b in zip(sizes, counts))
+    assert sampler.epoch_batches == batches
+    assert len(sampler) == batches * sum(counts)
+    assert 200 * batches == iters
+
+
+def test_epoch_length_edge_cases(monkeypatch):
+    # Every domain smaller than its count: still one batch per epoch.
+    ds = _ToyDataset((('A', 2), ('B', 3)))
+    sampler = DomainMixSampler(ds, domain_counts=[4, 5], seed=0)
+    assert sampler.epoch_batches == 1
+    (chunk,) = _chunks(sampler, 1)
+    assert Counter(ds.infos[i]['domain'] for i in chunk) == {'A': 4, 'B': 5}
+    # Two ranks share an epoch: ceil(53 / 2) = 27 batches each.
+    monkeypatch.setattr(samplers_mod, 'get_dist_info', lambda: (1, 2))
+    ds = _ToyDataset((('A', 99), ('B', 320), ('C', 320)))
+    assert DomainMixSampler(ds, [3, 6, 7], seed=0).epoch_batches == 27
+
+
+def test_streams_are_addressable_and_skip_loads_nothing():
+    ds = _ToyDataset()
+    sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    full = _chunks(sampler, 3 * sampler.epoch_batches)
+    # Batch g is a function of g: computed directly, or by iterating.
+    assert [sampler.batch_indices(g) for g in range(len(full))] == full
+    # Starting epoch 2 at its batch 1 yields the rest of that epoch only.
+    fresh = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    fresh.set_epoch(2)
+    fresh.skip_batches(1)
+    rest = list(fresh)
+    first = 2 * fresh.epoch_batches + 1
+    assert rest == [
+        i for c in full[first : 3 * fresh.epoch_batches] for i in c
+    ]
+    # The skip applies once.
+    assert len(list(fresh)) == len(fresh)
+    with pytest.raises(ValueError, match='cannot skip'):
+        fresh.skip_batches(fresh.epoch_batches + 1)
+
+
+def test_check_batch_size_at_build_time():
+    sampler = DomainMixSampler(_ToyDataset(), domain_counts=[3, 6, 7])
+    sampler.check_batch_size(16)
+    with pytest.raises(ValueError, match='sum to 16.*batch_size is 8'):
+        sampler.check_batch_size(8)
+
+
+class _RandomDataset(_ToyDataset):
+    """prepare_data returns random numbers drawn from the global RNGs."""
+
+    def prepare_data(self, idx):
+        return dict(
+            idx=int(idx),
+            np=float(np.random.rand()),
+            torch=float(torch.rand(1)),
+        )
+
+    def __getitem__(self, idx):
+        return self.prepare_data(idx)
+
+
+def test_per_draw_seeds_leave_the_global_rng_alone():
+    ds = _RandomDataset()
+    sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=0)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    drawn = [ds[i] for i in list(sampler)]
+    # The global streams did not move.
+    expected_np = np.random.RandomState(5).rand()
+    assert np.random.rand() == expected_np
+    assert float(torch.rand(1)) == float(
+        torch.rand(1, generator=torch.Generator().manual_seed(5))
+    )
+    # Same draw -> same augmentation numbers, whatever the global state.
+    np.random.seed(9)
+    assert [ds[i] for i in list(sampler)] == drawn
+    # Different draws of the same sample get different numbers.
+    by_sample = {}
+    for d in drawn:
+        by_sample.setdefault(d['idx'], set()).add(d['np'])
+    assert any(len(v) > 1 for v in by_sample.values())
+    # Plain ints bypass the seeding.
+    a, b = ds[0]['np'], ds[0]['np']
+    assert a != b
+
+
+def test_same_batches_with_and_without_workers(fundus_root):
+    # The pipeline is random (scale, crop, flip); with per-draw seeds the
+    # batches do not depend on the number of workers (checked to fail
+    # with seed_per_draw=False).
+    cfg = load_base_config('fundus_dg')
+    batches = []
+    for workers in (0, 2):
+        loader_cfg = cfg.train_dataloader.copy()
+        loader_cfg.update(num_workers=workers, persistent_workers=False)
+        loader_cfg.dataset = dict(loader_cfg.dataset, data_root=fundus_root)
+        loader = Runner.build_dataloader(loader_cfg, seed=0)
+        batches.append([b['inputs'] for b in loader])
+    assert len(batches[0]) == 2
+    for a, b in zip(*batches):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

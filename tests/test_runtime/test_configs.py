@@ -15,7 +15,15 @@ import re
 
 import pytest
 from mmengine.config import Config
-from mmseg.registry import DATA_SAMPLERS, DATASETS, METRICS, MODELS, TRANSFORMS
+from mmseg.registry import (
+    DATA_SAMPLERS,
+    DATASETS,
+    HOOKS,
+    LOOPS,
+    METRICS,
+    MODELS,
+    TRANSFORMS,
+)
 
 from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
 from mmseg_dfq.datasets.synthetic import PROSTATE_SITES
@@ -120,3 +128,31 @@ def test_config_builds(config):
         config
     )
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+RELIABILITY_HOOKS = {'ExactResumeHook', 'PreemptionHook', 'NonFiniteLossHook'}
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_schedule_and_hooks(config):
+    cfg = Config.fromfile(osp.join(REPO_ROOT, config))
+    hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
+    for hook in hooks:
+        assert HOOKS.get(hook) is not None, hook
+    assert RELIABILITY_HOOKS <= set(hooks), (config, hooks)
+    loop = cfg.train_cfg.type
+    assert LOOPS.get(loop) is not None, loop
+    if 'demo' in config:
+        # The CPU demo: a few hundred iterations.
+        assert loop == 'IterBasedTrainLoop'
+        assert cfg.train_cfg.max_iters <= 300
+        return
+    # The authors' 200 epochs of the longest source loader, poly decay per
+    # iteration over all of them.
+    assert loop == 'EpochBasedTrainLoop'
+    assert cfg.train_cfg.max_epochs == 200
+    assert cfg.train_dataloader.sampler.type == 'DomainMixSampler'
+    for scheduler in cfg.param_scheduler:
+        assert scheduler.by_epoch and scheduler.convert_to_iter_based
+        assert scheduler.end == cfg.train_cfg.max_epochs
+    assert cfg.log_processor.by_epoch is False  # logs count iterations

@@ -1,0 +1,72 @@
+"""Epoch loop: a mid-epoch resume repeats the uninterrupted run exactly.
+
+In-process runs of the fundus demo with ``EpochBasedTrainLoop`` (3 epochs
+of 3 batches of 3 images), a checkpoint every 2 iterations (mid-epoch and
+epoch-end ones). The resumed run uses 2 persistent dataloader workers, the
+uninterrupted one none: per-draw augmentation seeds make them equal.
+"""
+
+import os.path as osp
+import shutil
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+from ..test_runtime.conftest import FUNDUS_CONFIG, data_options
+from .conftest import assert_same_weights
+
+EPOCHS = 3
+
+
+def _runner(data_root, work_dir, workers, resume_from=None):
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(FUNDUS_CONFIG)
+    cfg.merge_from_dict(dict(a.split('=', 1) for a in data_options(data_root)))
+    cfg.work_dir = work_dir
+    cfg.train_cfg = dict(
+        type='EpochBasedTrainLoop', max_epochs=EPOCHS, val_interval=100
+    )
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.param_scheduler = [
+        dict(
+            type='PolyLR',
+            power=0.9,
+            eta_min=0.0,
+            begin=0,
+            end=EPOCHS,
+            by_epoch=True,
+            convert_to_iter_based=True,
+        )
+    ]
+    cfg.train_dataloader.batch_size = 3
+    cfg.train_dataloader.sampler.domain_counts = [1, 1, 1]
+    cfg.train_dataloader.num_workers = workers
+    cfg.train_dataloader.persistent_workers = workers > 0
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', by_epoch=False, interval=2, max_keep_ckpts=20
+    )
+    cfg.custom_hooks = [dict(type='ExactResumeHook')]
+    cfg.randomness = dict(seed=0, deterministic=True)
+    if resume_from is not None:
+        cfg.load_from = resume_from
+        cfg.resume = True
+    return Runner.from_cfg(cfg)
+
+
+@pytest.mark.parametrize('stop', [4, 6])  # mid-epoch 1, end of epoch 1
+def test_epoch_loop_resume_with_workers(tmp_path_factory, tiny_fundus, stop):
+    full = str(tmp_path_factory.getbasetemp() / 'epoch_full')
+    last = osp.join(full, 'iter_9.pth')
+    if not osp.isfile(last):
+        runner = _runner(tiny_fundus, full, workers=0)
+        assert runner.train_dataloader.sampler.epoch_batches == 3
+        runner.train()
+    resumed = str(tmp_path_factory.mktemp(f'epoch_resumed_{stop}'))
+    start = osp.join(resumed, f'iter_{stop}.pth')
+    shutil.copy(osp.join(full, f'iter_{stop}.pth'), start)
+    runner = _runner(tiny_fundus, resumed, workers=2, resume_from=start)
+    runner.train()
+    assert runner.iter == 3 * EPOCHS
+    assert_same_weights(last, osp.join(resumed, 'iter_9.pth'))

@@ -1,0 +1,205 @@
+"""Interrupted runs resume to exactly the uninterrupted model.
+
+One chain of runs in a work dir, each stopped differently, then resumed:
+SIGKILL at a random moment, SIGTERM at a random moment (checkpoint + exit
+status 75), SIGKILL in the middle of a (slowed) checkpoint write; the
+final weights equal the uninterrupted run's bit for bit. A truncated latest
+checkpoint is passed over with a warning; a broken checkpoint given
+explicitly is one error line naming it.
+"""
+
+import glob
+import os
+import os.path as osp
+import random
+import shutil
+import signal
+import time
+
+import torch
+
+from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
+
+from ..test_runtime.conftest import TRAIN, run_tool
+from .conftest import (
+    ITERS,
+    assert_same_weights,
+    finish,
+    log_has,
+    start,
+    train_args,
+    wait_for,
+)
+
+# Runs tools/train.py with a checkpoint writer that stops half-way through
+# the first large file, leaves a mark, and sleeps (to be killed there).
+SLOW_WRITER = """
+import os, runpy, sys, time
+import mmseg_dfq.compat as compat
+
+write = compat._write_and_sync
+
+
+def slow(f, data):
+    if len(data) < 1_000_000:
+        return write(f, data)
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    with open(os.environ['SLOW_WRITE_MARK'], 'w') as mark:
+        mark.write(f.name)
+    time.sleep(300)
+    write(f, data[len(data) // 2 :])
+
+
+compat._write_and_sync = slow
+sys.argv = [{train!r}] + sys.argv[1:]
+runpy.run_path({train!r}, run_name='__main__')
+"""
+
+
+def loadable(path):
+    try:
+        torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def test_killed_and_resumed_equals_uninterrupted(
+    tmp_path, tiny_fundus, reference_run, monkeypatch
+):
+    rng = random.Random(int(time.time()))
+    seed = rng.randrange(10**6)
+    rng = random.Random(seed)
+    note = f'(random seed {seed})'
+    work_dir = str(tmp_path / 'work')
+    log = str(tmp_path / 'run{}.log')
+
+    # 1. SIGKILL at a random moment after the first checkpoint.
+    proc = start(TRAIN, train_args(tiny_fundus, work_dir), log.format(1))
+    first = osp.join(work_dir, 'iter_2.pth')
+    wait_for(lambda: osp.isfile(first), proc, what='iter_2.pth')
+    time.sleep(rng.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    rc, _ = finish(proc)
+    assert rc == -signal.SIGKILL, note
+
+    # 2. Resume; SIGTERM at a random moment -> checkpoint, status 75.
+    proc = start(
+        TRAIN, train_args(tiny_fundus, work_dir, resume=True), log.format(2)
+    )
+    wait_for(log_has(proc, 'Iter(train)'), proc, what='a trained iteration')
+    time.sleep(rng.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGTERM)
+    rc, out = finish(proc)
+    if rc == 0:  # finished before the signal arrived: nothing to check
+        assert f'Iter(train) [{ITERS}/{ITERS}]' in out, note
+    else:
+        assert rc == PREEMPTED_EXIT_CODE, (note, out[-3000:])
+        assert 'preempted: checkpoint' in out, note
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            saved = f.read().strip()
+        assert loadable(saved), note
+        step = int(osp.basename(saved)[len('iter_') : -len('.pth')])
+        assert f'Iter(train) [{step}/{ITERS}]' in out, note
+        assert f'Iter(train) [{step + 1}/{ITERS}]' not in out, note
+
+        # 3. Resume with a slow writer; SIGKILL in the middle of a write.
+        launcher = tmp_path / 'slow_train.py'
+        launcher.write_text(SLOW_WRITER.format(train=TRAIN))
+        mark = str(tmp_path / 'writing')
+        monkeypatch.setenv('SLOW_WRITE_MARK', mark)
+        proc = start(
+            str(launcher),
+            train_args(tiny_fundus, work_dir, resume=True),
+            log.format(3),
+        )
+        wait_for(lambda: osp.isfile(mark), proc, what='a checkpoint write')
+        proc.send_signal(signal.SIGKILL)
+        rc, _ = finish(proc)
+        assert rc == -signal.SIGKILL
+        with open(mark) as f:
+            partial = f.read().strip()
+        assert osp.isfile(partial) and '.tmp-' in partial
+        # No checkpoint under its own name is cut short.
+        for path in glob.glob(osp.join(work_dir, '*.pth')):
+            assert loadable(path), (path, note)
+
+    # 4. Resume to the end.
+    proc = start(
+        TRAIN, train_args(tiny_fundus, work_dir, resume=True), log.format(4)
+    )
+    rc, out = finish(proc)
+    assert rc == 0, out[-3000:]
+    assert 'Advance dataloader' not in out or 'loads no data' in out
+    assert not glob.glob(osp.join(work_dir, '.*.tmp-*'))  # cleaned up
+    final = f'iter_{ITERS}.pth'
+    assert_same_weights(
+        osp.join(reference_run, final), osp.join(work_dir, final)
+    )
+
+
+def test_truncated_latest_checkpoint_falls_back(
+    tmp_path, tiny_fundus, reference_run
+):
+    work_dir = str(tmp_path / 'work')
+    os.makedirs(work_dir)
+    for k in (2, 4):
+        shutil.copy(osp.join(reference_run, f'iter_{k}.pth'), work_dir)
+    latest = osp.join(work_dir, 'iter_4.pth')
+    with open(latest, 'r+b') as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(latest)
+    proc = start(
+        TRAIN,
+        train_args(tiny_fundus, work_dir, resume=True),
+        str(tmp_path / 'out.log'),
+    )
+    rc, out = finish(proc)
+    assert rc == 0, out[-3000:]
+    assert f'Not resuming from {latest}' in out
+    assert 'truncated or corrupt' in out
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert_same_weights(
+        osp.join(reference_run, f'iter_{ITERS}.pth'),
+        osp.join(work_dir, f'iter_{ITERS}.pth'),
+    )
+
+
+def test_broken_explicit_checkpoint_is_one_error(tmp_path, tiny_fundus):
+    broken = str(tmp_path / 'broken.pth')
+    with open(broken, 'wb') as f:
+        f.write(b'PK\x03\x04 not a whole checkpoint')
+    proc = start(
+        TRAIN,
+        train_args(
+            tiny_fundus,
+            str(tmp_path / 'work'),
+            resume=True,
+            extra=[f'load_from={broken}'],
+        ),
+        str(tmp_path / 'out.log'),
+    )
+    rc, out = finish(proc)
+    assert rc == 1, out[-3000:]
+    assert f"error: checkpoint '{broken}'" in out
+    assert 'truncated or corrupt' in out
+    assert 'Traceback' not in out
+
+
+def test_two_process_resume_equals_uninterrupted(tmp_path, tiny_fundus):
+    # DDP on CPU (gloo): per-rank RNG states and sampler streams.
+    full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+    run_tool(TRAIN, train_args(tiny_fundus, full), nproc=2)
+    os.makedirs(resumed)
+    shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
+    out = run_tool(
+        TRAIN, train_args(tiny_fundus, resumed, resume=True), nproc=2
+    )
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert_same_weights(
+        osp.join(full, f'iter_{ITERS}.pth'),
+        osp.join(resumed, f'iter_{ITERS}.pth'),
+    )
