@@ -391,9 +391,11 @@ def largest_connected_component(mask, connectivity: int = 1) -> np.ndarray:
     """Keep the largest connected component of a binary mask (2D or 3D).
 
     The default face connectivity (4-neighbourhood in 2D, 6 in 3D) is
-    ``scipy.ndimage.label``'s default, which the DFQ authors' post-processing
-    uses. Ties between equally large components keep the one with the
-    smallest label (first in C order).
+    ``scipy.ndimage.label``'s default, which the DFQ authors use for
+    prostate volumes; for fundus images they use ``skimage.measure.label``'s
+    default, full connectivity (``connectivity=2``, 8-neighbourhood), which
+    ``DomainMetric`` picks in ``'2d'`` mode. Ties between equally large
+    components keep the one with the smallest label (first in C order).
 
     Args:
         mask (np.ndarray): Binary mask, any ndim.
