@@ -175,6 +175,22 @@ def dilated_case(rng):
     )
 
 
+def independent_case(rng):
+    # A poor prediction: an organ of about the right size and place with
+    # its own random border, so that most border voxels are millimetres
+    # from the ground truth's (ASD ~3 mm) - the slowest case for us.
+    gt = smooth_blob(rng, (384, 384, 30), (192, 192, 15), (125, 115, 14), 0.15)
+    pred = smooth_blob(
+        rng, (384, 384, 30), (195, 190, 15), (122, 118, 14), 0.15
+    )
+    return (
+        'large organ 384x384x30, prediction drawn independently',
+        pred,
+        (gt),
+        MRI_SPACING,
+    )
+
+
 def large_512_case(rng):
     pred, gt = make_pair(rng, (512, 512, 40), (256, 256, 20), (165, 150, 18))
     return 'large organ 512x512x40', pred, gt, MRI_SPACING
@@ -205,6 +221,7 @@ CASES = dict(
     large=large_case,
     stray=stray_case,
     dilated=dilated_case,
+    independent=independent_case,
     large512=large_512_case,
     scattered=scattered_case,
     fundus=fundus_case,

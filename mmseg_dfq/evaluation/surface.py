@@ -37,6 +37,7 @@ empty prediction) and exactly-one-empty gives NaN (undefined), so that a
 metric can exclude and count such cases.
 """
 
+import functools
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -220,18 +221,89 @@ class _BorderPair:
         if todo.size:
             tgt_coords = np.stack(np.unravel_index(tgt_flat, self.shape), 1)
             src_coords = np.stack(np.unravel_index(query, self.shape), 1)
-            tree = cKDTree(
-                tgt_coords * self.spacing,
-                balanced_tree=False,
-                compact_nodes=False,
-            )
-            _, nearest = tree.query(src_coords * self.spacing)
-            # Recomputed from the integer offset, so that the value is the
-            # transform's bit for bit.
-            out[todo] = _edt_length(
-                tgt_coords[nearest] - src_coords, self.spacing
+            out[todo] = _nearest_distances(
+                src_coords, tgt_coords, self.spacing
             )
         return out
+
+
+def _nearest_distances(
+    src: np.ndarray, tgt: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
+    """Distance from each ``src`` voxel to its nearest ``tgt`` voxel.
+
+    With one axis at least twice as coarse as the finest (MRI slices), a
+    3D KD-tree is slow: a ball that reaches the next slice holds hundreds
+    of in-plane voxels. There the search runs slice by slice instead - a
+    2D tree per slice of ``tgt`` along the coarse axis, slices visited
+    nearest first, until the slice distance alone exceeds the best found.
+    Otherwise one KD-tree of all ``tgt`` voxels in physical coordinates.
+
+    Args:
+        src (np.ndarray): Integer voxel coordinates, shape (N, ndim).
+        tgt (np.ndarray): Integer voxel coordinates, shape (M, ndim), M > 0.
+        spacing (np.ndarray): Voxel size per axis, shape (ndim,).
+
+    Returns:
+        np.ndarray: Float64 distances, shape (N,), each recomputed from the
+        integer offset to the nearest voxel with :func:`_edt_length`, so
+        that it is the distance transform's value bit for bit.
+    """
+    axis = int(np.argmax(spacing))
+    if src.shape[1] < 3 or spacing[axis] < 2.0 * spacing.min():
+        tree = cKDTree(tgt * spacing, balanced_tree=False, compact_nodes=False)
+        _, nearest = tree.query(src * spacing)
+        return _edt_length(tgt[nearest] - src, spacing)
+
+    plane = [i for i in range(src.shape[1]) if i != axis]
+    tgt = tgt[np.argsort(tgt[:, axis], kind='stable')]
+    levels, starts = np.unique(tgt[:, axis], return_index=True)
+    stops = np.append(starts[1:], len(tgt))
+    trees = {}
+
+    def slice_tree(level):
+        if level not in trees:
+            k = int(np.searchsorted(levels, level))
+            if k == levels.size or levels[k] != level:
+                trees[level] = None
+            else:
+                points = tgt[starts[k] : stops[k]]
+                trees[level] = (
+                    cKDTree(
+                        points[:, plane] * spacing[plane],
+                        balanced_tree=False,
+                        compact_nodes=False,
+                    ),
+                    points,
+                )
+        return trees[level]
+
+    best = np.full(len(src), np.inf)
+    for level in np.unique(src[:, axis]):
+        rows = np.flatnonzero(src[:, axis] == level)
+        points = src[rows]
+        dist = np.full(len(rows), np.inf)
+        far = max(level - levels[0], levels[-1] - level)
+        for step in range(int(far) + 1):
+            # Voxels already closer than this slice distance are final.
+            active = np.flatnonzero(dist > step * spacing[axis])
+            if not active.size:
+                break
+            for other in {level - step, level + step}:
+                found = slice_tree(other)
+                if found is None:
+                    continue
+                tree, candidates = found
+                _, nearest = tree.query(
+                    points[active][:, plane] * spacing[plane]
+                )
+                length = _edt_length(
+                    candidates[nearest] - points[active], spacing
+                )
+                closer = length < dist[active]
+                dist[active[closer]] = length[closer]
+        best[rows] = dist
+    return best
 
 
 def _local_offsets(
@@ -240,15 +312,28 @@ def _local_offsets(
     """Non-zero neighbour offsets sorted by physical length.
 
     All offsets of length <= radius, radius = max(2 * min(spacing),
-    max(spacing)), so that the list holds every offset up to its last
-    length (whole shells) and the first hit of a sorted search is the
-    nearest voxel; cut to about ``_MAX_LOCAL_OFFSETS`` at a shell boundary.
+    max(spacing)) (one step along the coarsest axis), at most 8 * min
+    (spacing), so that the list holds every offset up to its last length
+    (whole shells) and the first hit of a sorted search is the nearest
+    voxel; cut to at most ``_MAX_LOCAL_OFFSETS`` at a shell boundary.
+
+    Args:
+        spacing (np.ndarray): Voxel size per axis, shape (ndim,).
 
     Returns:
         tuple: Offsets (K, ndim) int64, their lengths (K,) float64, and the
-        padding per axis the lookups need.
+        padding per axis the lookups need. Cached per spacing: read only.
     """
-    radius = max(2.0 * spacing.min(), spacing.max())
+    return _local_offsets_cached(tuple(float(s) for s in spacing))
+
+
+@functools.lru_cache(maxsize=32)
+def _local_offsets_cached(
+    spacing: Tuple[float, ...],
+) -> Tuple[np.ndarray, np.ndarray, Tuple[int, ...]]:
+    spacing = np.asarray(spacing, dtype=np.float64)
+    # The cap keeps the candidate cube small for extreme anisotropy.
+    radius = min(max(2.0 * spacing.min(), spacing.max()), 8.0 * spacing.min())
     # One layer more than needed, so that rounding in radius / s can never
     # leave out an offset that is within the radius.
     half = [int(np.floor(radius / s)) + 1 for s in spacing]
@@ -270,6 +355,8 @@ def _local_offsets(
         max(int(np.abs(offsets[:, i]).max()) if offsets.size else 1, 1)
         for i in range(spacing.size)
     )
+    offsets.flags.writeable = False
+    lengths.flags.writeable = False
     return offsets, lengths, margin
 
 
