@@ -245,10 +245,14 @@ def _nearest_distances(
 
     With one axis at least twice as coarse as the finest (MRI slices), a
     3D KD-tree is slow: a ball that reaches the next slice holds hundreds
-    of in-plane voxels. There the search runs slice by slice instead - a
-    2D tree per slice of ``tgt`` along the coarse axis, slices visited
-    nearest first, until the slice distance alone exceeds the best found.
-    Otherwise one KD-tree of all ``tgt`` voxels in physical coordinates.
+    of in-plane voxels. There the search runs slice by slice instead,
+    slices of ``tgt`` along the coarse axis visited nearest first until the
+    slice distance alone exceeds the best found; the nearest voxel within a
+    slice comes from a 2D KD-tree of that slice or, when many voxels are
+    searched in a small box, from the feature transform of
+    ``distance_transform_edt`` on that slice of the box (cheaper per
+    voxel). Otherwise one KD-tree of all ``tgt`` voxels in physical
+    coordinates.
 
     Args:
         src (np.ndarray): Integer voxel coordinates, shape (N, ndim).
@@ -270,24 +274,52 @@ def _nearest_distances(
     tgt = tgt[np.argsort(tgt[:, axis], kind='stable')]
     levels, starts = np.unique(tgt[:, axis], return_index=True)
     stops = np.append(starts[1:], len(tgt))
-    trees = {}
+    # In-plane box of everything searched, for the feature transforms.
+    low = np.minimum(src[:, plane].min(0), tgt[:, plane].min(0))
+    box = tuple(
+        np.maximum(src[:, plane].max(0), tgt[:, plane].max(0)) - low + 1
+    )
+    # Rough costs measured with scipy 1.17: a 2D tree query ~1 us per voxel
+    # and ~3 slices per voxel, a feature transform ~50 ns per box pixel.
+    use_transform = levels.size * np.prod(box) * 0.05 < len(src) * 3.0
+    cache = {}
 
-    def slice_tree(level):
-        if level not in trees:
+    def nearest_in_slice(level, points):
+        """Nearest ``tgt`` voxel in slice ``level``; None if it has none."""
+        if level not in cache:
             k = int(np.searchsorted(levels, level))
             if k == levels.size or levels[k] != level:
-                trees[level] = None
-            else:
-                points = tgt[starts[k] : stops[k]]
-                trees[level] = (
-                    cKDTree(
-                        points[:, plane] * spacing[plane],
-                        balanced_tree=False,
-                        compact_nodes=False,
-                    ),
-                    points,
+                cache[level] = None
+            elif use_transform:
+                grid = np.ones(box, dtype=bool)
+                inside = tgt[starts[k] : stops[k]][:, plane] - low
+                grid[tuple(inside.T)] = False
+                cache[level] = ndimage.distance_transform_edt(
+                    grid,
+                    sampling=spacing[plane],
+                    return_distances=False,
+                    return_indices=True,
                 )
-        return trees[level]
+            else:
+                candidates = tgt[starts[k] : stops[k]]
+                tree = cKDTree(
+                    candidates[:, plane] * spacing[plane],
+                    balanced_tree=False,
+                    compact_nodes=False,
+                )
+                cache[level] = (tree, candidates)
+        found = cache[level]
+        if found is None:
+            return None
+        if use_transform:
+            rel = points[:, plane] - low
+            nearest = points.copy()
+            nearest[:, plane] = found[(slice(None),) + tuple(rel.T)].T + low
+            nearest[:, axis] = level
+            return nearest
+        tree, candidates = found
+        _, index = tree.query(points[:, plane] * spacing[plane])
+        return candidates[index]
 
     best = np.full(len(src), np.inf)
     for level in np.unique(src[:, axis]):
@@ -301,16 +333,10 @@ def _nearest_distances(
             if not active.size:
                 break
             for other in {level - step, level + step}:
-                found = slice_tree(other)
-                if found is None:
+                nearest = nearest_in_slice(other, points[active])
+                if nearest is None:
                     continue
-                tree, candidates = found
-                _, nearest = tree.query(
-                    points[active][:, plane] * spacing[plane]
-                )
-                length = _edt_length(
-                    candidates[nearest] - points[active], spacing
-                )
+                length = _edt_length(nearest - points[active], spacing)
                 closer = length < dist[active]
                 dist[active[closer]] = length[closer]
         best[rows] = dist

@@ -15,7 +15,11 @@ from mmseg_dfq.evaluation import (
     surface_distances,
     surface_metrics,
 )
-from mmseg_dfq.evaluation.surface import _MAX_LOCAL_OFFSETS, _local_offsets
+from mmseg_dfq.evaluation.surface import (
+    _MAX_LOCAL_OFFSETS,
+    _local_offsets,
+    _nearest_distances,
+)
 
 # medpy's directed distances (module-level name, not mangled).
 medpy_surface_distances = getattr(medpy_binary, '__surface_distances')
@@ -199,6 +203,25 @@ def test_far_objects_use_the_tree_and_match_medpy():
     for spacing in (None, (0.5, 0.5, 3.6), (0.7, 1.3, 2.2)):
         assert_like_medpy(pred, gt, spacing)
         assert_like_medpy(pred, gt, spacing, connectivity=3)
+
+
+@pytest.mark.parametrize(
+    'num_src,extent',
+    [(2000, 40), (20, 400)],  # feature transforms / per-slice KD-trees
+)
+def test_nearest_distances_match_brute_force(num_src, extent):
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(num_src)
+    spacing = np.array([0.5, 0.6, 3.6])
+    high = np.array([extent, extent, 9])
+    src = rng.integers(0, high, size=(num_src, 3))
+    # Targets on a few slices only, so that some searches cross slices.
+    tgt = rng.integers(0, high, size=(300, 3))
+    tgt[:, 2] = rng.choice([1, 2, 6], size=300)
+    got = _nearest_distances(src, tgt, spacing)
+    want = cdist(src * spacing, tgt * spacing).min(axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
 
 
 def test_local_search_offsets_are_whole_shells():
