@@ -41,6 +41,7 @@ metric can exclude and count such cases.
 """
 
 import functools
+from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -64,6 +65,8 @@ __all__ = [
 # first few; far ones (false positives, missed parts) are cheaper in the
 # tree than in hundreds of array lookups.
 _MAX_LOCAL_OFFSETS = 256
+# Memory for the per-slice feature transforms kept at a time.
+_TRANSFORM_CACHE_BYTES = 256 * 2**20
 
 
 def _as_bool_pair(pred, gt) -> Tuple[np.ndarray, np.ndarray]:
@@ -282,15 +285,26 @@ def _nearest_distances(
     # Rough costs measured with scipy 1.17: a 2D tree query ~1 us per voxel
     # and ~3 slices per voxel, a feature transform ~50 ns per box pixel.
     use_transform = levels.size * np.prod(box) * 0.05 < len(src) * 3.0
-    cache = {}
+    # Feature transforms (int32 indices per box pixel) are kept up to a
+    # memory budget, least recently used out first: source slices come in
+    # order and mostly look at nearby target slices. Trees are small.
+    cache = OrderedDict()
+    cache_size = len(levels)
+    if use_transform:
+        size = 4 * len(plane) * float(np.prod(box))
+        cache_size = max(int(_TRANSFORM_CACHE_BYTES // size), 8)
 
     def nearest_in_slice(level, points):
         """Nearest ``tgt`` voxel in slice ``level``; None if it has none."""
-        if level not in cache:
-            k = int(np.searchsorted(levels, level))
-            if k == levels.size or levels[k] != level:
-                cache[level] = None
-            elif use_transform:
+        k = int(np.searchsorted(levels, level))
+        if k == levels.size or levels[k] != level:
+            return None
+        if level in cache:
+            cache.move_to_end(level)
+        else:
+            if len(cache) >= cache_size:
+                cache.popitem(last=False)
+            if use_transform:
                 grid = np.ones(box, dtype=bool)
                 inside = tgt[starts[k] : stops[k]][:, plane] - low
                 grid[tuple(inside.T)] = False
@@ -309,8 +323,6 @@ def _nearest_distances(
                 )
                 cache[level] = (tree, candidates)
         found = cache[level]
-        if found is None:
-            return None
         if use_transform:
             rel = points[:, plane] - low
             nearest = points.copy()

@@ -192,9 +192,10 @@ def test_many_random_cases_match_medpy():
     assert num_exact > 100 and num_any > 100
 
 
-def test_far_objects_use_the_tree_and_match_medpy():
+def test_far_objects_match_medpy():
     # A prediction far from its ground truth (beyond the local search) and
-    # a stray voxel in the far corner: every distance comes from the tree.
+    # a stray voxel in the far corner: the distances come from the trees or
+    # the per-slice feature transforms.
     gt = np.zeros((40, 50, 12), bool)
     gt[5:12, 6:15, 2:5] = True
     pred = np.zeros_like(gt)
@@ -206,19 +207,29 @@ def test_far_objects_use_the_tree_and_match_medpy():
 
 
 @pytest.mark.parametrize(
-    'num_src,extent',
-    [(2000, 40), (20, 400)],  # feature transforms / per-slice KD-trees
+    'num_src,extent,slices',
+    [
+        (2000, 40, [1, 2, 6]),  # feature transforms
+        (20, 400, [1, 2, 6]),  # per-slice KD-trees
+        (3000, 30, list(range(0, 30, 2))),  # transforms evicted and redone
+    ],
 )
-def test_nearest_distances_match_brute_force(num_src, extent):
+def test_nearest_distances_match_brute_force(
+    num_src, extent, slices, monkeypatch
+):
     from scipy.spatial.distance import cdist
 
+    from mmseg_dfq.evaluation import surface
+
+    # A tiny memory budget: only 8 transforms kept at a time.
+    monkeypatch.setattr(surface, '_TRANSFORM_CACHE_BYTES', 1)
     rng = np.random.default_rng(num_src)
     spacing = np.array([0.5, 0.6, 3.6])
-    high = np.array([extent, extent, 9])
+    high = np.array([extent, extent, max(slices) + 3])
     src = rng.integers(0, high, size=(num_src, 3))
-    # Targets on a few slices only, so that some searches cross slices.
+    # Targets on some slices only, so that some searches cross slices.
     tgt = rng.integers(0, high, size=(300, 3))
-    tgt[:, 2] = rng.choice([1, 2, 6], size=300)
+    tgt[:, 2] = rng.choice(slices, size=300)
     got = _nearest_distances(src, tgt, spacing)
     want = cdist(src * spacing, tgt * spacing).min(axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
