@@ -31,6 +31,7 @@ from ..datasets.transforms import (
     normalise_prostate_image,
     slice_25d,
 )
+from ..evaluation.domain_metric import postprocess_connectivity
 from ..evaluation.surface import fill_holes, largest_connected_component
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -260,12 +261,15 @@ def _metric_postprocess_cfg(cfg) -> Dict:
             (e for e in evaluator if e.get('type') == 'DomainMetric'), None
         )
     if not evaluator or evaluator.get('type') != 'DomainMetric':
-        return dict(structures=None, fill_holes=False)
+        return dict(structures=None, fill_holes=False, connectivity=None)
     mode = evaluator.get('mode', '2d')
     fill = evaluator.get('fill_holes', None)
     return dict(
         structures={k: list(v) for k, v in evaluator['structures'].items()},
         fill_holes=(mode == '2d') if fill is None else bool(fill),
+        connectivity=postprocess_connectivity(
+            mode, evaluator.get('cc_connectivity', None)
+        ),
     )
 
 
@@ -282,8 +286,9 @@ class SegInferencer:
         device (str): 'cpu' or 'cuda[:i]'. Default: 'cpu'.
         postprocess (bool): Apply the post-processing of the config's
             ``DomainMetric`` to every structure: keep the largest connected
-            component (2D per image, 3D per volume) and, where the metric
-            does (fundus), fill its holes. Default: True.
+            component (2D per image, 8-connected; 3D per volume,
+            6-connected; or the metric's ``cc_connectivity``) and, where
+            the metric does (fundus), fill its holes. Default: True.
         cfg_options (dict, optional): Config overrides.
     """
 
@@ -334,6 +339,10 @@ class SegInferencer:
             f'class{k}': [k] for k in range(1, num_classes)
         }
         self.fill_holes = post['fill_holes']
+        # Without a DomainMetric: the authors' default for the input kind.
+        self.connectivity = post['connectivity'] or postprocess_connectivity(
+            '3d' if self.kind == 'volume' else '2d'
+        )
 
     def check_input(self, path: str) -> None:
         """Raise a clear error if the model cannot segment this file.
@@ -372,7 +381,9 @@ class SegInferencer:
         # nested one (cup inside disc) ends up on top; each keeps its
         # smallest class (disc = {rim, cup} -> rim, cup = {cup} -> cup).
         for classes in sorted(self.structures.values(), key=len)[::-1]:
-            mask = largest_connected_component(np.isin(labels, classes))
+            mask = largest_connected_component(
+                np.isin(labels, classes), self.connectivity
+            )
             if self.fill_holes:
                 if mask.ndim == 2:
                     mask = fill_holes(mask)

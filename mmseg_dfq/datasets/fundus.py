@@ -1,8 +1,11 @@
 """Fundus optic disc / cup data set split by domain (DoFE layout)."""
 
+import logging
 import os.path as osp
+from collections import defaultdict
 from typing import List, Sequence, Union
 
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
@@ -57,7 +60,10 @@ class FundusDGDataset(BaseSegDataset):
     Labels: 0 background, 1 optic-disc rim, 2 optic cup (decoded by
     ``LoadFundusAnnotations``). Every sample carries the metas ``domain``
     (``'Domain{k}'``), ``domain_idx`` (k), ``seen`` and ``case_id`` (the
-    image file stem).
+    image file stem; where two different images of one domain share a stem,
+    e.g. ``a/x.png`` and ``b/x.png``, each gets its path relative to
+    ``data_root`` without extension instead, and a warning says so, so that
+    the metric never merges or double-counts them).
 
     Args:
         data_root (str): Folder holding the list files and domain folders.
@@ -168,4 +174,34 @@ class FundusDGDataset(BaseSegDataset):
                     )
                 if len(data_list) == n_before:
                     raise ValueError(f'fundus list file is empty: {list_file}')
+        self._disambiguate_case_ids(data_list)
         return data_list
+
+    def _disambiguate_case_ids(self, data_list: List[dict]) -> None:
+        """Give images of one domain that share a file stem distinct ids.
+
+        A case is identified by its domain and ``case_id``; two images with
+        one stem would otherwise be reported as one case, twice.
+
+        Args:
+            data_list (list[dict]): Data infos, changed in place.
+        """
+        by_id = defaultdict(list)
+        for info in data_list:
+            by_id[(info['domain'], info['case_id'])].append(info)
+        for (domain, stem), infos in by_id.items():
+            paths = {info['img_path'] for info in infos}
+            if len(paths) < 2:
+                # One image (an image listed twice stays one case, which
+                # DomainMetric refuses to count twice).
+                continue
+            for info in infos:
+                rel = osp.relpath(info['img_path'], self.data_root)
+                info['case_id'] = osp.splitext(rel)[0].replace(osp.sep, '/')
+            print_log(
+                f'FundusDGDataset: {len(paths)} images of {domain} share the '
+                f'file stem {stem!r} ({sorted(paths)}); their case_id is '
+                'their path relative to data_root without extension',
+                logger='current',
+                level=logging.WARNING,
+            )

@@ -89,16 +89,80 @@ def read_image_as_stored(path: str, what: str = 'image') -> np.ndarray:
     return imdecode_as_stored(_read_bytes(path, what), path, what)
 
 
-def decode_fundus_mask(mask: np.ndarray) -> np.ndarray:
+def decode_fundus_mask(
+    mask: np.ndarray,
+    path: Optional[str] = None,
+    tolerance: int = 32,
+    max_off_fraction: float = 0.01,
+) -> np.ndarray:
     """Map fundus mask grey levels to labels with the authors' thresholds.
 
+    The encoding is 255 background, 128 disc rim, 0 cup. The thresholds are
+    tolerant (compression noise and smoothed edges of real releases decode
+    to the nearest band), but a grey level more than ``tolerance`` away
+    from all three levels (33..95 and 161..222 with the default 32) is not
+    noise: such pixels are counted, a ``UserWarning`` names the file, their
+    fraction and values, and past ``max_off_fraction`` of the mask the file
+    is refused, since its labels would be guesses.
+
     Args:
-        mask (np.ndarray): Grey levels, shape (H, W), values in [0, 255].
+        mask (np.ndarray): Grey levels, shape (H, W), integer values in
+            [0, 255].
+        path (str, optional): The file the mask came from, for messages.
+            Default: None.
+        tolerance (int): Largest distance to 0, 128 or 255 that counts as
+            that level. Default: 32.
+        max_off_fraction (float): Largest fraction of pixels off the
+            encoding that is decoded (with a warning); more raises.
+            Default: 0.01.
 
     Returns:
         np.ndarray: uint8 labels of shape (H, W): 0 background (> 200),
         1 optic-disc rim (51..200), 2 optic cup (<= 50).
     """
+    import warnings
+
+    name = path if path is not None else '<array>'
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in 'ui':
+        raise ValueError(
+            f'fundus mask must hold integer grey levels, got dtype '
+            f'{mask.dtype}: {name}'
+        )
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(
+            f'fundus mask values span {mask.min()}..{mask.max()}, outside '
+            f'the 0/128/255 grey encoding: {name}'
+        )
+    counts = np.bincount(mask.ravel().astype(np.intp), minlength=256)
+    levels = np.arange(256)
+    nearest = np.minimum(
+        np.minimum(levels, np.abs(levels - 128)), 255 - levels
+    )
+    off = np.flatnonzero((nearest > tolerance) & (counts > 0))
+    if off.size:
+        num_off = int(counts[off].sum())
+        fraction = num_off / mask.size
+        worst = off[np.argsort(-counts[off], kind='stable')][:8]
+        values = ', '.join(f'{v} ({counts[v]} px)' for v in worst)
+        if off.size > worst.size:
+            values += f', ... ({off.size} values in all)'
+        text = (
+            f'fundus mask has {num_off} pixels ({fraction:.2%}) with grey '
+            f'levels more than {tolerance} from 0/128/255 - {values}'
+        )
+        if fraction > max_off_fraction:
+            raise ValueError(
+                f'{text}; more than {max_off_fraction:.2%} of the mask is '
+                f'not in the 255 (background) / 128 (rim) / 0 (cup) '
+                f'encoding: {name}'
+            )
+        warnings.warn(
+            f'{text}; decoded by the thresholds (> 200 background, '
+            f'51..200 rim, <= 50 cup): {name}',
+            UserWarning,
+            stacklevel=2,
+        )
     labels = np.ones(mask.shape, dtype=np.uint8)
     labels[mask >= FUNDUS_BG_MIN] = 0
     labels[mask <= FUNDUS_CUP_MAX] = 2
@@ -187,6 +251,9 @@ class LoadFundusAnnotations(LoadAnnotations):
     def _load_seg_map(self, results: dict) -> None:
         """Decode ``results['seg_map_path']`` into ``results['gt_seg_map']``.
 
+        Grey levels far from 0/128/255 give a warning naming the file, or an
+        error past 1% of the mask (see :func:`decode_fundus_mask`).
+
         Args:
             results (dict): Result dict with ``seg_map_path``.
         """
@@ -235,7 +302,7 @@ class LoadFundusAnnotations(LoadAnnotations):
                 f'{tuple(ori_shape)} (image {results.get("img_path")}): '
                 + path
             )
-        results['gt_seg_map'] = decode_fundus_mask(mask)
+        results['gt_seg_map'] = decode_fundus_mask(mask, path)
         results['seg_fields'].append('gt_seg_map')
 
     def transform(self, results: dict) -> dict:

@@ -54,6 +54,38 @@ def _label_map(data_sample: dict, key: str, name: str) -> np.ndarray:
     return data
 
 
+def postprocess_connectivity(
+    mode: str, connectivity: Optional[int] = None
+) -> int:
+    """Connectivity of the largest-component step of the post-processing.
+
+    The DFQ authors label fundus predictions with ``skimage.measure.label``,
+    whose default is full connectivity (8 neighbours in 2D), and prostate
+    volumes with ``scipy.ndimage.label``'s default face connectivity (6
+    neighbours in 3D).
+
+    Args:
+        mode (str): ``'2d'`` or ``'3d'``.
+        connectivity (int, optional): 1 (face neighbours) up to the number
+            of dimensions (full neighbourhood); None picks the authors'
+            (2 in ``'2d'``, 1 in ``'3d'``). Default: None.
+
+    Returns:
+        int: The connectivity, for ``generate_binary_structure``.
+    """
+    ndim = 2 if mode == '2d' else 3
+    if connectivity is None:
+        return 2 if mode == '2d' else 1
+    if isinstance(connectivity, bool) or connectivity not in range(
+        1, ndim + 1
+    ):
+        raise ValueError(
+            f'cc_connectivity must be 1..{ndim} in {mode!r} mode (1 = face '
+            f'neighbours, {ndim} = full), got {connectivity!r}'
+        )
+    return int(connectivity)
+
+
 def _unpack_volume(items: List[dict], field: str, name: str) -> np.ndarray:
     """Stack the packed ``item[field][name]`` masks of sorted slices.
 
@@ -90,7 +122,12 @@ class DomainMetric(BaseMetric):
     Samples must carry the meta keys ``domain``, ``domain_idx``, ``seen`` and
     ``case_id``; ``'3d'`` mode also needs ``slice_index`` and ``num_slices``
     (slice k of a volume is ``volume[:, :, k]``), and ``spacing`` (voxel size
-    in mm, array axis order) is used when present.
+    in mm, array axis order) is used when present. A case is identified by
+    its domain and ``case_id`` (and ``slice_index`` where a ``'2d'`` sample
+    has one): the same id in two domains is two cases, while the same case
+    evaluated twice in ``'2d'`` mode (e.g. two images with one file stem)
+    stops the evaluation with an error naming them instead of counting it
+    twice.
 
     Args:
         structures (dict[str, list[int]], optional): Structure name -> the
@@ -104,9 +141,15 @@ class DomainMetric(BaseMetric):
             prediction to ground truth, as medpy's ``asd``), ``'ASSD'``,
             ``'HD95'``. Default: ('Dice', 'ASD', 'HD95').
         largest_cc (bool): Keep only the largest connected component of each
-            predicted structure (face connectivity, as the authors' use of
-            ``scipy.ndimage.label``); in ``'3d'`` mode of the whole volume.
+            predicted structure; in ``'3d'`` mode of the whole volume.
             Default: True.
+        cc_connectivity (int, optional): Neighbourhood of that component:
+            1 = face neighbours (4 in 2D, 6 in 3D) up to the number of
+            dimensions = full (8 in 2D, 26 in 3D). None picks the authors':
+            8-connected in ``'2d'`` (``skimage.measure.label``'s default),
+            6-connected in ``'3d'`` (``scipy.ndimage.label``'s default).
+            Hole filling always uses face-connected background
+            (``binary_fill_holes``' default). Default: None.
         fill_holes (bool, optional): Fill the holes of each predicted
             structure after ``largest_cc``. In ``'2d'`` mode the image's
             holes; in ``'3d'`` mode the holes of every slice
@@ -137,6 +180,7 @@ class DomainMetric(BaseMetric):
         mode: str = '2d',
         metrics: Sequence[str] = ('Dice', 'ASD', 'HD95'),
         largest_cc: bool = True,
+        cc_connectivity: Optional[int] = None,
         fill_holes: Optional[bool] = None,
         use_spacing: bool = True,
         restrict_to_gt_slices: bool = False,
@@ -185,6 +229,7 @@ class DomainMetric(BaseMetric):
         self.mode = mode
         self.metrics = list(metrics)
         self.largest_cc = largest_cc
+        self.cc_connectivity = postprocess_connectivity(mode, cc_connectivity)
         self.fill_holes = (mode == '2d') if fill_holes is None else fill_holes
         self.use_spacing = use_spacing
         self.restrict_to_gt_slices = restrict_to_gt_slices
@@ -266,11 +311,13 @@ class DomainMetric(BaseMetric):
         for key in ('slice_index', 'num_slices'):
             if key in data_sample:
                 meta[key] = int(data_sample[key])
+        if 'img_path' in data_sample:
+            meta['img_path'] = str(data_sample['img_path'])
         return meta
 
     def _postprocess(self, mask: np.ndarray) -> np.ndarray:
         if self.largest_cc:
-            mask = largest_connected_component(mask)
+            mask = largest_connected_component(mask, self.cc_connectivity)
         if self.fill_holes:
             if mask.ndim == 2:
                 mask = _fill_holes(mask)
@@ -323,11 +370,11 @@ class DomainMetric(BaseMetric):
         """
         if not results:
             raise ValueError('DomainMetric: no results to evaluate')
-        cases = (
-            self._assemble_volumes(results)
-            if self.mode == '3d'
-            else list(results)
-        )
+        if self.mode == '3d':
+            cases = self._assemble_volumes(results)
+        else:
+            cases = list(results)
+            self._check_unique_cases(cases)
         units = sorted({case['unit'] for case in cases})
         if len(units) > 1:
             raise ValueError(
@@ -400,21 +447,48 @@ class DomainMetric(BaseMetric):
             self._write_cases(cases, unit)
         return out
 
+    @staticmethod
+    def _check_unique_cases(cases: List[dict]) -> None:
+        """Refuse a 2D case that was evaluated more than once."""
+        seen_at = defaultdict(list)
+        for case in cases:
+            key = (case['domain'], case['case_id'], case.get('slice_index'))
+            seen_at[key].append(case.get('img_path', '<no img_path>'))
+        repeated = {k: v for k, v in seen_at.items() if len(v) > 1}
+        if repeated:
+            lines = [
+                f'  {domain}/{case_id}'
+                + ('' if index is None else f' slice {index}')
+                + f' x{len(paths)}: {sorted(set(paths))}'
+                for (domain, case_id, index), paths in sorted(
+                    repeated.items(), key=str
+                )[:10]
+            ]
+            raise ValueError(
+                f'DomainMetric: {len(repeated)} case(s) were evaluated more '
+                'than once in one domain and would be counted twice (two '
+                'images with the same case_id, e.g. the same file stem in '
+                'two folders, or one image listed twice):\n' + '\n'.join(lines)
+            )
+
     def _assemble_volumes(self, results: List[dict]) -> List[dict]:
         """Stack the slices of every case into volumes and evaluate them."""
+        # A case is its domain and its id: the same id in two domains is two
+        # volumes.
         slices = defaultdict(list)
         for item in results:
-            slices[item['case_id']].append(item)
+            slices[(item['domain'], item['case_id'])].append(item)
         cases = []
-        for case_id in sorted(slices):
-            items = slices[case_id]
+        for domain, case_id in sorted(slices):
+            items = slices[(domain, case_id)]
             first = items[0]
-            for key in ('num_slices', 'shape', 'domain', 'seen', 'spacing'):
+            for key in ('num_slices', 'shape', 'seen', 'spacing'):
                 found = {item[key] for item in items}
                 if len(found) > 1:
                     raise ValueError(
-                        f'DomainMetric: slices of case {case_id!r} disagree '
-                        f'on {key}: {sorted(map(str, found))}'
+                        f'DomainMetric: slices of case {case_id!r} of domain '
+                        f'{domain!r} disagree on {key}: '
+                        f'{sorted(map(str, found))}'
                     )
             num = first['num_slices']
             counts = np.zeros(num, dtype=int)
@@ -427,8 +501,9 @@ class DomainMetric(BaseMetric):
                     outside.append(k)
             if outside or np.any(counts != 1):
                 raise ValueError(
-                    f'DomainMetric: case {case_id!r} must have every slice '
-                    f'0..{num - 1} exactly once; missing '
+                    f'DomainMetric: case {case_id!r} of domain {domain!r} '
+                    f'must have every slice 0..{num - 1} exactly once; '
+                    'missing '
                     f'{np.flatnonzero(counts == 0).tolist()}, duplicated '
                     f'{np.flatnonzero(counts > 1).tolist()}, out of range '
                     f'{sorted(outside)}'

@@ -1,6 +1,7 @@
 import os
 import os.path as osp
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from mmseg_dfq.datasets import (
     FundusDGDataset,
     LoadFundusAnnotations,
     LoadFundusImageFromFile,
+    decode_fundus_mask,
 )
 
 from .conftest import load_base_config
@@ -104,10 +106,21 @@ def test_mask_thresholds(tmp_path):
     )
     # Hand-written from the rule >200 bg, 51..200 rim, <=50 cup.
     expected = np.array([[0, 1, 2, 0, 1, 1, 2, 0, 1, 2, 1, 2]])
-    out, _ = _load_mask(tmp_path, grey)
-    np.testing.assert_array_equal(out['gt_seg_map'], expected)
+    # 6 of these 12 levels are far from 0/128/255: decoded only with a
+    # warning, and only because the limit is lifted here.
+    with pytest.warns(UserWarning, match='6 pixels'):
+        labels = decode_fundus_mask(grey, max_off_fraction=1.0)
+    np.testing.assert_array_equal(labels, expected)
+    # The loader reads the same levels, diluted below 1% of the mask.
+    big = np.full((30, 40), 128, np.uint8)
+    big[0, :12] = grey[0]
+    with pytest.warns(UserWarning, match='mask.png'):
+        out, _ = _load_mask(tmp_path, big)
+    np.testing.assert_array_equal(out['gt_seg_map'][:1, :12], expected)
     assert out['gt_seg_map'].dtype == np.uint8
     assert out['seg_fields'] == ['gt_seg_map']
+    grey = np.array([[255, 128, 0, 230, 140, 30, 12, 223, 160, 32]], np.uint8)
+    expected = np.array([[0, 1, 2, 0, 1, 2, 2, 0, 1, 2]])
 
     # A grey mask stored as RGB (equal channels) or as 16 bit within 0..255
     # decodes the same.
@@ -121,9 +134,35 @@ def test_noisy_mask_decodes_to_clean_labels(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (40, 40))
     levels = np.array([255, 128, 0])[labels]
-    noisy = np.clip(levels + rng.integers(-40, 41, labels.shape), 0, 255)
-    out, _ = _load_mask(tmp_path, noisy.astype(np.uint8))
+    noisy = np.clip(levels + rng.integers(-32, 33, labels.shape), 0, 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # noise within 32 is not reported
+        out, _ = _load_mask(tmp_path, noisy.astype(np.uint8))
     np.testing.assert_array_equal(out['gt_seg_map'], labels)
+
+
+def test_masks_off_the_encoding_warn_or_raise(tmp_path):
+    mask = np.full((50, 50), 255, np.uint8)
+    mask[10:30, 10:30] = 128
+    mask[15:25, 15:25] = 0
+    # A few pixels of a foreign level: decoded, with a warning that names
+    # the file, the fraction and the values.
+    mask[0, :5] = 77
+    mask[1, :2] = 190
+    path = str(tmp_path / 'mask.png')
+    with pytest.warns(UserWarning) as record:
+        out, _ = _load_mask(tmp_path, mask)
+    (message,) = [str(w.message) for w in record if 'fundus' in str(w.message)]
+    assert path in message and '0.28%' in message
+    assert '77 (5 px)' in message and '190 (2 px)' in message
+    assert out['gt_seg_map'][0, 0] == 1  # 77 falls in the rim band
+    # A region of a foreign level (here 2.4% of the mask) is refused.
+    mask[40:46, 40:50] = 77
+    with pytest.raises(ValueError, match=r'2\.6.%.*77 \(65 px\)') as e:
+        _load_mask(tmp_path, mask)
+    assert path in str(e.value) and 'more than 1.00%' in str(e.value)
+    with pytest.raises(ValueError, match='integer'):
+        decode_fundus_mask(mask.astype(np.float32))
 
 
 def test_bad_masks_name_the_file(tmp_path):
@@ -192,3 +231,37 @@ def test_construction_errors(fundus_root, tmp_path):
         f.write('only_one_column.png\n')
     with pytest.raises(ValueError, match='Domain1_train.list:7'):
         FundusDGDataset(data_root=root, domains=[1])
+
+
+def test_same_stem_twice_in_a_domain_gets_distinct_case_ids(
+    fundus_root, tmp_path
+):
+    root = _copy_root(fundus_root, tmp_path / 'copy')
+    list_file = osp.join(root, 'Domain1_train.list')
+    with open(list_file) as f:
+        img, mask = f.readline().split()
+    # The same stem under another folder of the same domain.
+    for rel in (img, mask):
+        dst = osp.join(root, 'Domain1', 'extra', rel.split('/', 2)[2])
+        os.makedirs(osp.dirname(dst), exist_ok=True)
+        shutil.copy(osp.join(root, rel), dst)
+    extra = ['Domain1/extra/' + rel.split('/', 2)[2] for rel in (img, mask)]
+    with open(list_file, 'a') as f:
+        f.write(' '.join(extra) + '\n')
+    ds = FundusDGDataset(data_root=root, domains=[1, 2])
+    ids = [ds.get_data_info(i)['case_id'] for i in range(len(ds))]
+    stem = osp.splitext(osp.basename(img))[0]
+    assert stem not in ids
+    assert osp.splitext(img)[0] in ids and osp.splitext(extra[0])[0] in ids
+    # Within each domain every case is one id; other images keep the stem.
+    for domain in ('Domain1', 'Domain2'):
+        infos = [
+            ds.get_data_info(i)
+            for i in range(len(ds))
+            if ds.get_data_info(i)['domain'] == domain
+        ]
+        assert len({i['case_id'] for i in infos}) == len(infos)
+    assert (
+        osp.splitext(osp.basename(ds.get_data_info(1)['img_path']))[0]
+        == (ds.get_data_info(1)['case_id'])
+    )

@@ -24,8 +24,10 @@ def sample_dict(pred, gt, **meta):
     return sample.to_dict()
 
 
-def by_hand_lcc(mask):
-    labels, num = ndimage.label(mask)
+def by_hand_lcc(mask, full=False):
+    """Largest component by scipy: face or full (``full=True``) structure."""
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    labels, num = ndimage.label(mask, structure if full else None)
     if num == 0:
         return mask
     return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
@@ -68,8 +70,9 @@ def test_fundus_two_domains_against_medpy(tmp_path):
             )
             case = {}
             for name, labels in (('OD', [1, 2]), ('OC', [2])):
+                # The authors' fundus protocol: 8-connected component.
                 p = ndimage.binary_fill_holes(
-                    by_hand_lcc(np.isin(pred, labels))
+                    by_hand_lcc(np.isin(pred, labels), full=True)
                 )
                 g = np.isin(gt, labels)
                 case[f'{name}_Dice'] = 100 * medpy_binary.dc(p, g)
@@ -290,3 +293,141 @@ def test_3d_fill_holes_per_slice_and_2d_spacing():
     flat.process({}, [plain])
     with pytest.raises(ValueError, match='mm and pixels'):
         flat.compute_metrics(flat.results)
+
+
+def test_fundus_component_is_8_connected_prostate_6_connected():
+    # A big square and a small one touching it only at a corner: one
+    # component with 8-connectivity (the authors' skimage default for
+    # fundus), two with 4 (the small one would be dropped).
+    label = np.zeros((24, 24), np.int64)
+    label[3:13, 3:13] = 1
+    label[13:17, 13:17] = 1
+    gt = label.copy()
+    full = ndimage.generate_binary_structure(2, 2)
+    _, num_full = ndimage.label(label > 0, full)
+    _, num_face = ndimage.label(label > 0)
+    assert (num_full, num_face) == (1, 2)
+    meta = dict(domain='D', domain_idx=1, seen=True, case_id='a')
+    results = {}
+    for connectivity in (None, 1, 2):
+        metric = DomainMetric(
+            structures=dict(OD=[1]), cc_connectivity=connectivity
+        )
+        metric.process({}, [sample_dict(label, gt, **meta)])
+        results[connectivity] = metric.compute_metrics(metric.results)
+    kept_full = by_hand_lcc(label > 0, full=True)
+    kept_face = by_hand_lcc(label > 0)
+    assert results[None]['D/OD_Dice'] == 100 * medpy_binary.dc(kept_full, gt)
+    assert results[None]['D/OD_Dice'] == 100.0
+    assert results[2] == results[None]
+    assert results[1]['D/OD_Dice'] == pytest.approx(
+        100 * medpy_binary.dc(kept_face, gt)
+    )
+    assert results[1]['D/OD_Dice'] < 100.0
+
+    # 3D (prostate): face connectivity by default, so a blob touching the
+    # organ along an edge only is a separate component and is dropped.
+    vol = np.zeros((12, 12, 4), np.int64)
+    vol[2:8, 2:8, 0:3] = 1
+    vol[8:10, 8:10, 3] = 1  # shares an edge-neighbour corner only
+    _, num_face = ndimage.label(vol > 0)
+    _, num_full = ndimage.label(
+        vol > 0, ndimage.generate_binary_structure(3, 3)
+    )
+    assert (num_face, num_full) == (2, 1)
+    samples = [
+        sample_dict(
+            vol[:, :, k],
+            vol[:, :, k],
+            domain='RUNMC',
+            domain_idx=1,
+            seen=False,
+            case_id='RUNMC/Case00',
+            slice_index=k,
+            num_slices=4,
+        )
+        for k in range(4)
+    ]
+    dices = {}
+    for connectivity in (None, 3):
+        metric = DomainMetric(
+            structures=dict(Prostate=[1]),
+            mode='3d',
+            cc_connectivity=connectivity,
+        )
+        metric.process({}, samples)
+        dices[connectivity] = metric.compute_metrics(metric.results)[
+            'RUNMC/Prostate_Dice'
+        ]
+    assert dices[None] == pytest.approx(
+        100 * medpy_binary.dc(by_hand_lcc(vol > 0), vol)
+    )
+    assert dices[None] < 100.0 and dices[3] == 100.0
+    with pytest.raises(ValueError, match='cc_connectivity'):
+        DomainMetric(cc_connectivity=3)
+
+
+def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
+    label = np.zeros((10, 10), np.int64)
+    label[2:6, 2:6] = 1
+    meta = dict(domain='Domain1', domain_idx=1, seen=True, case_id='x')
+    metric = DomainMetric()
+    metric.process(
+        {},
+        [
+            sample_dict(label, label, img_path='/d/a/x.png', **meta),
+            sample_dict(label, label, img_path='/d/b/x.png', **meta),
+        ],
+    )
+    with pytest.raises(ValueError, match=r'Domain1/x x2.*a/x\.png.*b/x\.png'):
+        metric.compute_metrics(metric.results)
+    # The same id in another domain is another case.
+    ok = DomainMetric()
+    other = dict(meta, domain='Domain2', domain_idx=2)
+    ok.process({}, [sample_dict(label, label, **meta)])
+    ok.process({}, [sample_dict(label, label, **other)])
+    results = ok.compute_metrics(ok.results)
+    assert results['Domain1/n_cases'] == results['Domain2/n_cases'] == 1
+
+    # 3D: volumes with one id in two domains and different slice counts.
+    samples = []
+    for domain, idx, num in (('BMC', 2, 3), ('HK', 6, 5)):
+        for k in range(num):
+            samples.append(
+                sample_dict(
+                    label,
+                    label,
+                    domain=domain,
+                    domain_idx=idx,
+                    seen=False,
+                    case_id='Case00',
+                    slice_index=k,
+                    num_slices=num,
+                )
+            )
+    metric = DomainMetric(structures=dict(Prostate=[1]), mode='3d')
+    metric.process({}, samples)
+    results = metric.compute_metrics(metric.results)
+    assert results['BMC/n_cases'] == results['HK/n_cases'] == 1
+    assert results['mean/Prostate_Dice'] == 100.0
+
+
+def test_inference_postprocessing_follows_the_metric():
+    """``tools/infer.py`` post-processes with the metric's connectivity."""
+    from mmengine.config import Config
+
+    from mmseg_dfq.apis.inference import _metric_postprocess_cfg
+
+    def post(**evaluator):
+        cfg = Config(
+            dict(test_evaluator=dict(type='DomainMetric', **evaluator))
+        )
+        return _metric_postprocess_cfg(cfg)
+
+    fundus = post(structures=dict(OD=[1, 2], OC=[2]))
+    assert fundus['connectivity'] == 2 and fundus['fill_holes']
+    prostate = post(structures=dict(Prostate=[1]), mode='3d')
+    assert prostate['connectivity'] == 1 and not prostate['fill_holes']
+    assert (
+        post(structures=dict(OD=[1]), cc_connectivity=1)['connectivity'] == 1
+    )
