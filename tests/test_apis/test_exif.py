@@ -19,7 +19,7 @@ from mmseg.apis import MMSegInferencer, inference_model, init_model
 from mmseg.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
-from mmseg_dfq.apis import SegInferencer
+from mmseg_dfq.apis import SegInferencer, fundus_overlay
 from mmseg_dfq.engine.visualization_hook import DomainVisualizationHook
 
 from .conftest import FUNDUS_CFG, REPO
@@ -133,7 +133,9 @@ def test_dataset_keeps_image_and_mask_aligned(tmp_path):
 
 
 def test_inference_outputs_keep_stored_shape(tall_jpeg, fundus_ckpt, tmp_path):
-    ours = SegInferencer(FUNDUS_CFG, fundus_ckpt)
+    # Raw arg-max: the untrained test model's largest 8-connected component
+    # (the metric's post-processing) may cover the whole small image.
+    ours = SegInferencer(FUNDUS_CFG, fundus_ckpt, postprocess=False)
     assert ours.image(tall_jpeg).shape == (48, 64)
     model = init_model(FUNDUS_CFG, fundus_ckpt, device='cpu')
     result = inference_model(model, tall_jpeg)
@@ -154,10 +156,10 @@ def test_inference_outputs_keep_stored_shape(tall_jpeg, fundus_ckpt, tmp_path):
     assert mask.shape == (48, 64)
     overlay = cv2.imread(str(tmp_path / 'tagged_overlay.png'))
     assert overlay.shape == (48, 64, 3)
-    # Unpainted (background) pixels are the stored image's (JPEG blurs the
-    # colours across quadrant edges, hence a fraction).
-    background = mask == 255
-    stored = quadrant_image(48, 64)[..., ::-1].astype(int)
-    assert background.sum() > 100
-    error = np.abs(overlay[background] - stored[background]).max(axis=1)
-    assert np.mean(error <= 12) > 0.75
+    # The overlay paints the labels on the pixels as stored (cv2 told to
+    # ignore the EXIF tag), not on the rotated image cv2 reads by default.
+    stored = cv2.imread(
+        tall_jpeg, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    )
+    expected = fundus_overlay(stored[..., ::-1], ours.image(tall_jpeg))
+    np.testing.assert_array_equal(overlay, expected[..., ::-1])
