@@ -180,6 +180,14 @@ def parse_args():
         '(compilation, worker start-up)',
     )
     parser.add_argument(
+        '--paint',
+        type=int,
+        default=0,
+        metavar='SIDE',
+        help="only time --show-dir painting of a SIDE px image: mmseg's "
+        'visualiser vs the plain overlay writer',
+    )
+    parser.add_argument(
         '--work-dir',
         default=None,
         help='work dir of --full-schedule (default: a temporary one)',
@@ -751,8 +759,78 @@ def full_schedule(args):
         tmp.cleanup()
 
 
+def paint_times(side, repeats):
+    """Seconds per image of mmseg's visualiser and of the overlay writer."""
+    import importlib
+    import tempfile
+
+    import numpy as np
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from mmseg_dfq.engine.overlay import OverlayWriter
+
+    # Only now that mmseg_dfq is loaded: mmseg.visualization imports
+    # mmcv.ops, which needs the plugin's stand-ins on mmcv-lite.
+    visualization = importlib.import_module('mmseg.visualization')
+
+    # A smooth fundus-like picture with a disc and a cup (PNG-compressible,
+    # like a real photograph; noise would inflate the encoding time).
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(yy - side / 2, xx - side / 2)
+    img = np.dstack([np.clip(220 - r / 2, 0, 255)] * 3).astype(np.uint8)
+    gt = np.where(r < side / 9, 2, np.where(r < side / 4, 1, 0))
+    pred = np.roll(gt, side // 50, axis=1)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(gt)[None])
+    sample.pred_sem_seg = PixelData(data=torch.from_numpy(pred)[None])
+    palette = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        vis = visualization.SegLocalVisualizer(
+            name='paint_benchmark',
+            vis_backends=[dict(type='LocalVisBackend')],
+            save_dir=tmp,
+        )
+        vis.dataset_meta = dict(classes=('bg', 'rim', 'cup'), palette=palette)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            vis.add_datasample(f'mmseg{i}', img, sample, step=0)
+            times.append(time.perf_counter() - start)
+        out['mmseg SegLocalVisualizer'] = times
+        # Painted and written synchronously (the work a thread does)...
+        writer = OverlayWriter(osp.join(tmp, 'overlay'), palette, 1)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            writer._write(
+                osp.join(tmp, 'overlay', f'{i}.png'), pred, gt, img, None
+            )
+            times.append(time.perf_counter() - start)
+        out['overlay, paint + PNG write'] = times
+        # ...and what the test loop waits for: the submit call.
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            writer.submit(f'q{i}', pred, gt, image=img)
+            times.append(time.perf_counter() - start)
+        writer.close()
+        out['overlay, submit (test loop)'] = times
+    return out
+
+
 def main():
     args = parse_args()
+    if args.paint:
+        print(environment('cpu'))
+        for name, times in paint_times(args.paint, args.repeats).items():
+            t, iqr = summarize(times)
+            print(
+                f'{args.paint} px, {name}: {t * 1e3:.2f} ms [{iqr * 1e3:.2f}]'
+            )
+        return
     if args.device == 'cuda':
         import torch
 

@@ -18,3 +18,7 @@ __all__ += [
     'set_tf32',
     'to_channels_last',
 ]
+from .data_cache import MemoryCache  # noqa: E402
+from .overlay import OverlayWriter, paint_overlay, paint_pair  # noqa: E402
+
+__all__ += ['MemoryCache', 'OverlayWriter', 'paint_overlay', 'paint_pair']

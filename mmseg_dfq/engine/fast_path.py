@@ -257,6 +257,7 @@ class FastPathHook(Hook):
         self.compiled = []
         self._cudagraphs = False
         self._pending = None
+        self._own_train_step = None
 
     @staticmethod
     def _as_kwargs(value, name):
@@ -387,6 +388,8 @@ class FastPathHook(Hook):
         if getattr(model.train_step, '_fast_path_lagged', False):
             return
         train_step = model.train_step
+        # Restored after training (an instance attribute, if there was one).
+        self._own_train_step = model.__dict__.get('train_step')
         self._pending = None
 
         def lagged_train_step(data, optim_wrapper):
@@ -411,7 +414,10 @@ class FastPathHook(Hook):
                 runner.message_hub.update_scalar(f'train/{key}', value)
             self._pending = None
         if getattr(runner.model.train_step, '_fast_path_lagged', False):
-            del runner.model.train_step
+            if self._own_train_step is None:
+                del runner.model.train_step
+            else:
+                runner.model.train_step = self._own_train_step
 
 
 @MODEL_WRAPPERS.register_module()

@@ -244,7 +244,11 @@ def test_hook_in_runner(tmp_path):
     )
     fresh = MODELS.build(Config.fromfile(DEMO).model)
     assert ckpt['state_dict'].keys() == fresh.state_dict().keys()
-    assert runner.message_hub.get_scalar('val/mean_unseen/OD_Dice')
+    # Validation ran (eager) and reported DomainMetric's keys.
+    assert any(
+        k.startswith('val/') and k.endswith('OD_Dice')
+        for k in runner.message_hub.log_scalars
+    )
 
 
 def test_lagged_log_vars():
@@ -308,9 +312,7 @@ def test_channels_last_ddp_buckets_match(tmp_path):
         dist.destroy_process_group()
     assert fixed_warnings == [] and fixed_mismatch == []
     # The check is live: the plain wrapper shows the problem.
-    assert plain_mismatch and 'decode_head.blocks.0.kv_conv.weight' in (
-        plain_mismatch
-    )
+    assert 'decode_head.fusion_conv.conv.weight' in plain_mismatch
     assert plain_warnings
 
 
