@@ -345,17 +345,17 @@ def make_batch(args, device):
 
 
 def apply_fast_path(model, cuda, compile_eval=True):
-    """The FastPathHook settings, on a bare model; returns the hook."""
-    from mmseg_dfq.engine import FastPathHook, compile_forward
+    """FastPathHook's settings on a bare model; returns the compile args."""
+    from mmseg_dfq.engine import (
+        FastPathHook,
+        compile_forward,
+        set_tf32,
+        to_channels_last,
+    )
     from mmseg_dfq.engine.fast_path import resolve_compile_kwargs
 
     hook = FastPathHook()
-    if hook.tf32:
-        from mmseg_dfq.engine import set_tf32
-
-        set_tf32(True)
-    from mmseg_dfq.engine import to_channels_last
-
+    set_tf32(hook.tf32)
     to_channels_last(model)
     device = 'cuda' if cuda else 'cpu'
     train_kwargs = resolve_compile_kwargs(hook.compile_kwargs, device)
@@ -363,7 +363,7 @@ def apply_fast_path(model, cuda, compile_eval=True):
     eval_kwargs = train_kwargs if compile_eval else None
     compile_forward(model.backbone, train_kwargs, eval_kwargs)
     compile_forward(model.decode_head, train_kwargs, eval_kwargs)
-    for _, loss in hook._loss_modules(model.decode_head):
+    for _, loss in hook.loss_modules(model.decode_head):
         compile_forward(loss, train_kwargs, None)
     return train_kwargs
 

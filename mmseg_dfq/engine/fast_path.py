@@ -43,8 +43,17 @@ def set_tf32(enabled: bool = True) -> None:
     Args:
         enabled (bool): Turn TF32 on (True) or off. Default: True.
     """
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, 'conv', None)
+    if hasattr(matmul, 'fp32_precision') and conv is not None:
+        # torch >= 2.9: the precision API. Reading the legacy allow_tf32
+        # flags after it was used raises, so the two are never mixed here.
+        value = 'tf32' if enabled else 'ieee'
+        matmul.fp32_precision = value
+        conv.fp32_precision = value
+    else:
+        matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -354,7 +363,7 @@ class FastPathHook(Hook):
             compile_forward(module, train_kwargs, eval_kwargs)
             self.compiled.append(name)
             if name == 'decode_head' and self.compile_losses:
-                for loss_name, loss in self._loss_modules(module):
+                for loss_name, loss in self.loss_modules(module):
                     compile_forward(loss, train_kwargs, None)
                     self.compiled.append(f'{name}.{loss_name}')
         if not self.compiled:
@@ -370,7 +379,8 @@ class FastPathHook(Hook):
         )
 
     @staticmethod
-    def _loss_modules(head):
+    def loss_modules(head):
+        """(name, module) of a decode head's losses that get compiled."""
         losses = getattr(head, 'loss_decode', None)
         if isinstance(losses, nn.ModuleList):
             found = [(f'loss_decode.{i}', m) for i, m in enumerate(losses)]

@@ -32,3 +32,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def keep_fp32_precision():
+    """FastPathHook turns TF32 on process-wide; put it back after a test."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, 'fp32_precision'):
+        yield
+        return
+    conv = torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    yield
+    matmul.fp32_precision, conv.fp32_precision = before

@@ -371,3 +371,24 @@ def test_compile_arguments():
     runner = fake_runner(model, torch.optim.SGD(model.parameters(), lr=1))
     with pytest.raises(ValueError, match='has none of the modules'):
         FastPathHook(compile=dict(backend='eager'))._compile(runner)
+
+
+def test_set_tf32_uses_one_api():
+    """TF32 through torch's precision API (legacy flags must not be mixed
+    with it: reading them afterwards raises)."""
+    from mmseg_dfq.engine import set_tf32
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, 'fp32_precision'):
+        pytest.skip('torch < 2.9: legacy allow_tf32 flags only')
+    before = matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        set_tf32(True)
+        assert matmul.fp32_precision == 'tf32'
+        assert torch.backends.cudnn.conv.fp32_precision == 'tf32'
+        set_tf32(False)
+        assert matmul.fp32_precision == 'ieee'
+        assert torch.backends.cudnn.conv.fp32_precision == 'ieee'
+    finally:
+        matmul.fp32_precision = before[0]
+        torch.backends.cudnn.conv.fp32_precision = before[1]
