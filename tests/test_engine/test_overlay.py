@@ -92,3 +92,44 @@ def test_writer_threads_and_errors(tmp_path):
         writer.submit('a/b', label, image=image)
     writer.close()
     assert osp.isdir(str(tmp_path / 'o'))
+
+
+def test_visualization_hook_writes_overlays(tmp_path):
+    """DomainVisualizationHook paints where mmseg's visualiser would save,
+    from the image file, with the dataset palette; bad painter refused."""
+    import types
+
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from mmseg.visualization import SegLocalVisualizer
+
+    from mmseg_dfq.engine import DomainVisualizationHook
+
+    visualizer = SegLocalVisualizer.get_instance(
+        'test_overlay_hook',
+        vis_backends=[dict(type='LocalVisBackend')],
+        save_dir=str(tmp_path / 'show'),
+    )
+    visualizer.dataset_meta = dict(
+        classes=('bg', 'rim', 'cup'), palette=PALETTE
+    )
+    with pytest.raises(ValueError, match='painter must be'):
+        DomainVisualizationHook(painter='matplotlib')
+    hook = DomainVisualizationHook(draw=True, interval=1)
+
+    image, label = disc_case()
+    path = str(tmp_path / 'case7.png')
+    cv2.imwrite(path, image[..., ::-1])
+    pred = np.roll(label, 2, axis=0)
+    sample = SegDataSample(
+        metainfo=dict(img_path=path, domain='Domain2', case_id='case7')
+    )
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(label)[None])
+    sample.pred_sem_seg = PixelData(data=torch.from_numpy(pred)[None])
+    runner = types.SimpleNamespace(iter=5, log_dir=str(tmp_path / 'log'))
+    hook.after_test_iter(runner, 0, dict(inputs=[None]), [sample])
+    hook.after_test_epoch(runner)
+    out = tmp_path / 'show' / 'vis_data' / 'vis_image' / 'Domain2_case7_5.png'
+    got = cv2.imread(str(out))[..., ::-1]
+    np.testing.assert_array_equal(got, paint_pair(image, pred, label, PALETTE))
