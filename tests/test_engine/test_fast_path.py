@@ -137,9 +137,9 @@ def train_losses(model, steps, device='cpu', hook=None):
 
 @pytest.mark.compile
 def test_inductor_training_matches_eager():
-    """Backbone, head and losses compiled by inductor, channels-last
-    weights: the same losses as eager for 3 Adam steps; an eval forward of
-    a new (non-square) size runs eager, without a recompile."""
+    """Backbone and head compiled by inductor, channels-last weights: the
+    same losses as eager for 3 Adam steps; an eval forward of a new
+    (non-square) size runs eager, without a recompile."""
     import torch._dynamo
     import torch._inductor.config
 
@@ -147,19 +147,16 @@ def test_inductor_training_matches_eager():
     torch.manual_seed(0)
     eager = MODELS.build(tiny_dfq_cfg())
     fast = copy.deepcopy(eager)
-    hook = FastPathHook(compile=dict(dynamic=False))
+    # Losses stay eager here to keep the file within ~2 min of CPU (they
+    # add ~25 s of code generation); the CUDA test and
+    # `tools/benchmark.py --loss-check` compile them too.
+    hook = FastPathHook(compile=dict(dynamic=False), compile_losses=False)
     expected = train_losses(eager, 3)
     # In-process code generation: a pool of compile workers would first
     # import torch in each of them.
     with torch._inductor.config.patch(compile_threads=1):
         got = train_losses(fast, 3, hook=hook)
-    assert hook.compiled == [
-        'backbone',
-        'decode_head',
-        'decode_head.loss_decode.0',
-        'decode_head.loss_decode.1',
-        'decode_head.loss_rdwt',
-    ]
+    assert hook.compiled == ['backbone', 'decode_head']
     assert isinstance(fast.backbone.forward, TrainEvalForward)
     assert fast.decode_head.fusion_conv.conv.weight.is_contiguous(
         memory_format=torch.channels_last
@@ -198,6 +195,7 @@ def test_cudagraph_training_matches_eager_cuda():
     expected = train_losses(eager, 5, 'cuda')
     got = train_losses(fast, 5, 'cuda', hook=hook)
     assert hook._cudagraphs
+    assert 'decode_head.loss_rdwt' in hook.compiled
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
 
 
