@@ -29,8 +29,34 @@ output shapes), and the step time of ``dfq`` minus ``dfqhead``. With
 Norm layers use plain BN (the configs' SyncBN needs no process group on one
 device either way, but BN keeps the comparison free of its checks).
 
-Example:
+Each model can run on two paths and in two precisions (``--paths``,
+``--dtypes``; on CUDA all four combinations by default, on CPU eager fp32):
+
+- ``eager``: the model as built, ``torch.optim.Adam``;
+- ``fast``: what ``configs/_base_/fast_path.py`` switches on in the Runner
+  (:class:`mmseg_dfq.engine.FastPathHook`): backbone, decode head and losses
+  compiled (``mode='reduce-overhead'``, i.e. CUDA graphs, on CUDA; inductor's
+  default mode on CPU), channels-last weights, TF32, fused Adam. Inference
+  is compiled the same way, since the benchmark's size is fixed (the hook
+  keeps validation/test eager by default). ``compile s`` is the time of the
+  first call (tracing, code generation, graph capture);
+- ``bf16``: bf16 autocast without a loss scaler
+  (:class:`mmseg_dfq.engine.BF16OptimWrapper`); ``fp32`` otherwise.
+
+``--loss-check N`` trains one model N steps eager and N steps on the fast
+path from the same weights and batches (drop rates set to 0: compiled code
+draws its own random numbers) and prints the relative difference of the
+losses. ``--full-schedule CONFIG`` runs a config through the Runner
+(``--schedule-iters`` iterations, data loading and validation included) and
+reports iterations per second, the data-loading share and the time the
+config's whole schedule would take.
+
+Examples:
     python tools/benchmark.py --device cpu --backbones b0 b2 --repeats 3
+    python tools/benchmark.py --device cuda --backbones b2 --batch 16 \\
+        --variants dfq dfqhead segformer-768 --loss-check 50
+    python tools/benchmark.py --device cuda --full-schedule \\
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 500
 """
 
 import argparse
@@ -40,6 +66,9 @@ import os.path as osp
 import resource
 import statistics
 import time
+
+from mmengine.config import DictAction
+from mmengine.hooks import Hook
 
 MODEL_DIR = osp.join(
     osp.dirname(osp.abspath(__file__)), '..', 'configs', '_base_', 'models'
@@ -55,16 +84,23 @@ VARIANTS = {
     ),
     'dfqhead': ('dfqhead', dict()),
 }
+PATHS = ('eager', 'fast')
+DTYPES = ('fp32', 'bf16')
 TARGETS = (
     'targets (b2): DFQ train step <= 1.0x SegFormer-256 and <= 0.5x '
     'SegFormer-768; peak memory <= 1.0x SegFormer-256; RDWT <= 3% of step'
+)
+GPU_TARGETS = (
+    'GPU targets (H100/H200, MiT-b2, B16@256): dfq fast train step <= 25 ms; '
+    'bf16 <= 0.8x fp32; inference >= 2,000 img/s; RDWT <= 3% of the step; '
+    'fast vs eager loss after 50 steps within 1e-3 relative'
 )
 
 
 def parse_args():
     parser = argparse.ArgumentParser(
         description='Train-step time, inference speed and peak memory of '
-        'DFQ vs SegFormer'
+        'DFQ vs SegFormer, eager vs the fast path, fp32 vs bf16'
     )
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--batch', type=int, default=4, help='batch size')
@@ -73,7 +109,10 @@ def parse_args():
         '--repeats', type=int, default=5, help='timed runs per measure'
     )
     parser.add_argument(
-        '--warmup', type=int, default=2, help='untimed runs first'
+        '--warmup',
+        type=int,
+        default=2,
+        help='untimed runs first (the fast path needs >= 3 for CUDA graphs)',
     )
     parser.add_argument(
         '--backbones',
@@ -88,6 +127,18 @@ def parse_args():
         choices=list(VARIANTS),
         help='models to measure (default: all)',
     )
+    parser.add_argument(
+        '--paths',
+        nargs='+',
+        choices=PATHS,
+        help='eager and/or fast (default: both on cuda, eager on cpu)',
+    )
+    parser.add_argument(
+        '--dtypes',
+        nargs='+',
+        choices=DTYPES,
+        help='fp32 and/or bf16 autocast (default: both on cuda, fp32 on cpu)',
+    )
     parser.add_argument('--num-classes', type=int, default=3)
     parser.add_argument(
         '--threads',
@@ -101,7 +152,58 @@ def parse_args():
         action='store_true',
         help='print the top operators of one DFQ train step per backbone',
     )
-    return parser.parse_args()
+    parser.add_argument(
+        '--loss-check',
+        type=int,
+        default=0,
+        metavar='STEPS',
+        help='also train the first backbone/variant STEPS steps eager and '
+        'fast (first dtype) and compare the losses',
+    )
+    parser.add_argument(
+        '--full-schedule',
+        metavar='CONFIG',
+        help='only run CONFIG through the Runner (data loading and '
+        'validation included) and report iterations/s',
+    )
+    parser.add_argument(
+        '--schedule-iters',
+        type=int,
+        default=0,
+        help='iterations of --full-schedule (default: the config max_iters)',
+    )
+    parser.add_argument(
+        '--skip-iters',
+        type=int,
+        default=5,
+        help='first iterations of --full-schedule left out of the rates '
+        '(compilation, worker start-up)',
+    )
+    parser.add_argument(
+        '--paint',
+        type=int,
+        default=0,
+        metavar='SIDE',
+        help="only time --show-dir painting of a SIDE px image: mmseg's "
+        'visualiser vs the plain overlay writer',
+    )
+    parser.add_argument(
+        '--work-dir',
+        default=None,
+        help='work dir of --full-schedule (default: a temporary one)',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='overrides of the --full-schedule config, e.g. '
+        'train_dataloader.dataset.data_root=DIR',
+    )
+    args = parser.parse_args()
+    cuda = args.device == 'cuda'
+    args.paths = args.paths or (list(PATHS) if cuda else ['eager'])
+    args.dtypes = args.dtypes or (list(DTYPES) if cuda else ['fp32'])
+    return args
 
 
 def summarize(times):
@@ -113,9 +215,18 @@ def summarize(times):
 
 
 def timed(fn, warmup, repeats, sync):
-    """Run ``fn`` warmup + repeats times; return the timed seconds."""
-    for _ in range(warmup):
+    """Run ``fn`` warmup + repeats times; return (timed seconds, first).
+
+    ``first`` is the duration of the very first call (compilation and
+    graph capture on the fast path).
+    """
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
+        sync()
+        if i == 0:
+            first = time.perf_counter() - start
     sync()
     times = []
     for _ in range(repeats):
@@ -124,7 +235,7 @@ def timed(fn, warmup, repeats, sync):
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return times
+    return times, first if first is not None else times[0]
 
 
 def current_rss():
@@ -138,7 +249,7 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_model(backbone, variant, num_classes):
+def build_model(backbone, variant, num_classes, no_drop=False):
     """Build one benchmark model from the base configs, offline."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -161,6 +272,11 @@ def build_model(backbone, variant, num_classes):
             )
         )
     )
+    if no_drop:
+        cfg.model.backbone.drop_path_rate = 0.0
+        cfg.model.decode_head.dropout_ratio = 0.0
+        if 'drop_path_rate' in cfg.model.decode_head:
+            cfg.model.decode_head.drop_path_rate = 0.0
     return MODELS.build(cfg.model)
 
 
@@ -168,16 +284,22 @@ def rdwt_seconds(model, images, warmup, repeats, sync):
     """Time the RDWT work alone: instance norms + loss, forward + backward.
 
     Maps of the DFQ backbone's (pre-norm) output shapes stand in for the
-    stage outputs; the cost of RDWT does not depend on their values.
+    stage outputs; the cost of RDWT does not depend on their values. Eager
+    in both paths (on the fast path the loss is compiled with the rest).
     """
     import torch
 
-    from mmseg_dfq.models.losses import instance_norm
+    from mmseg_dfq.models.losses import RDWTLoss, instance_norm
 
     with torch.no_grad():
         shapes = [f.shape for f in model.backbone(images)]
     eps = model.backbone.rdwt_eps
-    loss_fn = model.decode_head.loss_rdwt
+    head_loss = model.decode_head.loss_rdwt
+    loss_fn = RDWTLoss(
+        loss_weight=head_loss.loss_weight,
+        stage_weights=head_loss.stage_weights,
+        eps=head_loss.eps,
+    )
     feats = [
         torch.randn(s, device=images.device, requires_grad=True)
         for s in shapes
@@ -192,26 +314,13 @@ def rdwt_seconds(model, images, warmup, repeats, sync):
         for f in feats:
             f.grad = None
 
-    return timed(step, warmup, repeats, sync)
+    return timed(step, warmup, repeats, sync)[0]
 
 
-def run_one(job):
-    """Measure one model in this (fresh) process; return a result dict."""
+def make_batch(args, device):
+    """Random images and labelled SegDataSamples, the same for every run."""
     import torch
     from mmengine.structures import PixelData
-
-    backbone, variant, args = job
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == 'cuda'
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    model = build_model(backbone, variant, args.num_classes).to(device)
-    # Imported once build_model has loaded mmseg_dfq's mmcv.ops stand-ins.
     from mmseg.structures import SegDataSample
 
     g = torch.Generator().manual_seed(0)
@@ -232,21 +341,98 @@ def run_one(job):
             )
         )
         samples.append(sample)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    return images, samples
+
+
+def apply_fast_path(model, cuda, compile_eval=True):
+    """FastPathHook's settings on a bare model; returns the compile args."""
+    from mmseg_dfq.engine import (
+        FastPathHook,
+        compile_forward,
+        set_tf32,
+        to_channels_last,
+    )
+    from mmseg_dfq.engine.fast_path import resolve_compile_kwargs
+
+    hook = FastPathHook()
+    set_tf32(hook.tf32)
+    to_channels_last(model)
+    device = 'cuda' if cuda else 'cpu'
+    train_kwargs = resolve_compile_kwargs(hook.compile_kwargs, device)
+    # The benchmark's input size is fixed: inference may be compiled too.
+    eval_kwargs = train_kwargs if compile_eval else None
+    compile_forward(model.backbone, train_kwargs, eval_kwargs)
+    compile_forward(model.decode_head, train_kwargs, eval_kwargs)
+    for _, loss in hook.loss_modules(model.decode_head):
+        compile_forward(loss, train_kwargs, None)
+    return train_kwargs
+
+
+def make_steps(model, images, samples, path, dtype, cuda):
+    """Train-step and inference closures for one path and precision."""
+    import contextlib
+
+    import torch
+
+    fast = path == 'fast'
+    device = 'cuda' if cuda else 'cpu'
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fast)
+
+    def autocast():
+        if dtype == 'bf16':
+            return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    mark_step = (
+        torch.compiler.cudagraph_mark_step_begin
+        if fast and cuda
+        else (lambda: None)
+    )
 
     def train_step():
+        mark_step()
         optimizer.zero_grad(set_to_none=True)
-        losses = model.loss(images, samples)
+        with autocast():
+            losses = model.loss(images, samples)
         loss = sum(v for k, v in losses.items() if 'loss' in k)
         loss.backward()
         optimizer.step()
+        return loss.detach().clone()
 
     def infer():
-        with torch.no_grad():
+        mark_step()
+        with torch.no_grad(), autocast():
             model(images, mode='tensor')
 
+    return train_step, infer
+
+
+def run_one(job):
+    """Measure one model in this (fresh) process; return a result dict."""
+    import torch
+
+    backbone, variant, path, dtype, args = job
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    model = build_model(backbone, variant, args.num_classes).to(device)
+    images, samples = make_batch(args, device)
+    if path == 'fast':
+        apply_fast_path(model, cuda)
+    train_step, infer = make_steps(model, images, samples, path, dtype, cuda)
+
     result = dict(
-        backbone=backbone, variant=variant, threads=torch.get_num_threads()
+        backbone=backbone,
+        variant=variant,
+        path=path,
+        dtype=dtype,
+        threads=torch.get_num_threads(),
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -255,26 +441,70 @@ def run_one(job):
     # Inference first: on CPU the peak RSS only grows, and training's is
     # the larger one.
     model.eval()
-    result['infer'] = timed(infer, args.warmup, args.repeats, sync)
+    result['infer'], result['infer_first'] = timed(
+        infer, args.warmup, args.repeats, sync
+    )
     if cuda:
         result['infer_mem'] = torch.cuda.max_memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
         result['infer_mem'] = peak_rss() - base_rss
     model.train()
-    result['train'] = timed(train_step, args.warmup, args.repeats, sync)
+    result['train'], result['train_first'] = timed(
+        train_step, args.warmup, args.repeats, sync
+    )
     if cuda:
         result['train_mem'] = torch.cuda.max_memory_allocated(device)
     else:
         result['train_mem'] = peak_rss() - base_rss
 
-    if variant.startswith('dfq') and model.decode_head.loss_rdwt is not None:
+    if (
+        variant.startswith('dfq')
+        and model.decode_head.loss_rdwt is not None
+        and path == 'eager'
+        and dtype == 'fp32'
+    ):
         result['rdwt'] = rdwt_seconds(
             model, images, args.warmup, args.repeats, sync
         )
     if args.profile and variant == 'dfq':
         result['profile'] = profile_step(train_step, cuda)
     return result
+
+
+def loss_check(job):
+    """Losses of N eager and N fast-path steps from the same start."""
+    import copy
+
+    import torch
+
+    backbone, variant, dtype, steps, args = job
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    torch.manual_seed(0)
+    eager = build_model(backbone, variant, args.num_classes, no_drop=True)
+    eager = eager.to(device)
+    fast = copy.deepcopy(eager)
+    apply_fast_path(fast, cuda, compile_eval=False)
+    images, samples = make_batch(args, device)
+    out = {}
+    for name, model in (('eager', eager), ('fast', fast)):
+        step, _ = make_steps(model, images, samples, name, dtype, cuda)
+        model.train()
+        out[name] = torch.stack([step() for _ in range(steps)]).float().cpu()
+    rel = (out['fast'] - out['eager']).abs() / out['eager'].abs()
+    return dict(
+        backbone=backbone,
+        variant=variant,
+        dtype=dtype,
+        steps=steps,
+        eager_last=float(out['eager'][-1]),
+        fast_last=float(out['fast'][-1]),
+        rel_last=float(rel[-1]),
+        rel_max=float(rel.max()),
+    )
 
 
 def profile_step(train_step, cuda):
@@ -294,6 +524,24 @@ def mib(n):
     return n / 2**20
 
 
+def environment(device):
+    """One line: device name, torch and CUDA versions."""
+    import platform
+
+    import torch
+
+    if device == 'cuda':
+        name = torch.cuda.get_device_name()
+        return (
+            f'{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, '
+            f'cuDNN {torch.backends.cudnn.version()}'
+        )
+    return (
+        f'CPU {platform.machine()} ({os.cpu_count()} cores), '
+        f'torch {torch.__version__}'
+    )
+
+
 def report(results, args):
     """Print the table, the ratios against SegFormer and the RDWT share."""
     mem_kind = (
@@ -301,39 +549,45 @@ def report(results, args):
         if args.device == 'cuda'
         else 'peak RSS rise (getrusage)'
     )
+    print(f'\n{environment(args.device)}')
     print(
-        f'\ndevice {args.device}, batch {args.batch}, {args.size}x'
+        f'device {args.device}, batch {args.batch}, {args.size}x'
         f'{args.size}, warmup {args.warmup}, repeats {args.repeats}, '
         f'torch threads {results[0]["threads"]}; '
         f'times median [IQR]; memory = {mem_kind}, MiB'
     )
     header = (
-        f'{"backbone":<8} {"model":<14} {"train ms":>18} '
-        f'{"infer img/s":>18} {"train mem":>10} {"infer mem":>10}'
+        f'{"backbone":<8} {"model":<14} {"path":<5} {"dtype":<5} '
+        f'{"train ms":>18} {"infer img/s":>18} {"train mem":>10} '
+        f'{"infer mem":>10} {"compile s":>9}'
     )
     print(header)
     print('-' * len(header))
     by_key = {}
     for r in results:
-        by_key[r['backbone'], r['variant']] = r
+        by_key[r['backbone'], r['variant'], r['path'], r['dtype']] = r
         t, t_iqr = summarize(r['train'])
         ips = [args.batch / s for s in r['infer']]
         v, v_iqr = summarize(ips)
+        first = r['train_first'] + r['infer_first']
         print(
-            f'{r["backbone"]:<8} {r["variant"]:<14} '
+            f'{r["backbone"]:<8} {r["variant"]:<14} {r["path"]:<5} '
+            f'{r["dtype"]:<5} '
             f'{t * 1e3:>9.1f} [{t_iqr * 1e3:>6.1f}] '
             f'{v:>9.2f} [{v_iqr:>6.2f}] '
-            f'{mib(r["train_mem"]):>10.0f} {mib(r["infer_mem"]):>10.0f}'
+            f'{mib(r["train_mem"]):>10.0f} {mib(r["infer_mem"]):>10.0f} '
+            f'{first:>9.1f}'
         )
     print()
+    base = (args.paths[0], args.dtypes[0])
     for backbone in args.backbones:
-        print(f'{backbone}:')
+        print(f'{backbone} ({base[0]} {base[1]}):')
         for name in ('dfq', 'dfq-plainfuse'):
-            dfq = by_key.get((backbone, name))
+            dfq = by_key.get((backbone, name, *base))
             if dfq is None:
                 continue
             for ref_name in ('segformer-256', 'segformer-768'):
-                ref = by_key.get((backbone, ref_name))
+                ref = by_key.get((backbone, ref_name, *base))
                 if ref is None:
                     continue
                 time_ratio = (
@@ -348,36 +602,255 @@ def report(results, args):
                     f'inference speed {speed_ratio:.2f}x, '
                     f'train memory {mem_ratio:.2f}x'
                 )
-        dfq = by_key.get((backbone, 'dfq'))
-        if dfq is not None and 'rdwt' in dfq:
+        for variant in args.variants:
+            report_paths(by_key, backbone, variant, args)
+        report_rdwt(by_key, backbone, args)
+        for r in results:
+            if r['backbone'] == backbone and 'profile' in r:
+                print(
+                    f'  top operators of one {r["variant"]}-{backbone} '
+                    f'{r["path"]} {r["dtype"]} train step:'
+                )
+                print(r['profile'])
+    print(TARGETS)
+    if args.device == 'cuda':
+        print(GPU_TARGETS)
+
+
+def report_paths(by_key, backbone, variant, args):
+    """Fast/eager and bf16/fp32 ratios of one model's train step."""
+    step = {
+        (p, d): summarize(r['train'])[0]
+        for (b, v, p, d), r in by_key.items()
+        if b == backbone and v == variant
+    }
+    parts = []
+    for dtype in DTYPES:
+        if ('eager', dtype) in step and ('fast', dtype) in step:
+            ratio = step['eager', dtype] / step['fast', dtype]
+            parts.append(f'fast path {ratio:.2f}x faster ({dtype})')
+    for path in PATHS:
+        if (path, 'fp32') in step and (path, 'bf16') in step:
+            ratio = step[path, 'bf16'] / step[path, 'fp32']
+            parts.append(f'bf16/fp32 step {ratio:.2f}x ({path})')
+    if parts:
+        print(f'  {variant}: ' + '; '.join(parts))
+
+
+def report_rdwt(by_key, backbone, args):
+    """RDWT share of the dfq step: alone, and dfq - dfqhead per path."""
+    for path in args.paths:
+        for dtype in args.dtypes:
+            dfq = by_key.get((backbone, 'dfq', path, dtype))
+            if dfq is None:
+                continue
             step = summarize(dfq['train'])[0]
-            alone = summarize(dfq['rdwt'])[0]
-            line = (
-                f'  RDWT share of the dfq train step: norms + loss alone '
-                f'{alone * 1e3:.1f} ms = {100 * alone / step:.1f}%'
-            )
-            ablation = by_key.get((backbone, 'dfqhead'))
+            parts = []
+            alone = by_key.get((backbone, 'dfq', 'eager', 'fp32'), {})
+            if 'rdwt' in alone and path == 'eager' and dtype == 'fp32':
+                rdwt = summarize(alone['rdwt'])[0]
+                parts.append(
+                    f'norms + loss alone {rdwt * 1e3:.1f} ms = '
+                    f'{100 * rdwt / step:.1f}%'
+                )
+            ablation = by_key.get((backbone, 'dfqhead', path, dtype))
             if ablation is not None:
                 diff = step - summarize(ablation['train'])[0]
-                line += (
-                    f'; dfq - dfqhead step {diff * 1e3:.1f} ms = '
+                parts.append(
+                    f'dfq - dfqhead step {diff * 1e3:.1f} ms = '
                     f'{100 * diff / step:.1f}%'
                 )
-            print(line)
-        if dfq is not None and 'profile' in dfq:
-            print(f'  top operators of one dfq-{backbone} train step:')
-            print(dfq['profile'])
-    print(TARGETS)
+            if parts:
+                print(
+                    f'  RDWT share of the dfq {path} {dtype} train step: '
+                    + '; '.join(parts)
+                )
+
+
+class ScheduleTimer(Hook):
+    """Times the validation runs inside a schedule."""
+
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.val_seconds = []
+        self._start = None
+
+    def before_val(self, runner):
+        self._start = time.perf_counter()
+
+    def after_val(self, runner):
+        self.val_seconds.append(time.perf_counter() - self._start)
+
+
+def full_schedule(args):
+    """Run a config through the Runner and report its iteration rate."""
+    import tempfile
+
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    import mmseg_dfq  # noqa: F401
+    from mmseg_dfq.compat import adapt_cfg_to_device
+
+    cfg = Config.fromfile(args.full_schedule)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    full_iters = cfg.train_cfg.max_iters
+    iters = args.schedule_iters or full_iters
+    if iters <= args.skip_iters:
+        raise SystemExit(
+            f'benchmark.py: --schedule-iters {iters} must exceed '
+            f'--skip-iters {args.skip_iters}'
+        )
+    val_interval = cfg.train_cfg.get('val_interval', full_iters)
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = min(val_interval, iters)
+    for scheduler in cfg.get('param_scheduler') or []:
+        if scheduler.get('end') == full_iters:
+            scheduler['end'] = iters
+    # No checkpoint in the measurement.
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook', interval=iters + 1, by_epoch=False
+    )
+    tmp = None
+    if args.work_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        cfg.work_dir = tmp.name
+    else:
+        cfg.work_dir = args.work_dir
+    if args.device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    adapt_cfg_to_device(cfg)
+    runner = Runner.from_cfg(cfg)
+    timer = ScheduleTimer()
+    runner.register_hook(timer)
+    start = time.perf_counter()
+    runner.train()
+    wall = time.perf_counter() - start
+    hub = runner.message_hub
+    step = list(hub.get_scalar('train/time').data[0])
+    data = list(hub.get_scalar('train/data_time').data[0])
+    # IterTimerHook keeps a window of the latest values only.
+    kept = min(len(step), iters - args.skip_iters)
+    step, data = step[-kept:], data[-kept:]
+    mean_step = sum(step) / len(step)
+    mean_data = sum(data) / len(data)
+    val_total = sum(timer.val_seconds)
+    vals_full = full_iters // max(val_interval, 1)
+    per_val = val_total / max(len(timer.val_seconds), 1)
+    estimate = full_iters * mean_step + vals_full * per_val
+    print(f'\n{environment(args.device)}')
+    print(
+        f'{args.full_schedule}: {iters} iterations in {wall:.1f} s '
+        f'(first {args.skip_iters} and {len(timer.val_seconds)} '
+        f'validation(s), {val_total:.1f} s, included)'
+    )
+    print(
+        f'  steady state over the last {kept} iterations: '
+        f'{1 / mean_step:.2f} it/s, {mean_step * 1e3:.1f} ms/it, data '
+        f'{mean_data * 1e3:.1f} ms/it = {100 * mean_data / mean_step:.1f}%'
+    )
+    print(
+        f'  whole schedule ({full_iters} iterations, {vals_full} '
+        f'validations): ~{estimate / 60:.1f} min (issue 11 target for the '
+        'MiT-b2 fundus schedule: <= 6 min per split on one H100/H200)'
+    )
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def paint_times(side, repeats):
+    """Seconds per image of mmseg's visualiser and of the overlay writer."""
+    import importlib
+    import tempfile
+
+    import numpy as np
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from mmseg_dfq.engine.overlay import OverlayWriter
+
+    # Only now that mmseg_dfq is loaded: mmseg.visualization imports
+    # mmcv.ops, which needs the plugin's stand-ins on mmcv-lite.
+    visualization = importlib.import_module('mmseg.visualization')
+
+    # A smooth fundus-like picture with a disc and a cup (PNG-compressible,
+    # like a real photograph; noise would inflate the encoding time).
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(yy - side / 2, xx - side / 2)
+    img = np.dstack([np.clip(220 - r / 2, 0, 255)] * 3).astype(np.uint8)
+    gt = np.where(r < side / 9, 2, np.where(r < side / 4, 1, 0))
+    pred = np.roll(gt, side // 50, axis=1)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.from_numpy(gt)[None])
+    sample.pred_sem_seg = PixelData(data=torch.from_numpy(pred)[None])
+    palette = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        vis = visualization.SegLocalVisualizer(
+            name='paint_benchmark',
+            vis_backends=[dict(type='LocalVisBackend')],
+            save_dir=tmp,
+        )
+        vis.dataset_meta = dict(classes=('bg', 'rim', 'cup'), palette=palette)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            vis.add_datasample(f'mmseg{i}', img, sample, step=0)
+            times.append(time.perf_counter() - start)
+        out['mmseg SegLocalVisualizer'] = times
+        # Painted and written synchronously (the work a thread does)...
+        writer = OverlayWriter(osp.join(tmp, 'overlay'), palette, 1)
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            writer._write(
+                osp.join(tmp, 'overlay', f'{i}.png'), pred, gt, img, None
+            )
+            times.append(time.perf_counter() - start)
+        out['overlay, paint + PNG write'] = times
+        # ...and what the test loop waits for: the submit call.
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            writer.submit(f'q{i}', pred, gt, image=img)
+            times.append(time.perf_counter() - start)
+        writer.close()
+        out['overlay, submit (test loop)'] = times
+    return out
 
 
 def main():
     args = parse_args()
+    if args.paint:
+        print(environment('cpu'))
+        for name, times in paint_times(args.paint, args.repeats).items():
+            t, iqr = summarize(times)
+            print(
+                f'{args.paint} px, {name}: {t * 1e3:.2f} ms [{iqr * 1e3:.2f}]'
+            )
+        return
     if args.device == 'cuda':
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit('benchmark.py: --device cuda but no CUDA device')
-    jobs = [(b, v, args) for b in args.backbones for v in args.variants]
+    if args.full_schedule:
+        if not osp.isfile(args.full_schedule):
+            raise SystemExit(
+                f'benchmark.py: config {args.full_schedule!r} not found'
+            )
+        full_schedule(args)
+        return
+    jobs = [
+        (b, v, p, d, args)
+        for b in args.backbones
+        for v in args.variants
+        for p in args.paths
+        for d in args.dtypes
+    ]
     # A fresh process per model: its own peak memory, no warm caches.
     ctx = mp.get_context('spawn')
     results = []
@@ -386,11 +859,28 @@ def main():
         with ctx.Pool(1) as pool:
             results.append(pool.apply(run_one, (job,)))
         print(
-            f'measured {job[0]} {job[1]} in '
+            f'measured {" ".join(job[:4])} in '
             f'{time.perf_counter() - start:.0f} s',
             flush=True,
         )
     report(results, args)
+    if args.loss_check:
+        job = (
+            args.backbones[0],
+            args.variants[0],
+            args.dtypes[0],
+            args.loss_check,
+            args,
+        )
+        with ctx.Pool(1) as pool:
+            r = pool.apply(loss_check, (job,))
+        print(
+            f'\nloss check, {r["variant"]}-{r["backbone"]} {r["dtype"]}, '
+            f'{r["steps"]} Adam steps on one batch, drop rates 0: eager '
+            f'{r["eager_last"]:.6f}, fast {r["fast_last"]:.6f}, relative '
+            f'difference {r["rel_last"]:.2e} at the last step, '
+            f'{r["rel_max"]:.2e} at most (target <= 1e-3)'
+        )
 
 
 if __name__ == '__main__':

@@ -23,7 +23,12 @@ What differs, and why:
   has no ``output_dir`` argument (``DomainMetric`` has none; use
   ``--show-dir`` for overlays and ``tools/infer.py`` for masks and NIfTI).
 - ``--show``/``--show-dir`` use ``DomainVisualizationHook`` (mmseg's hook,
-  which also paints NIfTI slices) and paint every test sample.
+  which also paints NIfTI slices) and paint every test sample. For
+  ``--show-dir`` it writes plain overlays (ground truth | prediction blended
+  into the image, class contours, no text) from background threads: a few
+  ms per image off the test loop, where mmseg's visualiser takes ~1 s.
+  ``--cfg-options default_hooks.visualization.painter=mmseg`` brings mmseg's
+  pictures back; ``--show`` (a window) always uses them.
 - A missing config or checkpoint file is reported before anything is built.
 - One failing case does not stop the evaluation: a plain ``TestLoop``
   becomes :class:`mmseg_dfq.engine.TolerantTestLoop`, which logs the

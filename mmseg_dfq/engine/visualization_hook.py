@@ -6,6 +6,8 @@ import numpy as np
 from mmseg.engine.hooks import SegVisualizationHook
 from mmseg.registry import HOOKS
 
+from .overlay import OverlayWriter
+
 
 @HOOKS.register_module()
 class DomainVisualizationHook(SegVisualizationHook):
@@ -17,15 +19,69 @@ class DomainVisualizationHook(SegVisualizationHook):
     [-1, 1]) instead. Windows are named ``<domain>_<case>[_slice<k>]`` so
     overlays of different domains do not overwrite each other.
 
+    With ``painter='overlay'`` (the default) saved pictures come from
+    :class:`OverlayWriter`: ground truth and prediction blended into the
+    image with class contours, no text, painted and written by background
+    threads (a few ms per 512 px image instead of mmseg's ~1 s, and off the
+    test loop). They land where mmseg's visualiser would put them,
+    ``<save_dir>/vis_data/vis_image/<name>_<step>.png``. ``show=True`` (a
+    window) and ``painter='mmseg'`` use mmseg's visualiser.
+
     Args:
+        painter (str): ``'overlay'`` or ``'mmseg'``. Default: 'overlay'.
+        num_threads (int): Overlay writer threads. Default: 2.
         **kwargs: :class:`SegVisualizationHook` arguments.
     """
+
+    def __init__(self, painter='overlay', num_threads=2, **kwargs):
+        super().__init__(**kwargs)
+        if painter not in ('overlay', 'mmseg'):
+            raise ValueError(
+                "DomainVisualizationHook: painter must be 'overlay' or "
+                f"'mmseg', got {painter!r}"
+            )
+        self.painter = painter
+        self.num_threads = num_threads
+        self._writer = None
+
+    def _overlay_writer(self, runner):
+        if self._writer is None:
+            backend = self._visualizer.get_backend('LocalVisBackend')
+            save_dir = getattr(backend, '_save_dir', None) or osp.join(
+                runner.log_dir, 'vis_data'
+            )
+            meta = self._visualizer.dataset_meta or {}
+            self._writer = OverlayWriter(
+                osp.join(save_dir, 'vis_image'),
+                palette=meta.get('palette'),
+                num_threads=self.num_threads,
+                backend_args=self.backend_args,
+            )
+        return self._writer
+
+    def _close_writer(self):
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def after_val_epoch(self, runner, metrics=None):
+        """Wait for the overlays of this validation."""
+        self._close_writer()
+
+    def after_test_epoch(self, runner, metrics=None):
+        """Wait for the overlays of this test."""
+        self._close_writer()
+
+    def after_run(self, runner):
+        """Wait for any overlay still queued."""
+        self._close_writer()
 
     def _after_iter(self, runner, batch_idx, data_batch, outputs, mode='val'):
         if self.draw is False or mode == 'train':
             return
         if not self.every_n_inner_iters(batch_idx, self.interval):
             return
+        fast = self.painter == 'overlay' and not self.show
         for i, output in enumerate(outputs):
             meta = output.metainfo
             case = meta.get('case_id', osp.basename(output.img_path))
@@ -38,8 +94,19 @@ class DomainVisualizationHook(SegVisualizationHook):
             if 'slice_index' in meta:
                 name += f'_slice{meta["slice_index"]:03d}'
                 img = self._slice_image(data_batch['inputs'][i])
+            elif fast:
+                img = None  # decoded by the writer's thread
             else:
                 img = self._read_image(output.img_path)
+            if fast:
+                self._overlay_writer(runner).submit(
+                    f'{name}_{runner.iter}',
+                    self._labels(output, 'pred_sem_seg'),
+                    gt=self._labels(output, 'gt_sem_seg'),
+                    image=img,
+                    image_path=None if img is not None else output.img_path,
+                )
+                continue
             self._visualizer.add_datasample(
                 name,
                 img,
@@ -48,6 +115,13 @@ class DomainVisualizationHook(SegVisualizationHook):
                 wait_time=self.wait_time,
                 step=runner.iter,
             )
+
+    @staticmethod
+    def _labels(output, key):
+        """(H, W) int64 labels of ``output.<key>``, or None if absent."""
+        if key not in output:
+            return None
+        return output.get(key).data[0].cpu().numpy()
 
     @staticmethod
     def _slice_image(inputs):

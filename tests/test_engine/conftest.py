@@ -1,6 +1,11 @@
-"""Shared runs of the reliability tests: tiny fundus demo, CPU, 6 iterations.
+"""Shared fixtures of the engine tests.
 
-Training runs are subprocesses of ``tools/train.py`` (they get killed) with
+Fast path and overlays: built in mmseg's scope, one thread, TF32 settings
+put back after each test (``import mmseg_dfq`` first: it installs the
+``mmcv.ops`` stand-ins that ``mmseg.models`` needs on mmcv-lite).
+
+Reliability: tiny fundus demo, CPU, 6 iterations. Training runs are
+subprocesses of ``tools/train.py`` (they get killed) with
 one thread each, ``randomness.deterministic=True``, batches of 3 (one image
 per source domain) and a checkpoint every 2 iterations.
 """
@@ -12,7 +17,9 @@ import time
 
 import pytest
 import torch
+from mmengine.registry import init_default_scope
 
+import mmseg_dfq  # noqa: F401
 from mmseg_dfq.datasets.synthetic import make_fundus
 
 from ..test_runtime.conftest import (
@@ -24,6 +31,42 @@ from ..test_runtime.conftest import (
 )
 
 ITERS = 6
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers',
+        'compile: runs torch.compile with inductor on CPU (gcc); tens of '
+        'seconds on one core',
+    )
+
+
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """Build configs in mmseg's scope, as the Runner does."""
+    init_default_scope('mmseg')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """One OpenMP thread: the CI/dev machines are small and shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def keep_fp32_precision():
+    """FastPathHook turns TF32 on process-wide; put it back after a test."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, 'fp32_precision'):
+        yield
+        return
+    conv = torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    yield
+    matmul.fp32_precision, conv.fp32_precision = before
 
 
 def train_args(data_root, work_dir, resume=False, extra=()):

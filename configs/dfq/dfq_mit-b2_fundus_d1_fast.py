@@ -1,0 +1,47 @@
+# dfq_mit-b2_fundus_d1 on the GPU fast path (configs/_base_/fast_path.py):
+# compiled backbone + head with CUDA graphs, TF32, fused Adam, channels-last,
+# dataloaders for a 16-core host, and the 800 px PNGs decoded and resized
+# once per worker (MemoryCache) instead of every epoch. Same model, data,
+# augmentation and schedule.
+# bf16: --cfg-options optim_wrapper.type=BF16OptimWrapper
+_base_ = ['./dfq_mit-b2_fundus_d1.py', '../_base_/fast_path.py']
+crop_size = (256, 256)
+meta_keys = {{_base_.meta_keys}}
+optim_wrapper = {{_base_.fast_optim_wrapper}}
+# The authors' augmentation, as in _base_/datasets/fundus_dg.py; only the
+# deterministic loading + resize is cached.
+train_pipeline = [
+    dict(
+        type='MemoryCache',
+        transforms=[
+            dict(type='LoadFundusImageFromFile'),
+            dict(type='LoadFundusAnnotations'),
+            dict(type='Resize', scale=crop_size, keep_ratio=False),
+        ],
+    ),
+    dict(
+        type='RandomApply',
+        transforms=[
+            dict(
+                type='RandomResize',
+                scale=crop_size,
+                ratio_range=(1.0, 1.5),
+                keep_ratio=True,
+            )
+        ],
+        prob=0.5,
+    ),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+# fast_train_dataloader's settings plus the cached pipeline.
+train_dataloader = dict(
+    num_workers=10,
+    pin_memory=True,
+    persistent_workers=True,
+    prefetch_factor=4,
+    dataset=dict(pipeline=train_pipeline),
+)
+val_dataloader = {{_base_.fast_eval_dataloader}}
+test_dataloader = {{_base_.fast_eval_dataloader}}
