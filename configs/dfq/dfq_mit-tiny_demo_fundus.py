@@ -45,9 +45,12 @@ test_pipeline = [
     dict(type='LoadFundusAnnotations'),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# Iteration-based demo: the sampler runs on across its (tiny) epochs rather
+# than being restarted by mmengine, which sleeps 2 s at every restart.
 train_dataloader = dict(
     num_workers=0,
     persistent_workers=False,
+    sampler=dict(infinite=True),
     dataset=dict(data_root=data_root, pipeline=train_pipeline),
 )
 val_dataloader = dict(

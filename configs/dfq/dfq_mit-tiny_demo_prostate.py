@@ -14,8 +14,13 @@ model = dict(
     decode_head=dict(channels=128, num_classes=2),
 )
 optim_wrapper = dict(optimizer=dict(lr=3e-4 * 2))
+# Iteration-based demo: the sampler runs on across its epochs rather than
+# being restarted by mmengine, which sleeps 2 s at every restart.
 train_dataloader = dict(
-    num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root)
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(infinite=True),
+    dataset=dict(data_root=data_root),
 )
 val_dataloader = dict(
     num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root)

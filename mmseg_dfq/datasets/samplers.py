@@ -141,6 +141,12 @@ class DomainMixSampler(Sampler):
             ``prepare_data``; data set wrappers without one, such as
             ``ConcatDataset``, are left alone and their augmentation then
             follows the workers' RNG streams). Default: True.
+        infinite (bool): Go on past the end of the epoch with the next
+            epochs' batches (the same batches, in the same order). For
+            ``IterBasedTrainLoop``: mmengine restarts a finished sampler
+            there with a 2 s sleep at every epoch end, which small data
+            sets (the CPU demo: an epoch of 2 batches) pay every few
+            iterations. Default: False.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class DomainMixSampler(Sampler):
         seed: Optional[int] = None,
         shuffle: bool = True,
         seed_per_draw: bool = True,
+        infinite: bool = False,
     ) -> None:
         rank, world_size = get_dist_info()
         self.rank = rank
@@ -193,6 +200,7 @@ class DomainMixSampler(Sampler):
         # Cached permutation of the current pass of each domain.
         self._passes: Dict[str, tuple] = {}
         self.seed_per_draw = seed_per_draw
+        self.infinite = bool(infinite)
         if seed_per_draw and hasattr(type(dataset), 'prepare_data'):
             dataset.prepare_data = DrawSeededPrepare(dataset)
 
@@ -326,6 +334,12 @@ class DomainMixSampler(Sampler):
         """
         skip, self._skip = self._skip, 0
         first = self.epoch * self.epoch_batches
+        if self.infinite:
+            # The same batches as epoch after epoch, without an end.
+            b = skip
+            while True:
+                yield from self.batch_indices(first + b)
+                b += 1
         for b in range(skip, self.epoch_batches):
             yield from self.batch_indices(first + b)
 

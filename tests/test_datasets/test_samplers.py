@@ -197,6 +197,29 @@ def test_streams_are_addressable_and_skip_loads_nothing():
         fresh.skip_batches(fresh.epoch_batches + 1)
 
 
+def test_infinite_sampler_yields_the_epochs_in_a_row():
+    ds = _ToyDataset()
+    finite = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    full = _chunks(finite, 3 * finite.epoch_batches)
+    flat = [i for c in full for i in c]
+    endless = DomainMixSampler(
+        ds, domain_counts=[3, 6, 7], seed=3, infinite=True
+    )
+    assert list(itertools.islice(endless, len(flat))) == flat
+    # A resumed iteration-based run: position 5 = epoch 5 // E, batch 5 % E.
+    resumed = DomainMixSampler(
+        ds, domain_counts=[3, 6, 7], seed=3, infinite=True
+    )
+    epoch, skip = divmod(5, resumed.epoch_batches)
+    resumed.set_epoch(epoch)
+    resumed.skip_batches(skip)
+    size = resumed.chunk_size
+    assert (
+        list(itertools.islice(resumed, len(flat) - 5 * size))
+        == flat[5 * size :]
+    )
+
+
 def test_check_batch_size_at_build_time():
     sampler = DomainMixSampler(_ToyDataset(), domain_counts=[3, 6, 7])
     sampler.check_batch_size(16)
