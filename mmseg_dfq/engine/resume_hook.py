@@ -9,7 +9,7 @@ import torch
 from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
-from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmseg.registry import HOOKS
 
@@ -244,6 +244,15 @@ class ExactResumeHook(Hook):
         sampler = domain_mix_sampler(loader)
         if sampler is not None:
             sampler.check_batch_size(loader.batch_size)
+            if sampler.infinite and isinstance(
+                runner.train_loop, EpochBasedTrainLoop
+            ):
+                raise ValueError(
+                    'DomainMixSampler(infinite=True) never ends an epoch, '
+                    'which EpochBasedTrainLoop needs: set '
+                    'train_dataloader.sampler.infinite=False (infinite is '
+                    'for IterBasedTrainLoop)'
+                )
         if getattr(loader, 'generator', None) is None:
             generator = torch.Generator()
             generator.manual_seed(int(runner.seed) + get_dist_info()[0])

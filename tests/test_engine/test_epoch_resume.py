@@ -42,6 +42,8 @@ def _runner(data_root, work_dir, workers, resume_from=None):
     ]
     cfg.train_dataloader.batch_size = 3
     cfg.train_dataloader.sampler.domain_counts = [1, 1, 1]
+    # The demo's sampler runs on for its iteration loop; epochs end here.
+    cfg.train_dataloader.sampler.infinite = False
     cfg.train_dataloader.num_workers = workers
     cfg.train_dataloader.persistent_workers = workers > 0
     cfg.default_hooks.checkpoint = dict(
@@ -53,6 +55,13 @@ def _runner(data_root, work_dir, workers, resume_from=None):
         cfg.load_from = resume_from
         cfg.resume = True
     return Runner.from_cfg(cfg)
+
+
+def test_infinite_sampler_refused_by_the_epoch_loop(tmp_path, tiny_fundus):
+    runner = _runner(tiny_fundus, str(tmp_path), 0)
+    runner.train_dataloader.sampler.infinite = True
+    with pytest.raises(ValueError, match='infinite=False'):
+        runner.train()
 
 
 @pytest.mark.parametrize('stop', [4, 6])  # mid-epoch 1, end of epoch 1
