@@ -6,17 +6,16 @@
 #   late so that logging does not stall the GPU queue;
 # - ChannelsLastDistributedDataParallel: channels-last before DDP builds its
 #   buckets (no "Grad strides do not match bucket view strides" copies).
-# The keys a full config already defines (optimizer, dataloaders) cannot be
-# set by a second base (mmengine refuses a key defined in two bases), so they
-# are given as fast_* values that the config merges with {{_base_.fast_*}}.
+# The keys a full config already defines (optimizer, dataloaders, the
+# reliability hooks in custom_hooks) cannot be set by a second base (mmengine
+# refuses a key defined in two bases), so they are given as fast_* values
+# that the config merges with {{_base_.fast_*}}.
 # The full config loads mmseg_dfq (custom_imports), which registers the hook.
-custom_hooks = [
-    dict(
-        type='FastPathHook',
-        compile=dict(mode='reduce-overhead', dynamic=False),
-        compile_eval=False,
-    )
-]
+fast_path_hook = dict(
+    type='FastPathHook',
+    compile=dict(mode='reduce-overhead', dynamic=False),
+    compile_eval=False,
+)
 model_wrapper_cfg = dict(
     type='ChannelsLastDistributedDataParallel', broadcast_buffers=False
 )

@@ -8,6 +8,14 @@ _base_ = ['./dfq_mit-b2_fundus_d1.py', '../_base_/fast_path.py']
 crop_size = (256, 256)
 meta_keys = {{_base_.meta_keys}}
 optim_wrapper = {{_base_.fast_optim_wrapper}}
+# The schedule's reliability hooks (configs/_base_/schedules/dfq_fundus.py)
+# plus the fast path.
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
+    dict(type='NonFiniteLossHook', action='raise'),
+    {{_base_.fast_path_hook}},
+]
 # The authors' augmentation, as in _base_/datasets/fundus_dg.py; only the
 # deterministic loading + resize is cached.
 train_pipeline = [
@@ -23,16 +31,14 @@ train_pipeline = [
         type='RandomApply',
         transforms=[
             dict(
-                type='RandomResize',
+                type='RandomAnisotropicResize',
                 scale=crop_size,
                 ratio_range=(1.0, 1.5),
-                keep_ratio=True,
             )
         ],
         prob=0.5,
     ),
     dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 # fast_train_dataloader's settings plus the cached pipeline.
