@@ -153,6 +153,12 @@ def parse_args():
         help='print the top operators of one DFQ train step per backbone',
     )
     parser.add_argument(
+        '--sync-check',
+        action='store_true',
+        help='on CUDA, list the host synchronisations of one train step '
+        "of every model (torch.cuda.set_sync_debug_mode('warn'))",
+    )
+    parser.add_argument(
         '--loss-check',
         type=int,
         default=0,
@@ -178,6 +184,21 @@ def parse_args():
         default=5,
         help='first iterations of --full-schedule left out of the rates '
         '(compilation, worker start-up)',
+    )
+    parser.add_argument(
+        '--epoch-iters',
+        type=int,
+        default=None,
+        help='iterations per epoch for the --full-schedule estimate '
+        "(default: the train dataloader's length; the real fundus release "
+        'gives 53 for held-out Domain1)',
+    )
+    parser.add_argument(
+        '--val-images',
+        type=int,
+        default=None,
+        help='images per validation for the --full-schedule estimate '
+        "(default: the val dataloader's data set size)",
     )
     parser.add_argument(
         '--paint',
@@ -280,12 +301,13 @@ def build_model(backbone, variant, num_classes, no_drop=False):
     return MODELS.build(cfg.model)
 
 
-def rdwt_seconds(model, images, warmup, repeats, sync):
+def rdwt_seconds(model, images, warmup, repeats, sync, compiled=False):
     """Time the RDWT work alone: instance norms + loss, forward + backward.
 
     Maps of the DFQ backbone's (pre-norm) output shapes stand in for the
-    stage outputs; the cost of RDWT does not depend on their values. Eager
-    in both paths (on the fast path the loss is compiled with the rest).
+    stage outputs; the cost of RDWT does not depend on their values. With
+    ``compiled`` the norms and the loss go through ``torch.compile`` (its
+    default mode), as they do inside the fast path's compiled modules.
     """
     import torch
 
@@ -305,12 +327,16 @@ def rdwt_seconds(model, images, warmup, repeats, sync):
         for s in shapes
     ]
 
-    def step():
-        normed = [instance_norm(f, eps) for f in feats]
-        loss = loss_fn(normed)
+    def forward(maps):
+        normed = [instance_norm(f, eps) for f in maps]
         # The whitened maps also carry the segmentation gradient back.
-        loss = loss + sum(n.sum() for n in normed) * 0
-        loss.backward()
+        return loss_fn(normed) + sum(n.sum() for n in normed) * 0
+
+    if compiled:
+        forward = torch.compile(forward)
+
+    def step():
+        forward(feats).backward()
         for f in feats:
             f.grad = None
 
@@ -461,12 +487,18 @@ def run_one(job):
     if (
         variant.startswith('dfq')
         and model.decode_head.loss_rdwt is not None
-        and path == 'eager'
         and dtype == 'fp32'
     ):
         result['rdwt'] = rdwt_seconds(
-            model, images, args.warmup, args.repeats, sync
+            model,
+            images,
+            args.warmup,
+            args.repeats,
+            sync,
+            compiled=path == 'fast',
         )
+    if args.sync_check and cuda:
+        result['syncs'] = host_syncs(train_step)
     if args.profile and variant == 'dfq':
         result['profile'] = profile_step(train_step, cuda)
     return result
@@ -505,6 +537,36 @@ def loss_check(job):
         rel_last=float(rel[-1]),
         rel_max=float(rel.max()),
     )
+
+
+def host_syncs(train_step):
+    """Where one train step makes the host wait for the GPU.
+
+    ``torch.cuda.set_sync_debug_mode('warn')`` warns at every synchronising
+    CUDA call (``.item()``, a data-dependent shape, a blocking copy); the
+    warnings are collected with the Python line that caused each.
+
+    Returns:
+        list[str]: ``file:line`` of each synchronising call, in order.
+    """
+    import warnings
+
+    import torch
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    torch.cuda.synchronize()
+    return [
+        f'{osp.relpath(w.filename)}:{w.lineno}'
+        for w in caught
+        if 'synchroniz' in str(w.message)
+    ]
 
 
 def profile_step(train_step, cuda):
@@ -606,6 +668,14 @@ def report(results, args):
             report_paths(by_key, backbone, variant, args)
         report_rdwt(by_key, backbone, args)
         for r in results:
+            if r['backbone'] == backbone and 'syncs' in r:
+                where = sorted(set(r['syncs']))
+                print(
+                    f'  host syncs in one {r["variant"]} {r["path"]} '
+                    f'{r["dtype"]} train step: {len(r["syncs"])}'
+                    + (f' at {", ".join(where)}' if where else '')
+                )
+        for r in results:
             if r['backbone'] == backbone and 'profile' in r:
                 print(
                     f'  top operators of one {r["variant"]}-{backbone} '
@@ -646,11 +716,11 @@ def report_rdwt(by_key, backbone, args):
                 continue
             step = summarize(dfq['train'])[0]
             parts = []
-            alone = by_key.get((backbone, 'dfq', 'eager', 'fp32'), {})
-            if 'rdwt' in alone and path == 'eager' and dtype == 'fp32':
-                rdwt = summarize(alone['rdwt'])[0]
+            if 'rdwt' in dfq:
+                rdwt = summarize(dfq['rdwt'])[0]
+                how = 'compiled' if path == 'fast' else 'eager'
                 parts.append(
-                    f'norms + loss alone {rdwt * 1e3:.1f} ms = '
+                    f'norms + loss alone ({how}) {rdwt * 1e3:.1f} ms = '
                     f'{100 * rdwt / step:.1f}%'
                 )
             ablation = by_key.get((backbone, 'dfqhead', path, dtype))
@@ -696,23 +766,51 @@ def full_schedule(args):
     cfg = Config.fromfile(args.full_schedule)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    full_iters = cfg.train_cfg.max_iters
-    iters = args.schedule_iters or full_iters
+    loop = cfg.train_cfg
+    by_epoch = 'max_epochs' in loop
+    full_length = loop.max_epochs if by_epoch else loop.max_iters
+    # Validation interval in the loop's unit (epochs or iterations).
+    val_interval = max(loop.get('val_interval', full_length), 1)
+    iters = args.schedule_iters or (None if by_epoch else full_length)
+    if iters is None:
+        raise SystemExit(
+            'benchmark.py: --schedule-iters is needed for an epoch-based '
+            'schedule'
+        )
     if iters <= args.skip_iters:
         raise SystemExit(
             f'benchmark.py: --schedule-iters {iters} must exceed '
             f'--skip-iters {args.skip_iters}'
         )
-    val_interval = cfg.train_cfg.get('val_interval', full_iters)
-    cfg.train_cfg.max_iters = iters
-    cfg.train_cfg.val_interval = min(val_interval, iters)
-    for scheduler in cfg.get('param_scheduler') or []:
-        if scheduler.get('end') == full_iters:
-            scheduler['end'] = iters
-    # No checkpoint in the measurement.
+    # Measured on an iteration loop of the same Runner and data: `iters`
+    # iterations, then one validation. An epoch-based schedule's sampler
+    # runs on without an epoch end (DomainMixSampler(infinite=True): the
+    # batches of the epochs in order), which is what the epoch loop does
+    # apart from its epoch bookkeeping.
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop', max_iters=iters, val_interval=iters
+    )
+    sampler = cfg.train_dataloader.get('sampler') or {}
+    if by_epoch and sampler.get('type') == 'DomainMixSampler':
+        sampler['infinite'] = True
+    cfg.param_scheduler = [
+        dict(
+            type='PolyLR',
+            power=0.9,
+            eta_min=0.0,
+            begin=0,
+            end=iters,
+            by_epoch=False,
+        )
+    ]
+    # No checkpoint in the measurement; iteration-based logs.
     cfg.default_hooks.checkpoint = dict(
         type='CheckpointHook', interval=iters + 1, by_epoch=False
     )
+    cfg.default_hooks.logger = dict(
+        type='LoggerHook', interval=50, log_metric_by_epoch=False
+    )
+    cfg.log_processor = dict(by_epoch=False)
     tmp = None
     if args.work_dir is None:
         tmp = tempfile.TemporaryDirectory()
@@ -737,8 +835,18 @@ def full_schedule(args):
     mean_step = sum(step) / len(step)
     mean_data = sum(data) / len(data)
     val_total = sum(timer.val_seconds)
-    vals_full = full_iters // max(val_interval, 1)
+    # Iterations of the whole schedule: an epoch is the dataloader's length
+    # (DomainMixSampler: the longest source domain's batches).
+    epoch_iters = 1
+    if by_epoch:
+        epoch_iters = args.epoch_iters or len(runner.train_dataloader)
+    full_iters = full_length * epoch_iters
+    vals_full = full_length // val_interval
+    val_images = len(runner.val_dataloader.dataset)
     per_val = val_total / max(len(timer.val_seconds), 1)
+    if args.val_images:
+        per_val *= args.val_images / max(val_images, 1)
+        val_images = args.val_images
     estimate = full_iters * mean_step + vals_full * per_val
     print(f'\n{environment(args.device)}')
     print(
@@ -752,8 +860,11 @@ def full_schedule(args):
         f'{mean_data * 1e3:.1f} ms/it = {100 * mean_data / mean_step:.1f}%'
     )
     print(
-        f'  whole schedule ({full_iters} iterations, {vals_full} '
-        f'validations): ~{estimate / 60:.1f} min (issue 11 target for the '
+        f'  whole schedule ({full_iters} iterations'
+        + (f' = {full_length} epochs x {epoch_iters}' if by_epoch else '')
+        + f', {vals_full} validations of {val_images} images, '
+        f'{per_val:.1f} s each): ~{estimate / 60:.1f} min (issue 11 '
+        'target for the '
         'MiT-b2 fundus schedule: <= 6 min per split on one H100/H200)'
     )
     if tmp is not None:

@@ -8,8 +8,8 @@ Everything here is switched on from a config (see
   are static (CUDA graphs with ``mode='reduce-overhead'``), keeps eval
   forwards eager by default (validation/test sizes vary: no recompiles),
   turns TF32 on, makes every conv weight channels-last and returns the
-  logged losses one iteration late so that mmengine's ``.item()`` on them
-  does not stall the GPU queue.
+  logged losses one iteration late, copied to the host asynchronously, so
+  that mmengine's ``.item()`` on them does not stall the GPU queue.
 - :class:`ChannelsLastDistributedDataParallel` converts the model to
   channels-last *before* DDP builds its gradient buckets, so that the
   channels-last gradients of 1x1 and depthwise convs match the bucket views
@@ -99,6 +99,39 @@ def align_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
                     ).copy_(value)
                     changed += 1
     return changed
+
+
+class _LaggedValues:
+    """One iteration's log variables, copied to the host without waiting.
+
+    A ``.item()`` on a GPU tensor waits for everything queued on the
+    stream, the step queued after it included. So the values are copied
+    to (pinned) host memory asynchronously right after their step is
+    queued, and :meth:`get` waits for that copy only (a CUDA event), one
+    iteration later, while the GPU works on the next step. The copy also
+    keeps them from being overwritten by the next CUDA-graph replay.
+    """
+
+    def __init__(self, log_vars: dict) -> None:
+        self.values = {}
+        self.event = None
+        for key, value in log_vars.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+                if value.is_cuda:
+                    value = value.to('cpu', non_blocking=True)
+                    self.event = self.event or torch.cuda.Event()
+                else:
+                    value = value.clone()
+            self.values[key] = value
+        if self.event is not None:
+            self.event.record()
+
+    def get(self) -> dict:
+        """The values, once their copies have landed."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values
 
 
 class TrainEvalForward:
@@ -404,15 +437,10 @@ class FastPathHook(Hook):
 
         def lagged_train_step(data, optim_wrapper):
             log_vars = train_step(data, optim_wrapper=optim_wrapper)
-            # Cloned: with CUDA graphs the originals are overwritten by the
-            # next replay.
-            current = {
-                k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                for k, v in log_vars.items()
-            }
+            current = _LaggedValues(log_vars)
             previous, self._pending = self._pending, current
             # The first iteration logs nothing; each value is logged once.
-            return {} if previous is None else previous
+            return {} if previous is None else previous.get()
 
         lagged_train_step._fast_path_lagged = True
         model.train_step = lagged_train_step
@@ -420,7 +448,7 @@ class FastPathHook(Hook):
     def after_train(self, runner) -> None:
         """Record the last iteration's values; restore ``train_step``."""
         if self._pending is not None:
-            for key, value in self._pending.items():
+            for key, value in self._pending.get().items():
                 runner.message_hub.update_scalar(f'train/{key}', value)
             self._pending = None
         if getattr(runner.model.train_step, '_fast_path_lagged', False):

@@ -2,7 +2,7 @@
 
 import logging
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
@@ -42,36 +42,99 @@ def batch_files(data_batch) -> List[str]:
     return files
 
 
+def _skips_on_device(wrapper) -> bool:
+    """Whether ``wrapper``'s optimizer can skip a step without the host.
+
+    torch's fused optimizers (``fused=True``: Adam, AdamW, SGD) take a
+    ``found_inf`` tensor and leave parameters and state untouched where it
+    is non-zero, on the device. A wrapper with a loss scaler sets that
+    attribute itself, so it keeps the host-side check.
+    """
+    optimizer = getattr(wrapper, 'optimizer', None)
+    return (
+        optimizer is not None
+        and bool(optimizer.defaults.get('fused'))
+        and getattr(optimizer, '_step_supports_amp_scaling', False)
+        and getattr(wrapper, 'loss_scaler', None) is None
+    )
+
+
 class _FiniteStepGuard:
     """``update_params`` that leaves the model alone on a non-finite loss.
 
-    Skips the backward pass and the step, and puts back the buffers
-    (BatchNorm running statistics) that the forward pass changed.
+    Puts back the buffers (BatchNorm running statistics) that the forward
+    pass changed and leaves the weights and optimizer state as they were.
+    In distributed runs the ranks agree first, so that all of them skip
+    together.
+
+    With a fused optimizer (see :func:`_skips_on_device`) the decision
+    stays on the device: the optimizer gets the flag as ``found_inf``, the
+    buffers are put back with ``torch.where``, and the hook reads the flag
+    one iteration later, when that step is long finished, so the host never
+    waits for the GPU here. Otherwise the flag is read at once (a host
+    synchronisation before the backward pass) and a bad step skips the
+    backward pass too.
 
     Replaces the optimizer wrapper's bound method on the instance (any
-    wrapper class, AMP included). In distributed runs the ranks agree
-    first, so that all of them skip the backward pass together.
+    wrapper class, AMP included).
     """
 
     def __init__(self, wrapper, hook) -> None:
         self.update = wrapper.update_params
         self.wrapper = wrapper
         self.hook = hook
+        self.on_device = _skips_on_device(wrapper)
 
     def __call__(self, loss, *args, **kwargs):
-        bad = torch.tensor(
-            [0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0],
-            device=loss.device,
-        )
+        bad = (~torch.isfinite(loss.detach()).all()).float()
         if get_dist_info()[1] > 1:
             all_reduce(bad, op='max')
+        if self.on_device:
+            optimizer = self.wrapper.optimizer
+            optimizer.found_inf = bad
+            try:
+                result = self.update(loss, *args, **kwargs)
+            finally:
+                del optimizer.found_inf
+            self.hook.restore_buffers(where=bad)
+            self.hook.record_step(bad)
+            return result
         if bad.item() > 0:
-            self.hook._skipped_step = True
+            self.hook.record_step(bad)
             self.wrapper.zero_grad()
             # The forward pass already moved BatchNorm statistics.
             self.hook.restore_buffers()
             return None
+        self.hook.record_step(bad)
         return self.update(loss, *args, **kwargs)
+
+
+class _StepRecord:
+    """One training step as the hook checks it, possibly later."""
+
+    def __init__(self, iteration: int, files: List[str], inputs) -> None:
+        self.iteration = iteration
+        self.files = files
+        self.inputs = inputs
+        self.flag = None
+        self.event = None
+
+    def set_flag(self, bad: torch.Tensor) -> None:
+        """Start copying the skip flag to the host without waiting."""
+        if bad.is_cuda:
+            self.flag = bad.to('cpu', non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.flag = bad
+
+    def skipped(self) -> bool:
+        """Whether the step was skipped (waits for that step only)."""
+        if self.flag is None:
+            return False
+        if self.event is not None:
+            self.event.synchronize()
+        return bool(self.flag.item() > 0)
 
 
 @HOOKS.register_module()
@@ -103,11 +166,20 @@ class NonFiniteLossHook(Hook):
             )
         self.action = action
         self.skipped = 0
-        self._skipped_step = False
         self._buffers = []
+        self._current = None
+        self._previous = None
+        self._lagged = False
 
     def before_train(self, runner) -> None:
         """Guard the optimizer wrapper's ``update_params``."""
+        # FastPathHook (VERY_HIGH priority, so before this hook) may make
+        # train_step return each iteration's log variables one iteration
+        # late; the checks then follow the same lag.
+        self._lagged = getattr(
+            runner.model.train_step, '_fast_path_lagged', False
+        )
+        self._current = self._previous = None
         wrapper = runner.optim_wrapper
         if isinstance(wrapper, OptimWrapperDict):
             print_log(
@@ -122,6 +194,10 @@ class NonFiniteLossHook(Hook):
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         """Copy the model's buffers, to undo a non-finite forward pass."""
+        inputs = (data_batch or {}).get('inputs') or []
+        self._current = _StepRecord(
+            runner.iter + 1, batch_files(data_batch), inputs
+        )
         buffers = [b for b in runner.model.buffers() if b.is_floating_point()]
         if len(buffers) != len(self._buffers):
             self._buffers = [(b, b.detach().clone()) for b in buffers]
@@ -129,16 +205,48 @@ class NonFiniteLossHook(Hook):
             for (_, saved), b in zip(self._buffers, buffers):
                 saved.copy_(b.detach())
 
-    def restore_buffers(self) -> None:
-        """Put back the buffers copied before this iteration."""
+    def restore_buffers(self, where: Optional[torch.Tensor] = None) -> None:
+        """Put back the buffers copied before this iteration.
+
+        Args:
+            where (Tensor, optional): A 0-d flag on the buffers' device;
+                the buffers are put back only where it is non-zero (no host
+                synchronisation). None puts them back unconditionally.
+        """
         with torch.no_grad():
             for buffer, saved in self._buffers:
-                buffer.copy_(saved)
+                if where is None:
+                    buffer.copy_(saved)
+                else:
+                    buffer.copy_(torch.where(where > 0, saved, buffer))
+
+    def record_step(self, bad: torch.Tensor) -> None:
+        """Note the current step's skip flag (read later, or at once)."""
+        if self._current is not None:
+            self._current.set_flag(bad)
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
     ) -> None:
-        """Raise or count when the step's loss was not finite."""
+        """Raise or count when a step's loss was not finite.
+
+        Checks the step that ``outputs`` describes: this iteration's, or,
+        behind FastPathHook's lagged log variables, the previous one.
+        """
+        record = self._current
+        if self._lagged:
+            record, self._previous = self._previous, self._current
+        self._current = None
+        if record is not None:
+            self._check(runner, record, outputs)
+
+    def after_train(self, runner) -> None:
+        """Check the last step, whose log variables came after the loop."""
+        record, self._previous = self._previous, None
+        if record is not None:
+            self._check(runner, record, None)
+
+    def _check(self, runner, record: _StepRecord, outputs) -> None:
         terms = {}
         for name, value in (outputs or {}).items():
             try:
@@ -147,15 +255,13 @@ class NonFiniteLossHook(Hook):
                 continue
             if not math.isfinite(number):
                 terms[name] = number
-        skipped, self._skipped_step = self._skipped_step, False
+        skipped = record.skipped()
         if not terms and not skipped:
             return
-        iteration = runner.iter + 1
-        files = batch_files(data_batch)
-        inputs = (data_batch or {}).get('inputs') or []
+        files = record.files
         nonfinite_inputs = [
             name
-            for name, x in zip(files, inputs)
+            for name, x in zip(files, record.inputs)
             if torch.is_tensor(x)
             and x.is_floating_point()
             and not bool(torch.isfinite(x).all())
@@ -169,8 +275,10 @@ class NonFiniteLossHook(Hook):
         what = (
             f'non-finite loss terms {terms}'
             if terms
-            else 'a non-finite loss on another rank'
+            else 'a non-finite loss'
+            + ('' if outputs is None else ' on another rank')
         )
+        iteration = record.iteration
         if self.action == 'skip':
             self.skipped += 1
             runner.message_hub.update_scalar(
@@ -188,9 +296,14 @@ class NonFiniteLossHook(Hook):
             if skipped
             else 'the step may have changed the weights'
         )
+        saved = (
+            'a checkpoint saved since holds the weights from before it'
+            if self._lagged
+            else 'no checkpoint was written for it'
+        )
         raise NonFiniteLossError(
-            f'iteration {iteration}{where}: {what}; {state}, no checkpoint '
-            f'was written for it. Batch images: {files}'
+            f'iteration {iteration}{where}: {what}; {state}, {saved}. '
+            f'Batch images: {files}'
         )
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -194,3 +194,66 @@ def test_evaluation_goes_on_past_a_failing_case(tmp_path):
         metrics = json.load(f)
     # The two other held-out cases were evaluated.
     assert metrics['RUNMC/n_cases'] == 2
+
+
+@pytest.mark.parametrize('lagged', [False, True])
+def test_nan_skipped_on_device_with_fused_adam(tmp_path, tiny_fundus, lagged):
+    """A fused optimizer skips the step itself, without a host sync.
+
+    Behind FastPathHook's lagged log variables the hook reports each step
+    one iteration later, and the last one after the loop.
+    """
+    init_default_scope('mmseg')
+    runner, _ = _nan_runner(tiny_fundus, str(tmp_path), 'skip', 2)
+    # Rebuilt from its config with a fused optimizer (+ the lagging hook).
+    cfg = runner.cfg
+    cfg.optim_wrapper.optimizer['fused'] = True
+    if lagged:
+        cfg.custom_hooks.insert(
+            0,
+            dict(
+                type='FastPathHook',
+                compile=False,
+                channels_last=False,
+                tf32=False,
+            ),
+        )
+    runner = Runner.from_cfg(cfg)
+    runner._init_model_weights()
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.train()
+    hook = next(
+        h for h in runner.hooks if type(h).__name__ == 'NonFiniteLossHook'
+    )
+    guard = runner.optim_wrapper.update_params
+    assert guard.on_device
+    assert hook.skipped == 2
+    after = runner.model.state_dict()
+    for key, value in before.items():
+        if value.is_floating_point():
+            # Running statistics are put back as well (torch.where).
+            assert torch.equal(value, after[key]), key
+    assert not hasattr(runner.optim_wrapper.optimizer, 'found_inf')
+
+
+def test_nan_raise_lagged_names_the_right_iteration(tmp_path, tiny_fundus):
+    init_default_scope('mmseg')
+    runner, poisoned_path = _nan_runner(tiny_fundus, str(tmp_path), 'raise', 2)
+    cfg = runner.cfg
+    cfg.optim_wrapper.optimizer['fused'] = True
+    cfg.custom_hooks.insert(
+        0,
+        dict(
+            type='FastPathHook', compile=False, channels_last=False, tf32=False
+        ),
+    )
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(NonFiniteLossError) as info:
+        runner.train()
+    message = str(info.value)
+    # Found at iteration 2, about iteration 1, whose step was skipped.
+    assert 'iteration 1:' in message
+    assert f"images with non-finite values: ['{poisoned_path}']" in message
+    assert 'step skipped' in message
+    for p in runner.model.parameters():
+        assert torch.isfinite(p).all()

@@ -19,6 +19,7 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
 from ..composition import check_rdwt_composition
+from ..utils import pixel_accuracy
 
 
 class MixFFN(nn.Module):
@@ -334,6 +335,49 @@ class DFQHead(BaseDecodeHead):
             block(x, shallow) for block, x in zip(self.blocks, feats[1:])
         ]
         return self.cls_seg(self._fuse(refined))
+
+    def loss_by_feat(self, seg_logits, batch_data_samples) -> dict:
+        """mmseg's segmentation losses; ``acc_seg`` without a host sync.
+
+        The same steps as ``BaseDecodeHead.loss_by_feat`` (logits resized
+        to the labels, optional pixel sampler, every ``loss_decode`` term
+        summed by name), except that the logged ``acc_seg`` comes from
+        :func:`~mmseg_dfq.models.utils.pixel_accuracy`: mmseg's
+        ``accuracy`` makes the host wait for the GPU twice per step, which
+        stalls the queue of a compiled / CUDA-graph step.
+        """
+        seg_label = self._stack_batch_gt(batch_data_samples)
+        seg_logits = resize(
+            input=seg_logits,
+            size=seg_label.shape[2:],
+            mode='bilinear',
+            align_corners=self.align_corners,
+        )
+        seg_weight = (
+            None
+            if self.sampler is None
+            else self.sampler.sample(seg_logits, seg_label)
+        )
+        seg_label = seg_label.squeeze(1)
+        terms = (
+            self.loss_decode
+            if isinstance(self.loss_decode, nn.ModuleList)
+            else [self.loss_decode]
+        )
+        losses = dict()
+        for term in terms:
+            value = term(
+                seg_logits,
+                seg_label,
+                weight=seg_weight,
+                ignore_index=self.ignore_index,
+            )
+            name = term.loss_name
+            losses[name] = losses[name] + value if name in losses else value
+        losses['acc_seg'] = pixel_accuracy(
+            seg_logits, seg_label, self.ignore_index
+        )
+        return losses
 
     def loss(self, inputs, batch_data_samples, train_cfg):
         """Segmentation losses plus, if configured, ``loss_rdwt``."""

@@ -1,3 +1,4 @@
+from .accuracy import pixel_accuracy
 from .whitening import (
     RDWT_LAYOUTS,
     channel_covariance,
@@ -15,5 +16,6 @@ __all__ = [
     'from_whitening_groups',
     'instance_norm',
     'off_diagonal_abs_sum',
+    'pixel_accuracy',
     'whitening_groups',
 ]
