@@ -562,10 +562,12 @@ def host_syncs(train_step):
         finally:
             torch.cuda.set_sync_debug_mode('default')
     torch.cuda.synchronize()
+    # The mode's own one-time notice ("Synchronization debug mode is a
+    # prototype feature ...") is not a synchronisation.
     return [
         f'{osp.relpath(w.filename)}:{w.lineno}'
         for w in caught
-        if 'synchroniz' in str(w.message)
+        if 'synchronizing' in str(w.message)
     ]
 
 
@@ -835,6 +837,10 @@ def full_schedule(args):
     mean_step = sum(step) / len(step)
     mean_data = sum(data) / len(data)
     val_total = sum(timer.val_seconds)
+    try:
+        val_iters = list(hub.get_scalar('val/time').data[0])
+    except KeyError:
+        val_iters = []
     # Iterations of the whole schedule: an epoch is the dataloader's length
     # (DomainMixSampler: the longest source domain's batches).
     epoch_iters = 1
@@ -842,11 +848,13 @@ def full_schedule(args):
         epoch_iters = args.epoch_iters or len(runner.train_dataloader)
     full_iters = full_length * epoch_iters
     vals_full = full_length // val_interval
-    val_images = len(runner.val_dataloader.dataset)
+    val_images = args.val_images or len(runner.val_dataloader.dataset)
     per_val = val_total / max(len(timer.val_seconds), 1)
-    if args.val_images:
-        per_val *= args.val_images / max(val_images, 1)
-        val_images = args.val_images
+    if val_iters and len(val_iters) >= 3:
+        # A validation = its fixed cost (workers, metric) + images x the
+        # median image time (the first images include warm-up).
+        fixed = max(per_val - sum(val_iters), 0.0)
+        per_val = fixed + statistics.median(val_iters) * val_images
     estimate = full_iters * mean_step + vals_full * per_val
     print(f'\n{environment(args.device)}')
     print(

@@ -3,7 +3,8 @@
 #   bash tools/benchmark_gpu.sh OUT_DIR [SECONDS]
 # Each step writes OUT_DIR/<step>.txt as it goes and gets what is left of the
 # SECONDS budget (default 1800), so a slow step costs the later ones, not the
-# whole run. In priority order:
+# whole run. STEPS="schedule losscheck" runs only those steps;
+# SCHEDULE_OPTIONS adds --cfg-options to the schedule step. In priority order:
 #   1. env.txt        GPU, driver, torch/CUDA versions
 #   2. train.txt      DFQ MiT-b2, B16@256: eager vs fast path, fp32 vs bf16
 #                     (train ms, img/s, peak memory, RDWT share, host syncs)
@@ -27,6 +28,10 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
+    case " ${STEPS:-train schedule losscheck ablation paint} " in
+    *" $name "*) ;;
+    *) return ;;
+    esac
     local t
     t=$(left)
     if [ "$t" -lt "$min" ]; then
@@ -68,11 +73,11 @@ step schedule 90 $py tools/benchmark.py --device cuda --full-schedule \
     --cfg-options model.backbone.init_cfg=None \
     train_dataloader.dataset.data_root="$data" \
     val_dataloader.dataset.data_root="$data" \
-    test_dataloader.dataset.data_root="$data"
+    test_dataloader.dataset.data_root="$data" ${SCHEDULE_OPTIONS:-}
 
 step losscheck 60 $py tools/benchmark.py --device cuda --backbones b2 \
     --batch 16 --size 256 --variants dfq --dtypes fp32 --loss-check 50 \
-    --paths eager --repeats 1 --warmup 1
+    --paths eager --repeats 3 --warmup 2 --sync-check
 
 step ablation 30 $py tools/benchmark.py --device cuda --backbones b2 \
     --batch 16 --size 256 --variants dfqhead segformer-768 \
