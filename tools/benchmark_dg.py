@@ -15,19 +15,17 @@ unseen domain), then this tool re-renders every written image of its own
 copy with a much stronger per-domain acquisition, see ``BENCHMARK_SHIFTS``.
 Masks are untouched.
 
-Variants share the recipe ``configs/benchmark/dg-shift_mit-b0_fundus.py``
-(the CPU demo config; validation is switched off here) and differ by their
-model base file (``VARIANTS``: model base, config keys on top; adding a
-variant is one entry): MiT-b0 trained from scratch
-(``backbone.init_cfg=None``, no download), decode heads with ``--channels``
-channels, ``--crop`` crops, the demo's optimiser (Adam, lr 1e-3) and a poly
-schedule over ``--iters`` iterations, a ``--batch`` batch split evenly over
-the three source domains, and the same seed; these are set on every run
-explicitly. The final model is tested once on every domain's test split.
-With ``--work-dir`` the runs, the sweep's tables
+Each variant is a config of ``configs/benchmark/`` (``VARIANTS``): the
+recipe ``configs/_base_/dg_shift_fundus.py`` (the fundus CPU demo's;
+validation is switched off here) with the variant's model base. All train
+MiT-b0 from scratch (``backbone.init_cfg=None``, no download), decode heads
+with ``--channels`` channels, ``--crop`` crops, the demo's optimiser (Adam,
+lr 1e-3) and a poly schedule over ``--iters`` iterations, a ``--batch``
+batch split evenly over the three source domains, and the same seed; these
+are set on every run explicitly. The final model is tested once on every
+domain's test split. With ``--work-dir`` the runs, the sweep's tables
 (``runs/sweep_table.{md,csv,json}``) and plot stay there, and a rerun keeps
-the finished runs. Results and timings are in
-``docs/benchmark_dg.md``.
+the finished runs. Results and timings are in ``docs/benchmark_dg.md``.
 """
 
 import argparse
@@ -62,30 +60,22 @@ def _load_sweep():
 
 sweep = _load_sweep()
 
-BASES = osp.join(REPO, 'configs', '_base_')
-# The recipe every variant shares (inherits the CPU demo config).
-RECIPE = osp.join(REPO, 'configs', 'benchmark', 'dg-shift_mit-b0_fundus.py')
-# Variant name -> (model base file, config keys set on top of it).
+# Variant name -> its config: the benchmark recipe
+# (configs/_base_/dg_shift_fundus.py, the fundus CPU demo's) with the
+# variant's model. Adding a variant is one config file and one entry.
+BENCHMARK_CONFIGS = osp.join(REPO, 'configs', 'benchmark')
 VARIANTS = OrderedDict(
-    [
-        ('segformer', ('segformer_mit-b0.py', {})),
-        ('dfqhead', ('dfqhead_mit-b0.py', {})),
-        ('dfq', ('dfq_mit-b0.py', {})),
+    (name, osp.join(BENCHMARK_CONFIGS, f'dg-shift_{name}_mit-b0_fundus.py'))
+    for name in (
+        'segformer',
+        'dfqhead',
+        'dfq',
         # The authors' published RDWT grouping (reshape without transpose)
         # on backbone and loss alike; everything else as 'dfq'.
-        (
-            'dfq-authors-layout',
-            (
-                'dfq_mit-b0.py',
-                {
-                    'model.backbone.rdwt_layout': 'authors',
-                    'model.decode_head.loss_rdwt.layout': 'authors',
-                },
-            ),
-        ),
+        'dfq-authors-layout',
         # DFQ + the authors' optional RAM augmentation and consistency loss.
-        ('dfq-ram', ('dfq-ram_mit-b0.py', {})),
-    ]
+        'dfq-ram',
+    )
 )
 DOMAINS = (1, 2, 3, 4)
 
@@ -204,8 +194,8 @@ def _crop_overrides(cfg, crop):
 def sweep_args(args, data_root, work_dir):
     """The tools/sweep.py command line of this benchmark, parsed.
 
-    Every variant is ``RECIPE`` with its model base swapped in; the CLI's
-    budget (iterations, batch, crop, head channels) is set on every run
+    Every variant is its config of :data:`VARIANTS`; the CLI's budget
+    (iterations, batch, crop, head channels) is set on every run
     explicitly, so the schedule bases may change underneath.
 
     Args:
@@ -239,23 +229,21 @@ def sweep_args(args, data_root, work_dir):
             share + (i < extra) for i in range(3)
         ],
     }  # fmt: skip
-    options.update(_crop_overrides(Config.fromfile(RECIPE), args.crop))
+    # Every variant shares the recipe's pipelines: any of them tells where
+    # the crop goes.
+    recipe = Config.fromfile(VARIANTS[args.variants[0]])
+    options.update(_crop_overrides(recipe, args.crop))
+    variants = []
+    for name in args.variants:
+        variants += ['--variant', f'{name}={VARIANTS[name]}']
     ns = sweep.build_parser().parse_args(
         ['--benchmark', 'fundus', '--work-dir', work_dir,
-         '--data-root', data_root, '--variant', 'x']
+         '--data-root', data_root]
+        + variants
         + ['--targets'] + [str(t) for t in args.targets]
         + ['--seeds'] + [str(s) for s in args.seeds]
     )  # fmt: skip
     ns.cfg_options = options
-    ns.variant = [
-        dict(
-            label=name,
-            config=RECIPE,
-            model=osp.join(BASES, 'models', VARIANTS[name][0]),
-            overrides=dict(VARIANTS[name][1]),
-        )
-        for name in args.variants
-    ]
     return ns
 
 

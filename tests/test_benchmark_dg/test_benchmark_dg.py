@@ -59,22 +59,30 @@ def test_shifted_data_differ_per_domain(tmp_path):
 
 
 def test_variants_compose_through_the_sweep(tmp_path):
-    # Each VARIANTS entry becomes a sweep variant on the recipe config with
-    # its model base swapped in and its own keys on top.
+    # Each VARIANTS entry becomes a sweep variant on its config file, the
+    # CLI's budget on top.
     tool = _load_tool()
     args = tool.parse_args(
         ['--targets', '3', '--seeds', '5', '--iters', '7', '--crop', '48']
     )
     ns = tool.sweep_args(args, str(tmp_path / 'data'), str(tmp_path / 'runs'))
-    assert [v['label'] for v in ns.variant] == list(tool.VARIANTS)
+    variants = [tool.sweep.parse_variant(v) for v in ns.variant]
+    assert [v['label'] for v in variants] == list(tool.VARIANTS)
     _, splits = tool.sweep.resolve_benchmark(ns.benchmark)
-    backbones = {}
-    for variant in ns.variant:
+    models = {}
+    for variant in variants:
+        assert osp.isfile(variant['config']), variant
         run = tool.sweep.build_run(variant, splits[2], 5, ns, 'fundus')
         path = tmp_path / 'cfg.py'
         path.write_text(run['text'])
         cfg = Config.fromfile(str(path))
-        backbones[variant['label']] = cfg.model.backbone.type
+        head = cfg.model.decode_head
+        models[variant['label']] = (
+            cfg.model.type,
+            cfg.model.backbone.type,
+            head.type,
+            head.get('loss_rdwt') is not None,
+        )
         assert cfg.model.decode_head.channels == 128
         assert cfg.model.backbone.init_cfg is None
         assert cfg.train_dataloader.dataset.domains == [1, 2, 4]
@@ -95,9 +103,15 @@ def test_variants_compose_through_the_sweep(tmp_path):
         if variant['label'] == 'dfq-authors-layout':
             assert cfg.model.backbone.rdwt_layout == 'authors'
             assert cfg.model.decode_head.loss_rdwt.layout == 'authors'
-    assert backbones['segformer'] == 'MixVisionTransformer'
-    assert backbones['dfqhead'] == 'MixVisionTransformer'
-    assert backbones['dfq'] == 'RDWTMixVisionTransformer'
+    mit = ('EncoderDecoder', 'MixVisionTransformer')
+    dfq = ('EncoderDecoder', 'RDWTMixVisionTransformer', 'DFQHead', True)
+    assert models == {
+        'segformer': (*mit, 'SegformerHead', False),
+        'dfqhead': (*mit, 'DFQHead', False),
+        'dfq': dfq,
+        'dfq-authors-layout': dfq,
+        'dfq-ram': ('RAMEncoderDecoder', *dfq[1:]),
+    }  # fmt: skip
 
 
 def test_quick_run(tmp_path):
