@@ -145,3 +145,32 @@ def test_quick_run(tmp_path):
     # The sweep's own tables of the same runs.
     for ext in ('md', 'csv', 'json'):
         assert osp.isfile(osp.join(work_dir, 'runs', f'sweep_table.{ext}'))
+
+
+def test_report_numbers_and_table():
+    # Two seeds of one variant held out on Domain2: the unseen numbers are
+    # Domain2's, the seen ones the mean over Domains 1, 3 and 4.
+    tool = _load_tool()
+    records = []
+    for shift in (0.0, 2.0):  # seeds 0 and 1
+        metrics = {
+            f'Domain{d}/{s}_Dice': 10.0 * d + (s == 'OC') + shift
+            for d in (1, 2, 3, 4)
+            for s in ('OD', 'OC')
+        }
+        records.append(
+            dict(k=2, variant='dfq', results=metrics, metrics='m.json',
+                 train_seconds=3.0, test_seconds=None)
+        )  # fmt: skip
+    results = tool.report.collect(records, ['dfq'], [2], tool.DOMAINS)
+    first, second = results['dfq'][2]
+    assert first == dict(seconds=3.0, unseen_OD=20.0, unseen_OC=21.0,
+                         seen_OD=80 / 3, seen_OC=83 / 3)  # fmt: skip
+    assert second['unseen_OD'] == 22.0
+    table = tool.report.summarize(results, ['dfq'], [2])
+    # mean +- population std of 20 and 22.
+    assert 'dfq                Domain2    21.00 +-  1.00' in table
+    # A run without a domain's Dice is an error, not a gap in the table.
+    del records[0]['results']['Domain3/OC_Dice']
+    with pytest.raises(KeyError, match='m.json'):
+        tool.report.run_result(records[0], tool.DOMAINS)
