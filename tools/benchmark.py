@@ -1,6 +1,7 @@
 """Compare the compute cost of DFQ with SegFormer: step time, speed, memory.
 
-For every backbone size it builds, from ``configs/_base_/models``:
+For every backbone size it builds, from the MiT-b0 bases in
+``configs/_base_/models`` with ``MIT_SIZES``'s size set on top:
 
 - ``segformer-256``: SegFormer with mmseg's stock 256-channel MLP head;
 - ``segformer-768``: our SegFormer base (768-channel head, as in the paper);
@@ -73,6 +74,19 @@ from mmengine.hooks import Hook
 MODEL_DIR = osp.join(
     osp.dirname(osp.abspath(__file__)), '..', 'configs', '_base_', 'models'
 )
+# MiT sizes, set on the b0 model bases as mmseg's SegFormer configs do
+# (mmseg's configs/segformer/segformer_mit-b{1..5}_*.py; SegFormer paper,
+# table 6): width of the first stage, blocks per stage and heads per stage.
+# Stage i has embed_dims * num_heads[i] channels, which the head reads.
+MIT_SIZES = {
+    'b0': dict(embed_dims=32, num_layers=[2, 2, 2, 2]),
+    'b1': dict(embed_dims=64, num_layers=[2, 2, 2, 2]),
+    'b2': dict(embed_dims=64, num_layers=[3, 4, 6, 3]),
+    'b3': dict(embed_dims=64, num_layers=[3, 4, 18, 3]),
+    'b4': dict(embed_dims=64, num_layers=[3, 8, 27, 3]),
+    'b5': dict(embed_dims=64, num_layers=[3, 6, 40, 3]),
+}
+MIT_HEADS = [1, 2, 5, 8]
 # name -> (base config prefix, edits to the model config).
 VARIANTS = {
     'segformer-256': ('segformer', dict(decode_head=dict(channels=256))),
@@ -118,7 +132,7 @@ def parse_args():
         '--backbones',
         nargs='+',
         default=['b0', 'b2'],
-        choices=[f'b{i}' for i in range(6)],
+        choices=list(MIT_SIZES),
     )
     parser.add_argument(
         '--variants',
@@ -270,8 +284,30 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def mit_size_edits(backbone):
+    """Model config keys that turn a MiT-b0 base into ``backbone``'s size.
+
+    Args:
+        backbone (str): A key of :data:`MIT_SIZES`, e.g. ``'b2'``.
+
+    Returns:
+        dict: ``backbone`` and ``decode_head`` edits for ``model``.
+    """
+    size = MIT_SIZES[backbone]
+    widths = [size['embed_dims'] * heads for heads in MIT_HEADS]
+    return dict(
+        backbone=dict(num_heads=list(MIT_HEADS), **size),
+        decode_head=dict(in_channels=widths),
+    )
+
+
 def build_model(backbone, variant, num_classes, no_drop=False):
-    """Build one benchmark model from the base configs, offline."""
+    """Build one benchmark model from the b0 base configs, offline.
+
+    The size comes from :data:`MIT_SIZES`, so every size is measured on
+    the same base file as b0 (the repo keeps sized bases only for the
+    sizes its configs train).
+    """
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
@@ -280,14 +316,16 @@ def build_model(backbone, variant, num_classes, no_drop=False):
 
     init_default_scope('mmseg')
     prefix, edits = VARIANTS[variant]
-    cfg = Config.fromfile(osp.join(MODEL_DIR, f'{prefix}_mit-{backbone}.py'))
+    cfg = Config.fromfile(osp.join(MODEL_DIR, f'{prefix}_mit-b0.py'))
+    size = mit_size_edits(backbone)
     cfg.merge_from_dict(
         dict(
             model=dict(
-                backbone=dict(init_cfg=None),
+                backbone=dict(init_cfg=None, **size['backbone']),
                 decode_head=dict(
                     num_classes=num_classes,
                     norm_cfg=dict(type='BN', requires_grad=True),
+                    **size['decode_head'],
                     **edits.get('decode_head', {}),
                 ),
             )

@@ -15,24 +15,23 @@ unseen domain), then this tool re-renders every written image of its own
 copy with a much stronger per-domain acquisition, see ``BENCHMARK_SHIFTS``.
 Masks are untouched.
 
-Variants share the recipe ``configs/benchmark/dg-shift_mit-b0_fundus.py``
-(the CPU demo config; validation is switched off here) and differ by their
-model base file (``VARIANTS``: model base, config keys on top; adding a
-variant is one entry): MiT-b0 trained from scratch
-(``backbone.init_cfg=None``, no download), decode heads with ``--channels``
-channels, ``--crop`` crops, the demo's optimiser (Adam, lr 1e-3) and a poly
-schedule over ``--iters`` iterations, a ``--batch`` batch split evenly over
-the three source domains, and the same seed; these are set on every run
-explicitly. The final model is tested once on every domain's test split.
-With ``--work-dir`` the runs, the sweep's tables
+Each variant is a config of ``configs/benchmark/`` (``VARIANTS``): the
+recipe ``configs/_base_/dg_shift_fundus.py`` (the fundus CPU demo's;
+validation is switched off here) with the variant's model base. All train
+MiT-b0 from scratch (``backbone.init_cfg=None``, no download), decode heads
+with ``--channels`` channels, ``--crop`` crops, the demo's optimiser (Adam,
+lr 1e-3) and a poly schedule over ``--iters`` iterations, a ``--batch``
+batch split evenly over the three source domains, and the same seed; these
+are set on every run explicitly. The final model is tested once on every
+domain's test split. With ``--work-dir`` the runs, the sweep's tables
 (``runs/sweep_table.{md,csv,json}``) and plot stay there, and a rerun keeps
-the finished runs. Results and timings are in
+the finished runs. The numbers, the table and the JSON are
+``tools/benchmark_dg_report.py``'s. Results and timings are in
 ``docs/benchmark_dg.md``.
 """
 
 import argparse
 import importlib.util
-import json
 import os
 import os.path as osp
 import tempfile
@@ -50,42 +49,36 @@ from mmseg_dfq.datasets.synthetic import make_fundus
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def _load_sweep():
-    # tools/ is not a package: load tools/sweep.py by path.
+def _load_tool(name):
+    # tools/ is not a package: load tools/<name>.py by path.
     spec = importlib.util.spec_from_file_location(
-        'dfq_tools_sweep', osp.join(REPO, 'tools', 'sweep.py')
+        f'dfq_tools_{name}', osp.join(REPO, 'tools', f'{name}.py')
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-sweep = _load_sweep()
+sweep = _load_tool('sweep')
+# The per-run numbers, the table and the JSON of this benchmark.
+report = _load_tool('benchmark_dg_report')
 
-BASES = osp.join(REPO, 'configs', '_base_')
-# The recipe every variant shares (inherits the CPU demo config).
-RECIPE = osp.join(REPO, 'configs', 'benchmark', 'dg-shift_mit-b0_fundus.py')
-# Variant name -> (model base file, config keys set on top of it).
+# Variant name -> its config: the benchmark recipe
+# (configs/_base_/dg_shift_fundus.py, the fundus CPU demo's) with the
+# variant's model. Adding a variant is one config file and one entry.
+BENCHMARK_CONFIGS = osp.join(REPO, 'configs', 'benchmark')
 VARIANTS = OrderedDict(
-    [
-        ('segformer', ('segformer_mit-b0.py', {})),
-        ('dfqhead', ('dfqhead_mit-b0.py', {})),
-        ('dfq', ('dfq_mit-b0.py', {})),
+    (name, osp.join(BENCHMARK_CONFIGS, f'dg-shift_{name}_mit-b0_fundus.py'))
+    for name in (
+        'segformer',
+        'dfqhead',
+        'dfq',
         # The authors' published RDWT grouping (reshape without transpose)
         # on backbone and loss alike; everything else as 'dfq'.
-        (
-            'dfq-authors-layout',
-            (
-                'dfq_mit-b0.py',
-                {
-                    'model.backbone.rdwt_layout': 'authors',
-                    'model.decode_head.loss_rdwt.layout': 'authors',
-                },
-            ),
-        ),
+        'dfq-authors-layout',
         # DFQ + the authors' optional RAM augmentation and consistency loss.
-        ('dfq-ram', ('dfq-ram_mit-b0.py', {})),
-    ]
+        'dfq-ram',
+    )
 )
 DOMAINS = (1, 2, 3, 4)
 
@@ -204,8 +197,8 @@ def _crop_overrides(cfg, crop):
 def sweep_args(args, data_root, work_dir):
     """The tools/sweep.py command line of this benchmark, parsed.
 
-    Every variant is ``RECIPE`` with its model base swapped in; the CLI's
-    budget (iterations, batch, crop, head channels) is set on every run
+    Every variant is its config of :data:`VARIANTS`; the CLI's budget
+    (iterations, batch, crop, head channels) is set on every run
     explicitly, so the schedule bases may change underneath.
 
     Args:
@@ -239,100 +232,22 @@ def sweep_args(args, data_root, work_dir):
             share + (i < extra) for i in range(3)
         ],
     }  # fmt: skip
-    options.update(_crop_overrides(Config.fromfile(RECIPE), args.crop))
+    # Every variant shares the recipe's pipelines: any of them tells where
+    # the crop goes.
+    recipe = Config.fromfile(VARIANTS[args.variants[0]])
+    options.update(_crop_overrides(recipe, args.crop))
+    variants = []
+    for name in args.variants:
+        variants += ['--variant', f'{name}={VARIANTS[name]}']
     ns = sweep.build_parser().parse_args(
         ['--benchmark', 'fundus', '--work-dir', work_dir,
-         '--data-root', data_root, '--variant', 'x']
+         '--data-root', data_root]
+        + variants
         + ['--targets'] + [str(t) for t in args.targets]
         + ['--seeds'] + [str(s) for s in args.seeds]
     )  # fmt: skip
     ns.cfg_options = options
-    ns.variant = [
-        dict(
-            label=name,
-            config=RECIPE,
-            model=osp.join(BASES, 'models', VARIANTS[name][0]),
-            overrides=dict(VARIANTS[name][1]),
-        )
-        for name in args.variants
-    ]
     return ns
-
-
-def run_result(record):
-    """One run's numbers as this tool reports them.
-
-    Args:
-        record (dict): A run of :func:`sweep.sweep`'s ``records``.
-
-    Raises:
-        KeyError: If the run's metrics lack a domain's OD/OC Dice.
-
-    Returns:
-        dict: ``unseen_OD``, ``unseen_OC``, ``seen_OD``, ``seen_OC`` (Dice,
-        %, the seen ones averaged over the three source domains) and
-        ``seconds`` (training + test of this run; 0 if done before).
-    """
-    target = record['k']
-    metrics = record['results']
-    sources = [d for d in DOMAINS if d != target]
-    out = dict(
-        seconds=(record['train_seconds'] or 0) + (record['test_seconds'] or 0)
-    )
-    for s in ('OD', 'OC'):
-        keys = [f'Domain{d}/{s}_Dice' for d in (target, *sources)]
-        missing = [k for k in keys if k not in metrics]
-        if missing:
-            raise KeyError(f'{record["metrics"]}: no {missing}')
-        out[f'unseen_{s}'] = float(metrics[keys[0]])
-        out[f'seen_{s}'] = float(np.mean([metrics[k] for k in keys[1:]]))
-    return out
-
-
-def summarize(results, variants, targets):
-    """Format the mean +- std table of the unseen (and seen) domain Dice.
-
-    Args:
-        results (dict): ``results[variant][target]`` is a list of
-            :func:`run_result` outputs, one per seed.
-        variants (list[str]): Variants in row order.
-        targets (list[int]): Held-out domains in row order.
-
-    Returns:
-        str: The table, one row per variant x target plus a mean row per
-        variant (mean over targets of each seed's value, then mean +- std
-        over seeds).
-    """
-
-    def cell(values):
-        values = np.asarray(values, float)
-        return f'{values.mean():6.2f} +- {values.std():5.2f}'
-
-    keys = ('unseen_OD', 'unseen_OC', 'seen_OD', 'seen_OC')
-    header = (
-        f'{"variant":<18} {"target":<8} {"unseen OD Dice":>16} '
-        f'{"unseen OC Dice":>16} {"seen OD Dice":>16} {"seen OC Dice":>16}'
-    )
-    lines = [header, '-' * len(header)]
-    for variant in variants:
-        for target in targets:
-            runs = results[variant][target]
-            cells = ' '.join(f'{cell([r[k] for r in runs]):>16}' for k in keys)
-            lines.append(f'{variant:<18} {"Domain" + str(target):<8} {cells}')
-        if len(targets) > 1:
-            # Per seed: mean over targets; then the spread over seeds.
-            n_seeds = len(results[variant][targets[0]])
-            per_seed = {
-                k: [
-                    np.mean([results[variant][t][i][k] for t in targets])
-                    for i in range(n_seeds)
-                ]
-                for k in keys
-            }
-            cells = ' '.join(f'{cell(per_seed[k]):>16}' for k in keys)
-            lines.append(f'{variant:<18} {"mean":<8} {cells}')
-        lines.append('')
-    return '\n'.join(lines)
 
 
 def parse_args(argv=None):
@@ -418,8 +333,8 @@ def benchmark(args, root):
         root (str): Folder for the data and the runs.
 
     Returns:
-        dict: ``results[variant][target]``: list of :func:`run_result`
-        outputs in seed order.
+        dict: ``results[variant][target]``: list of
+        :func:`benchmark_dg_report.run_result` outputs in seed order.
     """
     data_root = osp.join(root, 'fundus_shifted')
     start = time.time()
@@ -433,12 +348,9 @@ def benchmark(args, root):
         sweep_args(args, data_root, osp.join(root, 'runs')),
         log=lambda line: print(line, flush=True),
     )
-    results = {v: {t: [] for t in args.targets} for v in args.variants}
-    # The sweep's records come in (target, seed, variant) order.
-    for record in result['records']:
-        out = run_result(record)
-        results[record['variant']][record['k']].append(out)
-    return results
+    return report.collect(
+        result['records'], args.variants, args.targets, DOMAINS
+    )
 
 
 def main():
@@ -455,34 +367,7 @@ def main():
     wall = time.time() - start
     cpu = time.process_time() - cpu_start
 
-    print()
-    print(
-        f'Unseen-domain Dice (%), mean +- std over seeds {args.seeds}; '
-        f'{args.iters} iterations, {args.crop} px crops, head channels '
-        f'{args.channels}, {args.cases} images per domain:'
-    )
-    print(summarize(results, args.variants, args.targets))
-    n_runs = sum(len(runs) for r in results.values() for runs in r.values())
-    print(
-        f'Total wall time {wall / 60:.1f} min (process CPU time '
-        f'{cpu / 60:.1f} min) for {n_runs} runs.'
-    )
-    if args.out_json:
-        with open(args.out_json, 'w') as f:
-            json.dump(
-                dict(
-                    args=vars(args),
-                    wall_seconds=wall,
-                    cpu_seconds=cpu,
-                    results={
-                        v: {f'Domain{t}': runs for t, runs in r.items()}
-                        for v, r in results.items()
-                    },
-                ),
-                f,
-                indent=2,
-            )
-        print(f'Per-run numbers in {args.out_json}')
+    report.write(args, results, wall, cpu)
 
 
 if __name__ == '__main__':

@@ -59,22 +59,30 @@ def test_shifted_data_differ_per_domain(tmp_path):
 
 
 def test_variants_compose_through_the_sweep(tmp_path):
-    # Each VARIANTS entry becomes a sweep variant on the recipe config with
-    # its model base swapped in and its own keys on top.
+    # Each VARIANTS entry becomes a sweep variant on its config file, the
+    # CLI's budget on top.
     tool = _load_tool()
     args = tool.parse_args(
         ['--targets', '3', '--seeds', '5', '--iters', '7', '--crop', '48']
     )
     ns = tool.sweep_args(args, str(tmp_path / 'data'), str(tmp_path / 'runs'))
-    assert [v['label'] for v in ns.variant] == list(tool.VARIANTS)
+    variants = [tool.sweep.parse_variant(v) for v in ns.variant]
+    assert [v['label'] for v in variants] == list(tool.VARIANTS)
     _, splits = tool.sweep.resolve_benchmark(ns.benchmark)
-    backbones = {}
-    for variant in ns.variant:
+    models = {}
+    for variant in variants:
+        assert osp.isfile(variant['config']), variant
         run = tool.sweep.build_run(variant, splits[2], 5, ns, 'fundus')
         path = tmp_path / 'cfg.py'
         path.write_text(run['text'])
         cfg = Config.fromfile(str(path))
-        backbones[variant['label']] = cfg.model.backbone.type
+        head = cfg.model.decode_head
+        models[variant['label']] = (
+            cfg.model.type,
+            cfg.model.backbone.type,
+            head.type,
+            head.get('loss_rdwt') is not None,
+        )
         assert cfg.model.decode_head.channels == 128
         assert cfg.model.backbone.init_cfg is None
         assert cfg.train_dataloader.dataset.domains == [1, 2, 4]
@@ -95,9 +103,15 @@ def test_variants_compose_through_the_sweep(tmp_path):
         if variant['label'] == 'dfq-authors-layout':
             assert cfg.model.backbone.rdwt_layout == 'authors'
             assert cfg.model.decode_head.loss_rdwt.layout == 'authors'
-    assert backbones['segformer'] == 'MixVisionTransformer'
-    assert backbones['dfqhead'] == 'MixVisionTransformer'
-    assert backbones['dfq'] == 'RDWTMixVisionTransformer'
+    mit = ('EncoderDecoder', 'MixVisionTransformer')
+    dfq = ('EncoderDecoder', 'RDWTMixVisionTransformer', 'DFQHead', True)
+    assert models == {
+        'segformer': (*mit, 'SegformerHead', False),
+        'dfqhead': (*mit, 'DFQHead', False),
+        'dfq': dfq,
+        'dfq-authors-layout': dfq,
+        'dfq-ram': ('RAMEncoderDecoder', *dfq[1:]),
+    }  # fmt: skip
 
 
 def test_quick_run(tmp_path):
@@ -131,3 +145,32 @@ def test_quick_run(tmp_path):
     # The sweep's own tables of the same runs.
     for ext in ('md', 'csv', 'json'):
         assert osp.isfile(osp.join(work_dir, 'runs', f'sweep_table.{ext}'))
+
+
+def test_report_numbers_and_table():
+    # Two seeds of one variant held out on Domain2: the unseen numbers are
+    # Domain2's, the seen ones the mean over Domains 1, 3 and 4.
+    tool = _load_tool()
+    records = []
+    for shift in (0.0, 2.0):  # seeds 0 and 1
+        metrics = {
+            f'Domain{d}/{s}_Dice': 10.0 * d + (s == 'OC') + shift
+            for d in (1, 2, 3, 4)
+            for s in ('OD', 'OC')
+        }
+        records.append(
+            dict(k=2, variant='dfq', results=metrics, metrics='m.json',
+                 train_seconds=3.0, test_seconds=None)
+        )  # fmt: skip
+    results = tool.report.collect(records, ['dfq'], [2], tool.DOMAINS)
+    first, second = results['dfq'][2]
+    assert first == dict(seconds=3.0, unseen_OD=20.0, unseen_OC=21.0,
+                         seen_OD=80 / 3, seen_OC=83 / 3)  # fmt: skip
+    assert second['unseen_OD'] == 22.0
+    table = tool.report.summarize(results, ['dfq'], [2])
+    # mean +- population std of 20 and 22.
+    assert 'dfq                Domain2    21.00 +-  1.00' in table
+    # A run without a domain's Dice is an error, not a gap in the table.
+    del records[0]['results']['Domain3/OC_Dice']
+    with pytest.raises(KeyError, match='m.json'):
+        tool.report.run_result(records[0], tool.DOMAINS)

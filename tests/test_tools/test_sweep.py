@@ -30,7 +30,9 @@ from mmengine.config import Config
 from mmseg_dfq.datasets.synthetic import make_fundus
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
-RECIPE = osp.join(REPO, 'configs', 'benchmark', 'dg-shift_mit-b0_fundus.py')
+RECIPE = osp.join(
+    REPO, 'configs', 'benchmark', 'dg-shift_dfq_mit-b0_fundus.py'
+)
 VARIANTS = [
     ['dfq=' + RECIPE],
     ['authors=' + RECIPE, 'model.backbone.rdwt_layout=authors',

@@ -16,11 +16,11 @@ class ClassDiceLoss(nn.Module):
     background and predicting all background already gives a near-zero loss.
     This loss takes ``1 - 2|P∩G| / (|P| + |G|)`` for each class of each
     sample separately (as the DFQ / RAM-DSIR code does per channel), with
-    pixels labelled ``ignore_index`` left out.
+    pixels labelled ``ignore_index`` left out. Probabilities are the softmax
+    over classes: the labels are exclusive (the authors' overlapping
+    sigmoid form is ``MultiLabelDiceLoss``).
 
     Args:
-        use_sigmoid (bool): Sigmoid per channel instead of softmax over
-            channels. Default: False.
         include_background (bool): Also average class 0. Default: False.
         smooth (float): Added to numerator and denominator. Default: 1.0.
         loss_weight (float): Multiplier. Default: 1.0.
@@ -29,14 +29,12 @@ class ClassDiceLoss(nn.Module):
 
     def __init__(
         self,
-        use_sigmoid: bool = False,
         include_background: bool = False,
         smooth: float = 1.0,
         loss_weight: float = 1.0,
         loss_name: str = 'loss_dice',
     ):
         super().__init__()
-        self.use_sigmoid = use_sigmoid
         self.include_background = include_background
         self.smooth = smooth
         self.loss_weight = loss_weight
@@ -68,13 +66,12 @@ class ClassDiceLoss(nn.Module):
             Tensor: Scalar loss.
         """
         num_classes = pred.shape[1]
-        if num_classes < 2 and not self.use_sigmoid:
-            raise ValueError('ClassDiceLoss: softmax needs >= 2 classes')
-        prob = (
-            pred.float().sigmoid()
-            if self.use_sigmoid
-            else pred.float().softmax(dim=1)
-        )
+        if num_classes < 2:
+            raise ValueError(
+                f'ClassDiceLoss: softmax needs >= 2 classes, got logits of '
+                f'shape {tuple(pred.shape)}'
+            )
+        prob = pred.float().softmax(dim=1)
         valid = (target != ignore_index).unsqueeze(1).float()
         labels = torch.where(
             target == ignore_index, torch.zeros_like(target), target

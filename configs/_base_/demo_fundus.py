@@ -1,0 +1,73 @@
+# Recipe of the fundus CPU demos (tools/demo.py fundus): generated fundus
+# data (96 px images, 64 px crops), held-out Domain1, 300 iterations of the
+# demo schedule, and the demo's model edits (`demo_model`). A demo config
+# adds a model base, e.g. configs/dfq/dfq_mit-tiny_demo_fundus.py:
+#   _base_ = ['../_base_/models/dfq_mit-b0.py', '../_base_/demo_fundus.py']
+#   model = {{_base_.demo_model}}
+_base_ = [
+    './datasets/fundus_dg_d1.py',
+    './schedules/schedule_demo.py',
+    'mmseg::_base_/default_runtime.py',
+]
+data_root = 'demo_data/fundus'
+crop_size = (64, 64)
+meta_keys = {{_base_.meta_keys}}
+# The demo's edits to whichever model a demo config takes (MiT-b0 from
+# scratch, no download; a 128-channel head; 64 px inputs). A variable, not
+# `model`: the model comes from another base of the same config, and
+# mmengine refuses a key that two bases both set. A demo config takes it
+# with `model = {{_base_.demo_model}}`.
+demo_model = dict(
+    data_preprocessor=dict(
+        mean=[127.5, 127.5, 127.5],
+        std=[127.5, 127.5, 127.5],
+        bgr_to_rgb=True,
+        size=crop_size,
+    ),
+    backbone=dict(init_cfg=None),
+    decode_head=dict(channels=128, num_classes=3),
+)
+train_pipeline = [
+    dict(type='LoadFundusImageFromFile'),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(
+        type='RandomApply',
+        transforms=[
+            dict(
+                type='RandomAnisotropicResize',
+                scale=crop_size,
+                ratio_range=(1.0, 1.5),
+            )
+        ],
+        prob=0.5,
+    ),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+# Test loaders that mmseg's inference APIs recognise (see fundus_dg.py).
+test_pipeline = [
+    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
+    dict(type='Resize', scale=crop_size, keep_ratio=False),
+    dict(type='LoadFundusAnnotations'),
+    dict(type='PackSegInputs', meta_keys=meta_keys),
+]
+# Iteration-based demo: the sampler runs on across its (tiny) epochs rather
+# than being restarted by mmengine, which sleeps 2 s at every restart.
+train_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(infinite=True),
+    dataset=dict(data_root=data_root, pipeline=train_pipeline),
+)
+val_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline),
+)
+test_dataloader = dict(
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline),
+)
+default_hooks = dict(visualization=dict(type='SegVisualizationHook'))
