@@ -213,7 +213,11 @@ def load_split(path, k):
     keys = OrderedDict()
     for key in SPLIT_KEYS:
         value = _get(cfg, key)
-        if value is not None:
+        if isinstance(value, dict):
+            # Counts keyed by domain: replace the recipe's dict (merged key
+            # by key, its other domains would stay) instead of merging.
+            keys['.'.join(key)] = {'_delete_': True, **value}
+        elif value is not None:
             keys['.'.join(key)] = list(value)
     name = osp.splitext(osp.basename(path))[0]
     return dict(name=name, k=k, path=path, target=target, keys=keys)

@@ -3,7 +3,11 @@
 from .augment import RandomAnisotropicResize
 from .fundus import FundusDGDataset
 from .prostate import ProstateDGDataset
-from .samplers import DomainMixSampler, check_domain_mix_batch_size
+from .samplers import (
+    DomainMixBatchSampler,
+    DomainMixSampler,
+    check_domain_mix_batch_size,
+)
 from .transforms import (
     LoadFundusAnnotations,
     LoadFundusImageFromFile,
@@ -36,6 +40,7 @@ DFQ_META_KEYS = (
 
 __all__ = [
     'DFQ_META_KEYS',
+    'DomainMixBatchSampler',
     'DomainMixSampler',
     'FundusDGDataset',
     'LoadFundusAnnotations',

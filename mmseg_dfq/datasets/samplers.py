@@ -1,6 +1,8 @@
-"""Epoch-sized sampler that mixes source domains with fixed counts."""
+"""Samplers whose every batch mixes source domains with fixed counts."""
 
 import random
+import warnings
+from collections.abc import Mapping
 from typing import Dict, Iterator, List, Optional, Sequence, Sized, Union
 
 import numpy as np
@@ -9,6 +11,8 @@ from mmengine.dist import get_dist_info, sync_random_seed
 from mmseg.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
+# Samples per batch of each domain, keyed by domain name or 1-based index
+# (a positional list is deprecated).
 DomainCounts = Union[Dict[Union[str, int], int], Sequence[int]]
 
 
@@ -83,16 +87,33 @@ def _hash_seed(*entropy: int) -> int:
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
 
+def _type_name(cfg_type) -> str:
+    """Registry name of a config ``type`` (a class, or a scoped string)."""
+    if isinstance(cfg_type, type):
+        return cfg_type.__name__
+    return str(cfg_type).split('.')[-1]
+
+
 @DATA_SAMPLERS.register_module()
 class DomainMixSampler(Sampler):
     """Sampler whose every batch mixes domains with fixed counts.
 
     Each batch of :attr:`chunk_size` = ``sum(counts)`` indices holds
-    ``counts[d]`` samples of each domain d, in the domain order of
-    ``domain_counts``; with the dataloader's ``batch_size`` equal to
-    :attr:`chunk_size` (checked by :func:`check_domain_mix_batch_size` and
-    by ``ExactResumeHook`` at the start of training) every batch holds
-    exactly the configured mix.
+    ``domain_counts[d]`` samples of each domain d, domain after domain in
+    the data set's domain order (``dataset.domains``), whatever order the
+    counts are written in: a dumped config sorts dict keys, and the batches
+    of a run must not depend on that.
+
+    **Enforced mix.** A train dataloader pairs it with
+    ``batch_sampler=dict(type='DomainMixBatchSampler')``: mmengine's
+    ``Runner.build_dataloader`` hands that batch sampler the dataloader's
+    ``batch_size``, and it refuses one other than :attr:`chunk_size`. The
+    check therefore runs wherever training starts (our tools, mmseg's
+    ``tools/train.py``, ``mim train mmseg``, a Runner built in Python).
+    Iterating the sampler by itself, as torch's default ``BatchSampler``
+    does when no batch sampler is configured, raises until a batch size has
+    been checked (:meth:`check_batch_size`): torch would cut the stream
+    into batches of any size and silently break the mix.
 
     **Epoch.** As in the DFQ authors' code, an epoch is as long as the
     longest source-domain loader: ``max_d floor(N_d / counts[d])`` batches
@@ -129,10 +150,13 @@ class DomainMixSampler(Sampler):
     Args:
         dataset (Sized): Data set whose samples carry ``domain`` (and
             ``domain_idx``) in their data info.
-        domain_counts (dict | Sequence[int]): Samples per batch for each
-            domain: a dict keyed by domain name (or 1-based ``domain_idx``),
-            or a list aligned with ``dataset.domains``. Every domain of the
-            data set needs a count (0 leaves it out on purpose).
+        domain_counts (dict): Samples per batch of each domain, keyed by
+            domain name or 1-based ``domain_idx``, e.g. ``{2: 3, 3: 6,
+            4: 7}`` (the indices a config's ``domains`` uses) or
+            ``{'Domain2': 3, ...}``. Every domain of the data set needs a
+            count (0 leaves it out on purpose). A list aligned with
+            ``dataset.domains`` still works but warns (``FutureWarning``):
+            it silently follows any reordering of ``domains``.
         seed (int, optional): Base seed; None draws one shared by all ranks.
             Default: None.
         shuffle (bool): Shuffle each domain's indices. Default: True.
@@ -197,12 +221,23 @@ class DomainMixSampler(Sampler):
         self.epoch_batches = max(1, -(-longest // world_size))
         self.epoch = 0
         self._skip = 0
+        # The dataloader batch size checked against chunk_size (None: not
+        # checked yet, and iterating the flat stream is refused).
+        self.batch_size: Optional[int] = None
         # Cached permutation of the current pass of each domain.
         self._passes: Dict[str, tuple] = {}
         self.seed_per_draw = seed_per_draw
         self.infinite = bool(infinite)
         if seed_per_draw and hasattr(type(dataset), 'prepare_data'):
             dataset.prepare_data = DrawSeededPrepare(dataset)
+
+    def _domain_order(self, by_domain: Dict[str, List[int]]) -> List[str]:
+        """Domain names in the data set's order (``dataset.domains``)."""
+        names = getattr(self.dataset, 'domains', None)
+        if names is None:
+            return list(by_domain)  # order of first appearance
+        names = list(names)
+        return names + [n for n in by_domain if n not in names]
 
     def _resolve_counts(
         self,
@@ -218,12 +253,22 @@ class DomainMixSampler(Sampler):
             idx_to_name (dict): Domain name of each 1-based domain index.
 
         Returns:
-            dict[str, int]: Count per domain name, in the given order.
+            dict[str, int]: Count per domain name, in the data set's domain
+            order.
         """
         ds_name = type(self.dataset).__name__
-        if isinstance(domain_counts, dict):
-            counts = {}
+        order = self._domain_order(by_domain)
+        known = {
+            idx: name for idx, name in idx_to_name.items() if name in order
+        }
+        if isinstance(domain_counts, Mapping):
+            given = {}
             for key, count in domain_counts.items():
+                if isinstance(key, bool) or not isinstance(key, (int, str)):
+                    raise TypeError(
+                        f'DomainMixSampler: domain_counts keys are domain '
+                        f'names or 1-based indices, got {key!r}'
+                    )
                 name = (
                     idx_to_name.get(key, key) if isinstance(key, int) else key
                 )
@@ -231,34 +276,24 @@ class DomainMixSampler(Sampler):
                     raise ValueError(
                         f'DomainMixSampler: count given for domain {key!r}, '
                         f'which is not in the {ds_name} (its domains: '
-                        f'{sorted(by_domain)})'
+                        f'{order}, by index {known})'
                     )
-                if name in counts:
+                if name in given:
                     raise ValueError(
-                        f'DomainMixSampler: domain {name!r} counted twice'
+                        f'DomainMixSampler: domain {name!r} counted twice '
+                        f'in domain_counts {dict(domain_counts)}'
                     )
-                counts[name] = count
+                given[name] = count
+        elif isinstance(domain_counts, Sequence) and not isinstance(
+            domain_counts, str
+        ):
+            given = self._counts_from_list(list(domain_counts), by_domain)
         else:
-            names = getattr(self.dataset, 'domains', None)
-            if names is None:
-                raise TypeError(
-                    f'DomainMixSampler: {ds_name} has no `domains` list to '
-                    'align a list of counts with; give a dict name -> count'
-                )
-            names = list(names)
-            if len(domain_counts) != len(names):
-                raise ValueError(
-                    f'DomainMixSampler: {len(domain_counts)} counts for the '
-                    f'{len(names)} domains {names} of the {ds_name}'
-                )
-            counts = dict(zip(names, domain_counts))
-            for name in names:
-                if name not in by_domain:
-                    raise ValueError(
-                        f'DomainMixSampler: domain {name!r} of the {ds_name} '
-                        'has no samples'
-                    )
-        for name, count in counts.items():
+            raise TypeError(
+                'DomainMixSampler: domain_counts must be a dict domain -> '
+                f'count, e.g. {{2: 3, 3: 6, 4: 7}}; got {domain_counts!r}'
+            )
+        for name, count in given.items():
             if isinstance(count, bool) or not isinstance(count, int):
                 raise TypeError(
                     f'DomainMixSampler: count of {name!r} must be an int, '
@@ -268,15 +303,60 @@ class DomainMixSampler(Sampler):
                 raise ValueError(
                     f'DomainMixSampler: count of {name!r} is negative: {count}'
                 )
-        missing = [n for n in by_domain if n not in counts]
+        missing = [n for n in order if n in by_domain and n not in given]
         if missing:
             raise ValueError(
                 f'DomainMixSampler: no count for domains {missing} of the '
                 f'{ds_name}; give 0 to leave a domain out on purpose'
             )
-        if sum(counts.values()) <= 0:
+        if sum(given.values()) <= 0:
             raise ValueError('DomainMixSampler: the counts sum to 0')
-        return counts
+        return {name: given[name] for name in order if name in given}
+
+    def _counts_from_list(
+        self, counts: List[int], by_domain: Dict[str, List[int]]
+    ) -> Dict[str, int]:
+        """Counts given by position (deprecated): align them, and warn."""
+        ds_name = type(self.dataset).__name__
+        names = getattr(self.dataset, 'domains', None)
+        if names is None:
+            raise TypeError(
+                f'DomainMixSampler: {ds_name} has no `domains` list to '
+                'align a list of counts with; give a dict domain -> count'
+            )
+        names = list(names)
+        if len(counts) != len(names):
+            raise ValueError(
+                f'DomainMixSampler: {len(counts)} counts for the '
+                f'{len(names)} domains {names} of the {ds_name}'
+            )
+        for name in names:
+            if name not in by_domain:
+                raise ValueError(
+                    f'DomainMixSampler: domain {name!r} of the {ds_name} '
+                    'has no samples'
+                )
+        keys = [self._index_of(name, by_domain) for name in names]
+        suggestion = (
+            '{'
+            + ', '.join(f'{k!r}: {c!r}' for k, c in zip(keys, counts))
+            + '}'
+        )
+        warnings.warn(
+            f'DomainMixSampler: domain_counts={counts} is matched to the '
+            f'{ds_name} domains {names} by position, which silently follows '
+            f'any reordering of `domains`; write domain_counts={suggestion} '
+            '(keyed by domain index or name) instead. Lists will stop '
+            'working in a future release.',
+            FutureWarning,
+            stacklevel=4,
+        )
+        return dict(zip(names, counts))
+
+    def _index_of(self, name: str, by_domain: Dict[str, List[int]]):
+        """The 1-based ``domain_idx`` of a domain (its name if unknown)."""
+        info = self.dataset.get_data_info(by_domain[name][0])
+        return int(info['domain_idx']) if 'domain_idx' in info else name
 
     def _pass_order(self, name: str, domain_pos: int, p: int) -> List[int]:
         """Data set indices of pass ``p`` over one domain.
@@ -326,22 +406,45 @@ class DomainMixSampler(Sampler):
                 out.append(SeededIndex(index, seed))
         return out
 
+    def batches(self) -> Iterator[List[SeededIndex]]:
+        """Yield the batches of the current epoch (what a step trains on).
+
+        Starts at the batch set by :meth:`skip_batches` (once), and with
+        ``infinite`` runs on into the next epochs' batches.
+
+        Returns:
+            Iterator[list[SeededIndex]]: Lists of :attr:`chunk_size`
+            indices.
+        """
+        skip, self._skip = self._skip, 0
+        first = self.epoch * self.epoch_batches
+        b = skip
+        while self.infinite or b < self.epoch_batches:
+            yield self.batch_indices(first + b)
+            b += 1
+
     def __iter__(self) -> Iterator[int]:
-        """Yield the batches of the current epoch, batch by batch.
+        """Yield the indices of :meth:`batches`, one after the other.
+
+        Raises:
+            RuntimeError: If no batch size has been checked against the
+                counts (no ``DomainMixBatchSampler``, no
+                :meth:`check_batch_size`).
 
         Returns:
             Iterator[int]: Data set indices (:class:`SeededIndex`).
         """
-        skip, self._skip = self._skip, 0
-        first = self.epoch * self.epoch_batches
-        if self.infinite:
-            # The same batches as epoch after epoch, without an end.
-            b = skip
-            while True:
-                yield from self.batch_indices(first + b)
-                b += 1
-        for b in range(skip, self.epoch_batches):
-            yield from self.batch_indices(first + b)
+        if self.batch_size is None:
+            raise RuntimeError(
+                f'DomainMixSampler (counts {self.domain_counts}, batches of '
+                f'{self.chunk_size}) is iterated without a batch size '
+                'checked against its counts, so batches need not hold the '
+                "mix: give the dataloader batch_sampler=dict(type='"
+                "DomainMixBatchSampler') (mmengine passes it batch_size, "
+                'which it checks), or call check_batch_size(batch_size) '
+                'first'
+            )
+        return (index for batch in self.batches() for index in batch)
 
     def __len__(self) -> int:
         """Indices per epoch: :attr:`epoch_batches` x :attr:`chunk_size`."""
@@ -374,37 +477,106 @@ class DomainMixSampler(Sampler):
     def check_batch_size(self, batch_size: int) -> None:
         """Raise if a dataloader's batch size breaks the domain mix.
 
+        On success the sampler may be iterated index by index.
+
         Args:
             batch_size (int): The dataloader's ``batch_size``.
 
         Raises:
             ValueError: If it is not :attr:`chunk_size`.
         """
-        if batch_size != self.chunk_size:
+        if isinstance(batch_size, bool) or batch_size != self.chunk_size:
             raise ValueError(
                 f'DomainMixSampler counts {self.domain_counts} sum to '
                 f'{self.chunk_size}, but the dataloader batch_size is '
                 f'{batch_size}; they must be equal for every batch to hold '
-                'the mix'
+                'the mix (set train_dataloader.batch_size='
+                f'{self.chunk_size}, or change the counts)'
             )
+        self.batch_size = int(batch_size)
+
+
+@DATA_SAMPLERS.register_module()
+class DomainMixBatchSampler(Sampler):
+    """Batch sampler that makes every batch one :class:`DomainMixSampler` mix.
+
+    mmengine's ``Runner.build_dataloader`` builds a configured
+    ``batch_sampler`` with the dataloader's ``sampler`` and ``batch_size``;
+    this one refuses a ``batch_size`` other than the sum of the sampler's
+    counts, so a wrong batch size stops the run when its dataloader is
+    built, under whatever launcher started it. Its batches are the
+    sampler's :meth:`DomainMixSampler.batches` (so ``set_epoch``,
+    ``skip_batches`` and ``infinite`` work as on the sampler; mmengine's
+    ``DistSamplerSeedHook`` and loops find the sampler as
+    ``batch_sampler.sampler``). Usage::
+
+        train_dataloader = dict(
+            batch_size=16,
+            sampler=dict(type='DomainMixSampler',
+                         domain_counts={2: 3, 3: 6, 4: 7}),
+            batch_sampler=dict(type='DomainMixBatchSampler'),
+            dataset=...)
+
+    Args:
+        sampler (DomainMixSampler): The dataloader's sampler.
+        batch_size (int): The dataloader's ``batch_size``.
+
+    Raises:
+        TypeError: If ``sampler`` is not a :class:`DomainMixSampler`.
+        ValueError: If ``batch_size`` is not the sum of its counts.
+    """
+
+    def __init__(self, sampler: DomainMixSampler, batch_size: int) -> None:
+        if not isinstance(sampler, DomainMixSampler):
+            raise TypeError(
+                'DomainMixBatchSampler composes batches of a '
+                "DomainMixSampler: set the dataloader's sampler=dict(type="
+                "'DomainMixSampler', domain_counts=...), got "
+                f'{type(sampler).__name__}'
+            )
+        sampler.check_batch_size(batch_size)
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        """Yield the sampler's batches of the current epoch."""
+        return self.sampler.batches()
+
+    def __len__(self) -> int:
+        """Batches per epoch of this rank."""
+        return self.sampler.epoch_batches
 
 
 def check_domain_mix_batch_size(dataloader_cfg: dict) -> None:
-    """Check that a dataloader config's batch size matches its domain mix.
+    """Check a dataloader config's domain mix before anything is built.
+
+    The same checks as :class:`DomainMixBatchSampler` at build time, on the
+    config alone, so a tool can stop before it trains (or, in a sweep,
+    before any run of the sweep trains).
 
     Args:
         dataloader_cfg (dict): A ``train_dataloader`` config with
-            ``batch_size`` and ``sampler=dict(type='DomainMixSampler',
-            domain_counts=...)``.
+            ``batch_size``, ``sampler=dict(type='DomainMixSampler',
+            domain_counts=...)`` and ``batch_sampler=dict(type=
+            'DomainMixBatchSampler')``.
 
     Raises:
-        ValueError: If ``batch_size`` is not the sum of the counts.
+        ValueError: If the batch sampler is missing or ``batch_size`` is
+            not the sum of the counts.
     """
-    sampler = dataloader_cfg.get('sampler', {})
-    if sampler.get('type') not in ('DomainMixSampler', DomainMixSampler):
+    sampler = dataloader_cfg.get('sampler') or {}
+    if _type_name(sampler.get('type')) != 'DomainMixSampler':
         return
-    counts = sampler['domain_counts']
-    values = counts.values() if isinstance(counts, dict) else counts
+    batch_sampler = dataloader_cfg.get('batch_sampler') or {}
+    if _type_name(batch_sampler.get('type')) != 'DomainMixBatchSampler':
+        raise ValueError(
+            'a DomainMixSampler train_dataloader needs '
+            "batch_sampler=dict(type='DomainMixBatchSampler'), which checks "
+            'that batch_size is the sum of the counts; got batch_sampler='
+            f'{dataloader_cfg.get("batch_sampler")!r}'
+        )
+    counts = sampler.get('domain_counts')
+    values = counts.values() if isinstance(counts, Mapping) else counts
     total = sum(values)
     if dataloader_cfg.get('batch_size') != total:
         raise ValueError(

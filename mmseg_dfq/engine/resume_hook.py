@@ -243,7 +243,12 @@ class ExactResumeHook(Hook):
         loader = runner.train_dataloader
         sampler = domain_mix_sampler(loader)
         if sampler is not None:
-            sampler.check_batch_size(loader.batch_size)
+            # With a DomainMixBatchSampler the DataLoader's own batch_size
+            # is None: the batch sampler's is the one it checked.
+            batch_size = loader.batch_size
+            if batch_size is None:
+                batch_size = loader.batch_sampler.batch_size
+            sampler.check_batch_size(batch_size)
             if sampler.infinite and isinstance(
                 runner.train_loop, EpochBasedTrainLoop
             ):

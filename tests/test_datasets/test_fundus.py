@@ -57,7 +57,7 @@ def test_config_pipelines_pack_metas(fundus_root):
     assert tuple(cfg.meta_keys) == DFQ_META_KEYS
     ds = FundusDGDataset(
         data_root=fundus_root,
-        domains=cfg.source_domains,
+        domains=cfg.train_dataloader.dataset.domains,
         split='train',
         pipeline=cfg.train_pipeline,
     )

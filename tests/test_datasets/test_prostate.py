@@ -105,7 +105,7 @@ def test_config_pipelines_pack_metas(prostate_root):
     assert tuple(cfg.meta_keys) == DFQ_META_KEYS
     ds = ProstateDGDataset(
         data_root=prostate_root,
-        domains=cfg.source_domains,
+        domains=cfg.train_dataloader.dataset.domains,
         pipeline=cfg.train_pipeline,
     )
     out = ds[5]
@@ -129,8 +129,8 @@ def test_config_pipelines_pack_metas(prostate_root):
 
     test_ds = ProstateDGDataset(
         data_root=prostate_root,
-        domains=cfg.target_domains,
-        unseen_domains=cfg.target_domains,
+        domains=cfg.val_dataloader.dataset.domains,
+        unseen_domains=cfg.val_dataloader.dataset.unseen_domains,
         pipeline=cfg.test_pipeline,
     )
     out = test_ds[0]

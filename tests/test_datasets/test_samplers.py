@@ -7,6 +7,7 @@ import torch
 from mmengine.runner import Runner
 
 from mmseg_dfq.datasets import (
+    DomainMixBatchSampler,
     DomainMixSampler,
     FundusDGDataset,
     check_domain_mix_batch_size,
@@ -34,9 +35,15 @@ class _ToyDataset:
         return dict(self.infos[i])
 
 
+# The authors' fundus mix of a 16-sample batch, keyed by domain index.
+MIX = {1: 3, 2: 6, 3: 7}
+
+
 def _chunks(sampler, n_chunks):
-    """The first ``n_chunks`` batches, epoch after epoch."""
+    """The first ``n_chunks`` batches, epoch after epoch, cut from the
+    flat index stream (what torch's BatchSampler would do)."""
     size = sampler.chunk_size
+    sampler.check_batch_size(size)
     out = []
     for epoch in itertools.count():
         sampler.set_epoch(epoch)
@@ -49,7 +56,7 @@ def _chunks(sampler, n_chunks):
 
 def test_every_chunk_holds_the_mix():
     ds = _ToyDataset()
-    sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=1)
+    sampler = DomainMixSampler(ds, domain_counts=MIX, seed=1)
     assert sampler.chunk_size == 16
     chunks = _chunks(sampler, 25)
     for chunk in chunks:
@@ -62,7 +69,7 @@ def test_every_chunk_holds_the_mix():
         assert sorted(drawn_a[5 * p : 5 * p + 5]) == list(range(5))
     assert drawn_a[:5] != drawn_a[5:10]  # reshuffled between passes
     # Same seed, same stream.
-    again = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=1)
+    again = DomainMixSampler(ds, domain_counts=MIX, seed=1)
     assert _chunks(again, 25) == chunks
 
 
@@ -85,7 +92,7 @@ def test_two_ranks_draw_different_streams(monkeypatch):
         monkeypatch.setattr(
             samplers_mod, 'get_dist_info', lambda r=rank: (r, 2)
         )
-        sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=7)
+        sampler = DomainMixSampler(ds, domain_counts=MIX, seed=7)
         assert sampler.rank == rank
         chunks = _chunks(sampler, 8)
         for chunk in chunks:
@@ -101,16 +108,47 @@ def test_bad_counts_raise():
         DomainMixSampler(ds, domain_counts={'A': 1, 'B': 1, 'C': 1, 'D': 1})
     with pytest.raises(ValueError, match='no count'):
         DomainMixSampler(ds, domain_counts={'A': 1, 'B': 1})
+    with pytest.raises(ValueError, match='domain 4, which is not in'):
+        DomainMixSampler(ds, domain_counts={1: 1, 2: 1, 3: 1, 4: 1})
+    with pytest.raises(ValueError, match="'A' counted twice"):
+        DomainMixSampler(ds, domain_counts={1: 1, 'A': 1, 2: 1, 3: 1})
+    with pytest.raises(ValueError, match='sum to 0'):
+        DomainMixSampler(ds, domain_counts={1: 0, 2: 0, 3: 0})
+    with pytest.raises(ValueError, match='negative'):
+        DomainMixSampler(ds, domain_counts={1: 1, 2: -1, 3: 2})
+    with pytest.raises(TypeError, match="count of 'B' must be an int"):
+        DomainMixSampler(ds, domain_counts={1: 1, 2: 1.5, 3: 2})
+    with pytest.raises(TypeError, match='keys are domain names or 1-based'):
+        DomainMixSampler(ds, domain_counts={1: 1, 2: 1, (3,): 2})
+    with pytest.raises(TypeError, match='must be a dict'):
+        DomainMixSampler(ds, domain_counts=5)
     with pytest.raises(ValueError, match='3 domains'):
         DomainMixSampler(ds, domain_counts=[1, 2])
-    with pytest.raises(ValueError, match='sum to 0'):
-        DomainMixSampler(ds, domain_counts=[0, 0, 0])
-    with pytest.raises(ValueError, match='negative'):
-        DomainMixSampler(ds, domain_counts=[1, -1, 2])
     empty = _ToyDataset()
     empty.domains = ['A', 'B', 'C', 'E']
     with pytest.raises(ValueError, match="'E'.*no samples"):
         DomainMixSampler(empty, domain_counts=[1, 1, 1, 1])
+
+
+def test_counts_keyed_by_domain_not_by_position():
+    ds = _ToyDataset()
+    by_index = DomainMixSampler(ds, domain_counts=MIX, seed=4)
+    # Batches follow the data set's domain order, not the dict's (a dumped
+    # config sorts keys): names, indices and any key order give one stream.
+    for counts in (
+        {'C': 7, 'A': 3, 'B': 6},
+        {3: 7, 'B': 6, 1: 3},
+    ):
+        other = DomainMixSampler(ds, domain_counts=counts, seed=4)
+        assert other.domain_counts == {'A': 3, 'B': 6, 'C': 7}
+        assert _chunks(other, 6) == _chunks(by_index, 6)
+    # The deprecated positional list still works, warns, and says which dict
+    # to write instead.
+    with pytest.warns(
+        FutureWarning, match=r'domain_counts=\{1: 3, 2: 6, 3: 7\}'
+    ):
+        listed = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=4)
+    assert _chunks(listed, 6) == _chunks(by_index, 6)
 
 
 def test_batch_size_check():
@@ -122,6 +160,59 @@ def test_batch_size_check():
     bad = dict(cfg.train_dataloader, batch_size=8)
     with pytest.raises(ValueError, match='sum to 16'):
         check_domain_mix_batch_size(bad)
+    unbatched = dict(cfg.train_dataloader)
+    del unbatched['batch_sampler']
+    with pytest.raises(ValueError, match='needs batch_sampler'):
+        check_domain_mix_batch_size(unbatched)
+    # A torch BatchSampler cuts batches of any size: refused as well.
+    torch_batches = dict(
+        cfg.train_dataloader, batch_sampler=dict(type='BatchSampler')
+    )
+    with pytest.raises(ValueError, match='needs batch_sampler'):
+        check_domain_mix_batch_size(torch_batches)
+
+
+def test_batch_sampler_enforces_the_mix():
+    ds = _ToyDataset()
+    sampler = DomainMixSampler(ds, domain_counts=MIX, seed=2)
+    with pytest.raises(ValueError, match='sum to 16.*batch_size is 15'):
+        DomainMixBatchSampler(sampler, batch_size=15)
+    with pytest.raises(TypeError, match='sampler=dict.*DomainMixSampler'):
+        DomainMixBatchSampler(range(16), batch_size=16)
+    batches = DomainMixBatchSampler(sampler, batch_size=16)
+    assert len(batches) == sampler.epoch_batches
+    reference = DomainMixSampler(ds, domain_counts=MIX, seed=2)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        drawn = list(batches)
+        assert len(drawn) == len(batches)
+        assert drawn == list(reference.batches())
+        for batch in drawn:
+            assert Counter(ds.infos[i]['domain'] for i in batch) == {
+                'A': 3,
+                'B': 6,
+                'C': 7,
+            }
+    # Resume: the batch sampler starts where the sampler was told to.
+    sampler.set_epoch(1)
+    sampler.skip_batches(1)
+    first = 1 * sampler.epoch_batches + 1
+    assert next(iter(batches)) == reference.batch_indices(first)
+
+
+def test_flat_iteration_needs_a_checked_batch_size():
+    # torch's default BatchSampler iterates the sampler index by index and
+    # cuts batches of its own size: refused until a batch size is checked.
+    sampler = DomainMixSampler(_ToyDataset(), domain_counts=MIX, seed=0)
+    with pytest.raises(RuntimeError, match='DomainMixBatchSampler'):
+        iter(sampler)
+    with pytest.raises(ValueError):
+        sampler.check_batch_size(8)
+    with pytest.raises(RuntimeError, match='DomainMixBatchSampler'):
+        list(sampler)
+    sampler.check_batch_size(16)
+    assert len(list(sampler)) == len(sampler)
 
 
 def test_runner_dataloader_batches_hold_the_mix(fundus_root):
@@ -132,14 +223,25 @@ def test_runner_dataloader_batches_hold_the_mix(fundus_root):
         loader_cfg.dataset, data_root=fundus_root, pipeline=[]
     )
     loader = Runner.build_dataloader(loader_cfg, seed=0)
-    assert isinstance(loader.sampler, DomainMixSampler)
+    assert isinstance(loader.batch_sampler, DomainMixBatchSampler)
+    assert isinstance(loader.batch_sampler.sampler, DomainMixSampler)
+    # 6 training images per domain: floor(6 / 3) = 2 batches is the
+    # longest loader.
+    assert len(loader) == 2
     for batch in itertools.islice(loader, 3):
         domains = Counter(batch['domain'])
         assert domains == {'Domain2': 3, 'Domain3': 6, 'Domain4': 7}
     ds = FundusDGDataset(data_root=fundus_root, domains=[2, 3, 4])
-    # 6 training images per domain: floor(6 / 3) = 2 batches is the
-    # longest loader.
-    assert len(DomainMixSampler(ds, [3, 6, 7], seed=0)) == 2 * 16
+    assert len(DomainMixSampler(ds, {2: 3, 3: 6, 4: 7}, seed=0)) == 2 * 16
+    # A wrong batch size stops the build of the dataloader...
+    with pytest.raises(ValueError, match='sum to 16.*batch_size is 8'):
+        Runner.build_dataloader(dict(loader_cfg, batch_size=8), seed=0)
+    # ...and without the batch sampler, its first batch.
+    unbatched = dict(loader_cfg)
+    del unbatched['batch_sampler']
+    loader = Runner.build_dataloader(unbatched, seed=0)
+    with pytest.raises(RuntimeError, match='DomainMixBatchSampler'):
+        next(iter(loader))
 
 
 @pytest.mark.parametrize(
@@ -155,7 +257,9 @@ def test_runner_dataloader_batches_hold_the_mix(fundus_root):
 )
 def test_epoch_is_the_longest_source_loader(sizes, counts, iters):
     ds = _ToyDataset(tuple(zip('ABC', sizes)))
-    sampler = DomainMixSampler(ds, domain_counts=counts, seed=0)
+    sampler = DomainMixSampler(
+        ds, domain_counts=dict(zip('ABC', counts)), seed=0
+    )
     # Independent statement: max_d floor(N_d / b_d) batches per epoch.
     batches = max(n // b for n, b in zip(sizes, counts))
     assert sampler.epoch_batches == batches
@@ -166,24 +270,25 @@ def test_epoch_is_the_longest_source_loader(sizes, counts, iters):
 def test_epoch_length_edge_cases(monkeypatch):
     # Every domain smaller than its count: still one batch per epoch.
     ds = _ToyDataset((('A', 2), ('B', 3)))
-    sampler = DomainMixSampler(ds, domain_counts=[4, 5], seed=0)
+    sampler = DomainMixSampler(ds, domain_counts={'A': 4, 'B': 5}, seed=0)
     assert sampler.epoch_batches == 1
     (chunk,) = _chunks(sampler, 1)
     assert Counter(ds.infos[i]['domain'] for i in chunk) == {'A': 4, 'B': 5}
     # Two ranks share an epoch: ceil(53 / 2) = 27 batches each.
     monkeypatch.setattr(samplers_mod, 'get_dist_info', lambda: (1, 2))
     ds = _ToyDataset((('A', 99), ('B', 320), ('C', 320)))
-    assert DomainMixSampler(ds, [3, 6, 7], seed=0).epoch_batches == 27
+    assert DomainMixSampler(ds, MIX, seed=0).epoch_batches == 27
 
 
 def test_streams_are_addressable_and_skip_loads_nothing():
     ds = _ToyDataset()
-    sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    sampler = DomainMixSampler(ds, domain_counts=MIX, seed=3)
     full = _chunks(sampler, 3 * sampler.epoch_batches)
     # Batch g is a function of g: computed directly, or by iterating.
     assert [sampler.batch_indices(g) for g in range(len(full))] == full
     # Starting epoch 2 at its batch 1 yields the rest of that epoch only.
-    fresh = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    fresh = DomainMixSampler(ds, domain_counts=MIX, seed=3)
+    fresh.check_batch_size(16)
     fresh.set_epoch(2)
     fresh.skip_batches(1)
     rest = list(fresh)
@@ -199,17 +304,15 @@ def test_streams_are_addressable_and_skip_loads_nothing():
 
 def test_infinite_sampler_yields_the_epochs_in_a_row():
     ds = _ToyDataset()
-    finite = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=3)
+    finite = DomainMixSampler(ds, domain_counts=MIX, seed=3)
     full = _chunks(finite, 3 * finite.epoch_batches)
     flat = [i for c in full for i in c]
-    endless = DomainMixSampler(
-        ds, domain_counts=[3, 6, 7], seed=3, infinite=True
-    )
+    endless = DomainMixSampler(ds, domain_counts=MIX, seed=3, infinite=True)
+    endless.check_batch_size(16)
     assert list(itertools.islice(endless, len(flat))) == flat
     # A resumed iteration-based run: position 5 = epoch 5 // E, batch 5 % E.
-    resumed = DomainMixSampler(
-        ds, domain_counts=[3, 6, 7], seed=3, infinite=True
-    )
+    resumed = DomainMixSampler(ds, domain_counts=MIX, seed=3, infinite=True)
+    resumed.check_batch_size(16)
     epoch, skip = divmod(5, resumed.epoch_batches)
     resumed.set_epoch(epoch)
     resumed.skip_batches(skip)
@@ -221,10 +324,11 @@ def test_infinite_sampler_yields_the_epochs_in_a_row():
 
 
 def test_check_batch_size_at_build_time():
-    sampler = DomainMixSampler(_ToyDataset(), domain_counts=[3, 6, 7])
-    sampler.check_batch_size(16)
+    sampler = DomainMixSampler(_ToyDataset(), domain_counts=MIX)
     with pytest.raises(ValueError, match='sum to 16.*batch_size is 8'):
         sampler.check_batch_size(8)
+    sampler.check_batch_size(16)
+    assert sampler.batch_size == 16
 
 
 class _RandomDataset(_ToyDataset):
@@ -243,7 +347,8 @@ class _RandomDataset(_ToyDataset):
 
 def test_per_draw_seeds_leave_the_global_rng_alone():
     ds = _RandomDataset()
-    sampler = DomainMixSampler(ds, domain_counts=[3, 6, 7], seed=0)
+    sampler = DomainMixSampler(ds, domain_counts=MIX, seed=0)
+    sampler.check_batch_size(16)
     np.random.seed(5)
     torch.manual_seed(5)
     drawn = [ds[i] for i in list(sampler)]

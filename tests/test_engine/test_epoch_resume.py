@@ -14,6 +14,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
+from mmseg_dfq.engine.resume_hook import domain_mix_sampler
+
 from ..test_runtime.conftest import FUNDUS_CONFIG, data_options
 from .conftest import assert_same_weights
 
@@ -41,7 +43,7 @@ def _runner(data_root, work_dir, workers, resume_from=None):
         )
     ]
     cfg.train_dataloader.batch_size = 3
-    cfg.train_dataloader.sampler.domain_counts = [1, 1, 1]
+    cfg.train_dataloader.sampler.domain_counts = {2: 1, 3: 1, 4: 1}
     # The demo's sampler runs on for its iteration loop; epochs end here.
     cfg.train_dataloader.sampler.infinite = False
     cfg.train_dataloader.num_workers = workers
@@ -59,7 +61,7 @@ def _runner(data_root, work_dir, workers, resume_from=None):
 
 def test_infinite_sampler_refused_by_the_epoch_loop(tmp_path, tiny_fundus):
     runner = _runner(tiny_fundus, str(tmp_path), 0)
-    runner.train_dataloader.sampler.infinite = True
+    domain_mix_sampler(runner.train_dataloader).infinite = True
     with pytest.raises(ValueError, match='infinite=False'):
         runner.train()
 
@@ -70,7 +72,8 @@ def test_epoch_loop_resume_with_workers(tmp_path_factory, tiny_fundus, stop):
     last = osp.join(full, 'iter_9.pth')
     if not osp.isfile(last):
         runner = _runner(tiny_fundus, full, workers=0)
-        assert runner.train_dataloader.sampler.epoch_batches == 3
+        sampler = domain_mix_sampler(runner.train_dataloader)
+        assert sampler.epoch_batches == 3
         runner.train()
     resumed = str(tmp_path_factory.mktemp(f'epoch_resumed_{stop}'))
     start = osp.join(resumed, f'iter_{stop}.pth')

@@ -100,8 +100,10 @@ def test_config_builds(config):
 
     if train.sampler.type == 'DomainMixSampler':
         counts = train.sampler.domain_counts
-        assert train.batch_size == sum(counts), (train.batch_size, counts)
-        assert len(counts) == len(train.dataset.domains)
+        # Keyed by the training domains, exactly (no stale base key).
+        assert sorted(counts) == sorted(train.dataset.domains), counts
+        assert train.batch_size == sum(counts.values()), train.batch_size
+        assert train.batch_sampler.type == 'DomainMixBatchSampler'
         check_domain_mix_batch_size(train)
 
     match = LODO.search(config)

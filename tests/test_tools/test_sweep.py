@@ -390,9 +390,27 @@ def test_builtin_variants_resolve_every_split(tmp_path):
     path.write_text(run['text'])
     cfg = Config.fromfile(str(path))
     assert cfg.train_dataloader.dataset.domains == [1, 2, 3, 4, 6]
+    # The split's counts replace the recipe's (a dict merge would keep its
+    # other domains).
+    assert cfg.train_dataloader.sampler.domain_counts == {
+        d: 2 for d in (1, 2, 3, 4, 6)
+    }
     assert cfg.test_dataloader.dataset.unseen_domains == [5]
     assert cfg.model.backbone.rdwt_layout == 'authors'
     assert cfg.model.decode_head.loss_rdwt.layout == 'authors'
     assert cfg.randomness.seed == 3
     # The split configs train 200 epochs (EpochBasedTrainLoop).
     assert run['checkpoint'].endswith(f'epoch_{cfg.train_cfg.max_epochs}.pth')
+
+
+def test_split_counts_replace_the_recipe_counts():
+    # A recipe written for held-out 1 (counts {2: 3, 3: 6, 4: 7}) run on
+    # split 2: the split's counts replace the recipe's, key for key.
+    _, splits = sweep.resolve_benchmark(['fundus'])
+    cfg = Config.fromfile(
+        osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_fundus.py')
+    )
+    assert cfg.train_dataloader.sampler.domain_counts == {2: 3, 3: 6, 4: 7}
+    cfg.merge_from_dict(dict(splits[1]['keys']))
+    assert cfg.train_dataloader.sampler.domain_counts == {1: 2, 3: 7, 4: 7}
+    assert cfg.train_dataloader.dataset.domains == [1, 3, 4]

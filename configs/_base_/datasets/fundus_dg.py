@@ -1,16 +1,16 @@
 # Fundus OD/OC, 4 domains of the DoFE release (Domain{k}_{split}.list layout,
 # see mmseg_dfq.datasets.FundusDGDataset). Labels: 0 background, 1 disc rim,
 # 2 cup. The defaults train on domains 2-4 and test on the held-out domain 1;
-# a per-split config overrides `domains` / `unseen_domains` of the three
-# dataloaders and `domain_counts` of the sampler (mmengine merges the dicts):
-#   held-out 1: [3, 6, 7]  2: [2, 7, 7]  3: [2, 4, 10]  4: [2, 4, 10]
-# (the authors' per-domain counts of a 16-image batch, in source order).
+# a per-split config (fundus_dg_d{k}.py) overrides `domains` /
+# `unseen_domains` of the three dataloaders and replaces `domain_counts` of
+# the sampler, the authors' per-domain counts of a 16-image batch:
+#   held-out 1: {2: 3, 3: 6, 4: 7}   2: {1: 2, 3: 7, 4: 7}
+#            3: {1: 2, 2: 4, 4: 10}  4: {1: 2, 2: 4, 3: 10}
+# The split's values live in the dataloaders only (no top-level copies that a
+# split config would leave behind).
 dataset_type = 'FundusDGDataset'
 data_root = 'data/fundus'
 crop_size = (256, 256)
-source_domains = [2, 3, 4]
-target_domains = [1]
-domain_counts = [3, 6, 7]
 
 # mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
 # equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
@@ -79,16 +79,20 @@ test_pipeline = [
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 
-# batch_size must equal sum(domain_counts): every batch holds the mix.
+# Every batch holds the mix: `domain_counts` gives each source domain's
+# samples per batch (keyed by domain index or name), and
+# DomainMixBatchSampler stops the run when its dataloader is built if
+# batch_size is not their sum, whatever launcher started it.
 train_dataloader = dict(
     batch_size=16,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DomainMixSampler', domain_counts=domain_counts),
+    sampler=dict(type='DomainMixSampler', domain_counts={2: 3, 3: 6, 4: 7}),
+    batch_sampler=dict(type='DomainMixBatchSampler'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        domains=source_domains,
+        domains=[2, 3, 4],
         split='train',
         pipeline=train_pipeline,
     ),
@@ -103,8 +107,8 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        domains=target_domains,
-        unseen_domains=target_domains,
+        domains=[1],
+        unseen_domains=[1],
         split='test',
         pipeline=test_pipeline,
     ),

@@ -3,14 +3,14 @@
 # 2.5D slices (k-1, k, k+1) of volumes min-max scaled to [-1, 1]. Labels:
 # 0 background, 1 prostate. Sites: 1 RUNMC, 2 BMC, 3 I2CVB, 4 UCL, 5 BIDMC,
 # 6 HK. The defaults train on sites 2-6 and test on the held-out site 1; a
-# per-split config overrides `domains` / `unseen_domains` of the dataloaders
-# (mmengine merges the dicts). The authors draw 2 slices per source site.
+# per-split config (prostate_dg_d{k}.py) overrides `domains` /
+# `unseen_domains` of the dataloaders and replaces `domain_counts` of the
+# sampler (the authors draw 2 slices per source site). The split's values
+# live in the dataloaders only (no top-level copies that a split config would
+# leave behind).
 # Like the authors, sources and target use every case (split='all').
 dataset_type = 'ProstateDGDataset'
 data_root = 'data/prostate'
-source_domains = [2, 3, 4, 5, 6]
-target_domains = [1]
-domain_counts = [2, 2, 2, 2, 2]
 
 # mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
 # equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
@@ -60,17 +60,22 @@ test_pipeline = [
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 
-# batch_size must equal sum(domain_counts): every batch holds the mix.
-# cache_bytes is per dataloader worker.
+# Every batch holds the mix: `domain_counts` gives each source site's slices
+# per batch (keyed by site index or name), and DomainMixBatchSampler stops
+# the run when its dataloader is built if batch_size is not their sum,
+# whatever launcher started it. cache_bytes is per dataloader worker.
 train_dataloader = dict(
     batch_size=10,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DomainMixSampler', domain_counts=domain_counts),
+    sampler=dict(
+        type='DomainMixSampler', domain_counts={2: 2, 3: 2, 4: 2, 5: 2, 6: 2}
+    ),
+    batch_sampler=dict(type='DomainMixBatchSampler'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        domains=source_domains,
+        domains=[2, 3, 4, 5, 6],
         split='all',
         cache_bytes=1 << 30,
         pipeline=train_pipeline,
@@ -85,8 +90,8 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        domains=target_domains,
-        unseen_domains=target_domains,
+        domains=[1],
+        unseen_domains=[1],
         split='all',
         cache_bytes=1 << 30,
         pipeline=test_pipeline,

@@ -2,7 +2,10 @@
 # target site 2 (BMC); 2 slices per source site in every batch.
 _base_ = './prostate_dg.py'
 train_dataloader = dict(
-    sampler=dict(domain_counts=[2, 2, 2, 2, 2]),
+    # _delete_: replace the base's counts (mmengine would merge the keys).
+    sampler=dict(
+        domain_counts={'_delete_': True, 1: 2, 3: 2, 4: 2, 5: 2, 6: 2}
+    ),
     dataset=dict(domains=[1, 3, 4, 5, 6]),
 )
 val_dataloader = dict(dataset=dict(domains=[2], unseen_domains=[2]))
