@@ -29,6 +29,14 @@ What differs, and why:
   ms per image off the test loop, where mmseg's visualiser takes ~1 s.
   ``--cfg-options default_hooks.visualization.painter=mmseg`` brings mmseg's
   pictures back; ``--show`` (a window) always uses them.
+- ``--tta`` does what mmseg's does (``tta_model`` wraps the model,
+  ``tta_pipeline`` replaces the test pipeline); the fundus and prostate
+  dataset bases define horizontal-flip TTA, and a config without the two
+  keys is refused with a message naming them.
+- The visualisation hook and ``--per-case``'s metric are recognised by
+  their registered class (``HOOKS`` / ``METRICS``), not by type name: a
+  renamed or scoped ``DomainMetric`` subclass gets the CSV, a user's own
+  visualisation hook is kept.
 - A missing config or checkpoint file is reported before anything is built.
 - One failing case does not stop the evaluation: a plain ``TestLoop``
   becomes :class:`mmseg_dfq.engine.TolerantTestLoop`, which logs the
