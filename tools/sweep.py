@@ -75,6 +75,8 @@ from collections import OrderedDict
 
 import numpy as np
 from mmengine.config import Config, DictAction
+from mmengine.registry import DefaultScope
+from mmseg.registry import DATASETS
 
 from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
 
@@ -456,13 +458,19 @@ def build_run(variant, split, seed, args, benchmark):
         # would write into the first run's folder.
         cfg.visualizer.name = name
     text = config_text(cfg, variant['label'], split['name'])
-    # Table columns in the evaluator's structure order (OD before OC).
+    # Table columns in the metric's structure order (OD before OC): the
+    # evaluator's own, else the test dataset's METAINFO.
     evaluator = cfg.get('test_evaluator') or {}
-    structures = list(
-        evaluator.get('structures') or {}
-        if isinstance(evaluator, dict)
-        else {}
+    structures = (
+        evaluator.get('structures') if isinstance(evaluator, dict) else None
     )
+    if not structures:
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+            dataset_cls = DATASETS.get(
+                cfg.test_dataloader.dataset.get('type', '')
+            )
+        structures = getattr(dataset_cls, 'METAINFO', {}).get('structures')
+    structures = list(structures or {})
     return dict(
         variant=variant['label'],
         split=split['name'],

@@ -29,6 +29,14 @@ What differs, and why:
   ms per image off the test loop, where mmseg's visualiser takes ~1 s.
   ``--cfg-options default_hooks.visualization.painter=mmseg`` brings mmseg's
   pictures back; ``--show`` (a window) always uses them.
+- ``--tta`` does what mmseg's does (``tta_model`` wraps the model,
+  ``tta_pipeline`` replaces the test pipeline); the fundus and prostate
+  dataset bases define horizontal-flip TTA, and a config without the two
+  keys is refused with a message naming them.
+- The visualisation hook and ``--per-case``'s metric are recognised by
+  their registered class (``HOOKS`` / ``METRICS``), not by type name: a
+  renamed or scoped ``DomainMetric`` subclass gets the CSV, a user's own
+  visualisation hook is kept.
 - A missing config or checkpoint file is reported before anything is built.
 - One failing case does not stop the evaluation: a plain ``TestLoop``
   becomes :class:`mmseg_dfq.engine.TolerantTestLoop`, which logs the
@@ -47,12 +55,16 @@ from collections import Counter
 
 from mmengine.config import DictAction
 from mmengine.dist import is_main_process
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
-from mmseg.registry import METRICS
+from mmseg.engine.hooks import SegVisualizationHook
+from mmseg.registry import HOOKS, METRICS
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
 from mmseg_dfq.compat import setup_distributed, teardown_distributed
 from mmseg_dfq.config import load_config
+from mmseg_dfq.engine import DomainVisualizationHook
+from mmseg_dfq.evaluation import DomainMetric
 
 
 def parse_args(argv=None):
@@ -117,7 +129,10 @@ def parse_args(argv=None):
         help='job launcher',
     )
     parser.add_argument(
-        '--tta', action='store_true', help='Test time augmentation'
+        '--tta',
+        action='store_true',
+        help="test-time augmentation: the config's tta_model and "
+        'tta_pipeline (horizontal flip for the fundus and prostate configs)',
     )
     # torch.distributed.launch (torch >= 2.0) passes --local-rank, older
     # versions --local_rank; torchrun sets LOCAL_RANK instead.
@@ -145,13 +160,18 @@ def trigger_visualization_hook(cfg, args):
             "visualization=dict(type='SegVisualizationHook')"
         )
     vis = hooks['visualization']
-    # Our subclass of SegVisualizationHook also paints NIfTI slices, and a
-    # test run paints every sample rather than mmseg's every 50th.
-    if vis.get('type') in (
-        'SegVisualizationHook',
-        'mmseg.SegVisualizationHook',
-    ):
-        vis['type'] = 'DomainVisualizationHook'
+    # Our subclass of mmseg's hook also paints NIfTI slices, and a test run
+    # paints every sample rather than mmseg's every 50th. mmseg's own hook
+    # (by any name or scope that resolves to it) becomes ours; a custom
+    # hook is left as the config has it.
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        hook_cls = (
+            vis['type']
+            if inspect.isclass(vis.get('type'))
+            else HOOKS.get(vis.get('type'))
+        )
+    if hook_cls is SegVisualizationHook:
+        vis['type'] = DomainVisualizationHook.__name__
     vis['draw'] = True
     vis['interval'] = 1
     if args.show:
@@ -160,6 +180,55 @@ def trigger_visualization_hook(cfg, args):
     if args.show_dir:
         cfg.visualizer['save_dir'] = args.show_dir
     return cfg
+
+
+def metric_class(evaluator, cfg):
+    """The registered class of one evaluator entry, or None if unknown.
+
+    Args:
+        evaluator (dict): An entry of ``test_evaluator``.
+        cfg (mmengine.Config): The config (its ``default_scope``).
+
+    Returns:
+        type | None: The metric class.
+    """
+    metric_type = evaluator.get('type')
+    if inspect.isclass(metric_type):
+        return metric_type
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        return METRICS.get(metric_type)
+
+
+def enable_tta(cfg, config_path):
+    """Test with the config's test-time augmentation (mmseg's ``--tta``).
+
+    The model is wrapped in ``cfg.tta_model`` (mmseg's ``SegTTAModel``:
+    the softmax of the augmented predictions averaged) and the test data go
+    through ``cfg.tta_pipeline`` (``TestTimeAug``). The fundus and prostate
+    dataset bases define horizontal-flip TTA; every meta key the test
+    pipeline packs reaches the metric (``SegTTAModel`` keeps the meta keys
+    of the last augmented copy, and a flip changes none of the domain
+    keys).
+
+    Args:
+        cfg (mmengine.Config): The test config, changed in place.
+        config_path (str): The config file, for the error message.
+
+    Raises:
+        SystemExit: When the config has no ``tta_model`` or
+            ``tta_pipeline``.
+    """
+    missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
+    if missing:
+        raise SystemExit(
+            f'--tta needs {" and ".join(missing)} in the config, which '
+            f'{config_path} lacks; see configs/_base_/datasets/fundus_dg.py '
+            "for flip TTA (tta_model = dict(type='SegTTAModel') and a "
+            'tta_pipeline with TestTimeAug)'
+        )
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
 
 
 def set_prediction_dir(cfg, out_dir):
@@ -176,7 +245,7 @@ def set_prediction_dir(cfg, out_dir):
     if not isinstance(evaluators, (list, tuple)):
         evaluators = [evaluators]
     for evaluator in evaluators:
-        metric_cls = METRICS.get(evaluator['type'])
+        metric_cls = metric_class(evaluator, cfg)
         if metric_cls is None or (
             'output_dir' not in inspect.signature(metric_cls).parameters
         ):
@@ -207,7 +276,7 @@ def set_per_case_file(cfg, path):
     targets = [
         e
         for e in evaluators
-        if e.get('type') in ('DomainMetric', 'mmseg.DomainMetric')
+        if issubclass(metric_class(e, cfg) or object, DomainMetric)
     ]
     if len(targets) != 1:
         raise SystemExit(
@@ -274,9 +343,7 @@ def main(argv=None):
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.tta:
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
+        enable_tta(cfg, args.config)
     if args.out is not None:
         set_prediction_dir(cfg, args.out)
     if args.per_case:

@@ -52,6 +52,14 @@ test_pipeline = [
     dict(type='LoadFundusAnnotations'),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# Flip TTA (tools/test.py --tta) of this test pipeline.
+tta_pipeline = [
+    *test_pipeline[:-1],
+    dict(
+        type='TestTimeAug',
+        transforms=[{{_base_.tta_flips}}, [test_pipeline[-1]]],
+    ),
+]
 # Iteration-based demo: the sampler runs on across its (tiny) epochs rather
 # than being restarted by mmengine, which sleeps 2 s at every restart.
 train_dataloader = dict(

@@ -44,6 +44,14 @@ test_pipeline = [
     dict(type='LoadFundusAnnotations'),
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# Flip TTA (tools/test.py --tta) of this test pipeline.
+tta_pipeline = [
+    *test_pipeline[:-1],
+    dict(
+        type='TestTimeAug',
+        transforms=[{{_base_.tta_flips}}, [test_pipeline[-1]]],
+    ),
+]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -31,8 +31,11 @@ from ..datasets.transforms import (
     normalise_prostate_image,
     slice_25d,
 )
-from ..evaluation.domain_metric import postprocess_connectivity
-from ..evaluation.surface import fill_holes, largest_connected_component
+from ..evaluation import (
+    fill_holes,
+    largest_connected_component,
+    postprocess_connectivity,
+)
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 NIFTI_EXTS = ('.nii', '.nii.gz')

@@ -1,104 +1,78 @@
 """Per-domain medical segmentation metric (Dice, ASD, HD95) for mmseg."""
 
-import csv
-import math
-import os
-import os.path as osp
-from collections import OrderedDict, defaultdict
-from typing import Dict, List, Optional, Sequence
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
-from mmengine.logging import print_log
 from mmseg.registry import METRICS
-from prettytable import PrettyTable
 
-from .surface import (
-    dice,
-    largest_connected_component,
-    surface_metrics,
+from .cases import (
+    check_unique_cases,
+    gather_volumes,
+    label_map,
+    pack_masks,
+    read_sample_meta,
 )
-from .surface import (
-    fill_holes as _fill_holes,
+from .postprocess import (
+    PostProcess,
+    post_process_from_meta,
+    postprocess_connectivity,
 )
+from .report import (
+    DISTANCE_METRICS,
+    case_unit,
+    log_table,
+    summarize_domains,
+    write_cases_csv,
+)
+from .surface import dice, surface_metrics
+
+# Re-exported: the inferencer imported it from here.
+__all__ = ['DomainMetric', 'postprocess_connectivity']
 
 _KNOWN_METRICS = ('Dice', 'ASD', 'ASSD', 'HD95')
-_DISTANCE_METRICS = ('ASD', 'ASSD', 'HD95')
-_REQUIRED_META = ('domain', 'domain_idx', 'seen', 'case_id')
+# Argument -> where the dataset declares it: (METAINFO key, sub-key).
+_META_SOURCE = OrderedDict(
+    structures=('structures', None),
+    mode=('eval_mode', None),
+    largest_cc=('post_process', 'largest_cc'),
+    cc_connectivity=('post_process', 'connectivity'),
+    fill_holes=('post_process', 'fill_holes'),
+)
 
 
-def _to_numpy(data) -> np.ndarray:
-    """A label map from a tensor (any device) or array, as a NumPy array."""
-    if hasattr(data, 'detach'):
-        data = data.detach().cpu().numpy()
-    return np.asarray(data)
-
-
-def _label_map(data_sample: dict, key: str, name: str) -> np.ndarray:
-    """Fetch ``data_sample[key]['data']`` as an (H, W) array."""
-    if key not in data_sample:
-        raise KeyError(
-            f'DomainMetric: sample {name!r} has no {key!r}; the metric needs '
-            'both the prediction and the ground truth'
-        )
-    field = data_sample[key]
-    data = field['data'] if isinstance(field, dict) else field.data
-    data = _to_numpy(data)
-    if data.ndim == 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
+def _check_structures(structures, where: str) -> 'OrderedDict[str, list]':
+    """``dict(name -> labels)`` with a non-empty list of ints per name."""
+    if not isinstance(structures, dict) or not structures:
         raise ValueError(
-            f'DomainMetric: {key} of sample {name!r} must be a (1, H, W) '
-            f'label map, got shape {data.shape}'
+            f'DomainMetric: structures ({where}) must be a non-empty dict of '
+            f'name -> labels, got {structures!r}'
         )
-    return data
+    checked = OrderedDict()
+    for name, labels in structures.items():
+        if isinstance(labels, (int, np.integer)):
+            labels = [labels]
+        labels = list(labels)
+        if not labels or not all(
+            isinstance(label, (int, np.integer))
+            and not isinstance(label, bool)
+            for label in labels
+        ):
+            raise ValueError(
+                f'DomainMetric: structure {name!r} ({where}) needs a '
+                f'non-empty list of integer labels, got {structures[name]!r}'
+            )
+        checked[str(name)] = [int(label) for label in labels]
+    return checked
 
 
-def postprocess_connectivity(
-    mode: str, connectivity: Optional[int] = None
-) -> int:
-    """Connectivity of the largest-component step of the post-processing.
-
-    The DFQ authors label fundus predictions with ``skimage.measure.label``,
-    whose default is full connectivity (8 neighbours in 2D), and prostate
-    volumes with ``scipy.ndimage.label``'s default face connectivity (6
-    neighbours in 3D).
-
-    Args:
-        mode (str): ``'2d'`` or ``'3d'``.
-        connectivity (int, optional): 1 (face neighbours) up to the number
-            of dimensions (full neighbourhood); None picks the authors'
-            (2 in ``'2d'``, 1 in ``'3d'``). Default: None.
-
-    Returns:
-        int: The connectivity, for ``generate_binary_structure``.
-    """
-    ndim = 2 if mode == '2d' else 3
-    if connectivity is None:
-        return 2 if mode == '2d' else 1
-    if isinstance(connectivity, bool) or connectivity not in range(
-        1, ndim + 1
-    ):
+def _check_mode(mode, where: str) -> str:
+    if mode not in ('2d', '3d'):
         raise ValueError(
-            f'cc_connectivity must be 1..{ndim} in {mode!r} mode (1 = face '
-            f'neighbours, {ndim} = full), got {connectivity!r}'
+            f"DomainMetric: mode ({where}) must be '2d' or '3d', got {mode!r}"
         )
-    return int(connectivity)
-
-
-def _unpack_volume(items: List[dict], field: str, name: str) -> np.ndarray:
-    """Stack the packed ``item[field][name]`` masks of sorted slices.
-
-    Returns:
-        np.ndarray: Bool volume (H, W, num_slices), slice k at [:, :, k].
-    """
-    height, width = items[0]['shape']
-    planes = [
-        np.unpackbits(item[field][name], count=height * width)
-        for item in items
-    ]
-    volume = np.stack(planes, axis=-1).reshape(height, width, len(items))
-    return volume.astype(bool)
+    return mode
 
 
 @METRICS.register_module()
@@ -114,6 +88,14 @@ class DomainMetric(BaseMetric):
     unseen domains are evaluated together. Unlike ``IoUMetric``'s mDice,
     pixels are never pooled across cases and background is not a class.
 
+    What is measured is a fact of the dataset, read from its metainfo
+    (mmengine's evaluator hands the metric ``dataset_meta`` after building
+    it): ``structures`` (name -> labels), ``eval_mode`` (``'2d'`` /
+    ``'3d'``) and ``post_process`` (``dict(largest_cc=bool,
+    fill_holes=bool, connectivity=int)``). An argument given here overrides
+    the dataset's value; with neither, the metric stops with an error
+    naming the missing key.
+
     Empty masks: a case where both prediction and ground truth are empty for
     a structure has Dice 100 and distances 0. If exactly one is empty, Dice is
     0 and the distances are undefined: the case is left out of that
@@ -121,46 +103,42 @@ class DomainMetric(BaseMetric):
 
     Samples must carry the meta keys ``domain``, ``domain_idx``, ``seen`` and
     ``case_id``; ``'3d'`` mode also needs ``slice_index`` and ``num_slices``
-    (slice k of a volume is ``volume[:, :, k]``), and ``spacing`` (voxel size
-    in mm, array axis order) is used when present. A case is identified by
-    its domain and ``case_id`` (and ``slice_index`` where a ``'2d'`` sample
-    has one): the same id in two domains is two cases, while the same case
+    (slice k of a volume is ``volume[:, :, k]``). Distances are in mm when
+    the samples carry ``spacing`` (voxel size in mm, array axis order; in
+    ``'2d'`` mode its first two values), otherwise in pixels / voxels; the
+    log and the per-case CSV state the unit. A case is identified by its
+    domain and ``case_id`` (and ``slice_index`` where a ``'2d'`` sample has
+    one): the same id in two domains is two cases, while the same case
     evaluated twice in ``'2d'`` mode (e.g. two images with one file stem)
     stops the evaluation with an error naming them instead of counting it
     twice.
 
     Args:
         structures (dict[str, list[int]], optional): Structure name -> the
-            labels that make up its binary mask. None means the fundus
-            structures ``dict(OD=[1, 2], OC=[2])``. Default: None.
-        mode (str): ``'2d'``: every sample is a case (fundus images).
-            ``'3d'``: slices are gathered by ``case_id``, stacked by
+            labels that make up its binary mask, e.g. ``dict(OD=[1, 2],
+            OC=[2])``. None reads ``dataset_meta['structures']``.
+            Default: None.
+        mode (str, optional): ``'2d'``: every sample is a case (fundus
+            images). ``'3d'``: slices are gathered by ``case_id``, stacked by
             ``slice_index`` into (H, W, num_slices) volumes and evaluated in
-            3D (prostate). Default: '2d'.
+            3D (prostate). None reads ``dataset_meta['eval_mode']``.
+            Default: None.
         metrics (Sequence[str]): Any of ``'Dice'``, ``'ASD'`` (directed,
             prediction to ground truth, as medpy's ``asd``), ``'ASSD'``,
             ``'HD95'``. Default: ('Dice', 'ASD', 'HD95').
-        largest_cc (bool): Keep only the largest connected component of each
-            predicted structure; in ``'3d'`` mode of the whole volume.
-            Default: True.
+        largest_cc (bool, optional): Keep only the largest connected
+            component of each predicted structure; in ``'3d'`` mode of the
+            whole volume. None reads
+            ``dataset_meta['post_process']['largest_cc']``. Default: None.
         cc_connectivity (int, optional): Neighbourhood of that component:
             1 = face neighbours (4 in 2D, 6 in 3D) up to the number of
-            dimensions = full (8 in 2D, 26 in 3D). None picks the authors':
-            8-connected in ``'2d'`` (``skimage.measure.label``'s default),
-            6-connected in ``'3d'`` (``scipy.ndimage.label``'s default).
-            Hole filling always uses face-connected background
-            (``binary_fill_holes``' default). Default: None.
+            dimensions = full (8 in 2D, 26 in 3D). None reads
+            ``dataset_meta['post_process']['connectivity']``. Hole filling
+            always uses face-connected background. Default: None.
         fill_holes (bool, optional): Fill the holes of each predicted
-            structure after ``largest_cc``. In ``'2d'`` mode the image's
-            holes; in ``'3d'`` mode the holes of every slice
-            ``volume[:, :, k]`` separately (an in-plane hole is what a slice
-            model gets wrong; 3D cavities are rare). None picks the authors'
-            protocol: True in ``'2d'`` (fundus), False in ``'3d'``
-            (prostate: largest 3D component only). Default: None.
-        use_spacing (bool): Measure distances in mm from the ``spacing`` meta
-            key where present (in ``'2d'`` mode its first two values);
-            otherwise, or when False, in pixels / voxels. The log states the
-            unit. Default: True.
+            structure after ``largest_cc``; in ``'3d'`` mode those of every
+            slice separately (see :class:`PostProcess`). None reads
+            ``dataset_meta['post_process']['fill_holes']``. Default: None.
         restrict_to_gt_slices (bool): ``'3d'`` only, off by default. Zero the
             prediction on every slice whose ground truth is empty for that
             structure before post-processing. This reproduces the DFQ
@@ -177,12 +155,11 @@ class DomainMetric(BaseMetric):
     def __init__(
         self,
         structures: Optional[Dict[str, Sequence[int]]] = None,
-        mode: str = '2d',
+        mode: Optional[str] = None,
         metrics: Sequence[str] = ('Dice', 'ASD', 'HD95'),
-        largest_cc: bool = True,
+        largest_cc: Optional[bool] = None,
         cc_connectivity: Optional[int] = None,
         fill_holes: Optional[bool] = None,
-        use_spacing: bool = True,
         restrict_to_gt_slices: bool = False,
         per_case_file: Optional[str] = None,
         collect_device: str = 'cpu',
@@ -192,28 +169,16 @@ class DomainMetric(BaseMetric):
         super().__init__(
             collect_device=collect_device, prefix=prefix, **kwargs
         )
-        if structures is None:
-            structures = dict(OD=[1, 2], OC=[2])
-        if not isinstance(structures, dict) or not structures:
-            raise ValueError(
-                'DomainMetric: structures must be a non-empty dict of name -> '
-                f'labels, got {structures!r}'
-            )
-        self.structures = OrderedDict()
-        for name, labels in structures.items():
-            labels = [labels] if isinstance(labels, int) else list(labels)
-            if not labels or not all(
-                isinstance(label, (int, np.integer)) for label in labels
-            ):
-                raise ValueError(
-                    f'DomainMetric: structure {name!r} needs a non-empty list '
-                    f'of integer labels, got {structures[name]!r}'
-                )
-            self.structures[str(name)] = [int(label) for label in labels]
-        if mode not in ('2d', '3d'):
-            raise ValueError(
-                f"DomainMetric: mode must be '2d' or '3d', got {mode!r}"
-            )
+        where = 'argument'
+        self._given = dict(
+            structures=None
+            if structures is None
+            else _check_structures(structures, where),
+            mode=None if mode is None else _check_mode(mode, where),
+            largest_cc=largest_cc,
+            cc_connectivity=cc_connectivity,
+            fill_holes=fill_holes,
+        )
         if isinstance(metrics, str):
             metrics = [metrics]
         unknown = [m for m in metrics if m not in _KNOWN_METRICS]
@@ -222,18 +187,103 @@ class DomainMetric(BaseMetric):
                 f'DomainMetric: metrics must be a non-empty subset of '
                 f'{_KNOWN_METRICS}, got {list(metrics)}'
             )
-        if restrict_to_gt_slices and mode != '3d':
+        if restrict_to_gt_slices and mode not in (None, '3d'):
             raise ValueError(
                 "DomainMetric: restrict_to_gt_slices needs mode='3d'"
             )
-        self.mode = mode
         self.metrics = list(metrics)
-        self.largest_cc = largest_cc
-        self.cc_connectivity = postprocess_connectivity(mode, cc_connectivity)
-        self.fill_holes = (mode == '2d') if fill_holes is None else fill_holes
-        self.use_spacing = use_spacing
         self.restrict_to_gt_slices = restrict_to_gt_slices
         self.per_case_file = per_case_file
+        self._settings = None
+        if all(value is not None for value in self._given.values()):
+            # Fully specified here: check the combination now.
+            self._settings = self._resolve()
+
+    # ------------------------------------------------------------------ #
+    # settings: arguments first, then the dataset's metainfo
+    # ------------------------------------------------------------------ #
+    @BaseMetric.dataset_meta.setter
+    def dataset_meta(self, dataset_meta: Optional[dict]) -> None:
+        """Set the dataset's metainfo and resolve the settings from it.
+
+        Resolving here, when the Runner builds its loops, reports a dataset
+        without the metric's facts before any sample is tested.
+        """
+        self._dataset_meta = dataset_meta
+        self._settings = None
+        if dataset_meta is not None:
+            self._settings = self._resolve()
+
+    def _lookup(self, name: str):
+        """An argument, else its value in ``dataset_meta``; or an error."""
+        if self._given[name] is not None:
+            return self._given[name], 'argument'
+        key, sub = _META_SOURCE[name]
+        meta = self.dataset_meta or {}
+        value = meta.get(key)
+        if sub is not None and isinstance(value, dict):
+            value = value.get(sub)
+        where = f"dataset_meta['{key}']" + (
+            '' if sub is None else f"['{sub}']"
+        )
+        if value is None:
+            source = (
+                'no dataset_meta was set'
+                if self.dataset_meta is None
+                else f'the dataset metainfo has no {where}'
+            )
+            raise KeyError(
+                f'DomainMetric: {name} is not set: it is neither an argument '
+                f'nor in the dataset metainfo ({source}). Declare {key!r} in '
+                "the dataset class's METAINFO (or the dataset's metainfo "
+                f'argument), or pass DomainMetric({name}=...) in '
+                'val_evaluator / test_evaluator'
+            )
+        return value, where
+
+    def _resolve(self) -> dict:
+        """Structures, mode and post-processing, checked together."""
+        structures, where = self._lookup('structures')
+        structures = _check_structures(structures, where)
+        mode, where = self._lookup('mode')
+        mode = _check_mode(mode, where)
+        post = {}
+        for name, key in (
+            ('largest_cc', 'largest_cc'),
+            ('cc_connectivity', 'connectivity'),
+            ('fill_holes', 'fill_holes'),
+        ):
+            post[key], _ = self._lookup(name)
+        post = post_process_from_meta(
+            post, mode, 'DomainMetric (arguments and dataset metainfo)'
+        )
+        if self.restrict_to_gt_slices and mode != '3d':
+            raise ValueError(
+                "DomainMetric: restrict_to_gt_slices needs mode='3d'"
+            )
+        return dict(structures=structures, mode=mode, post=PostProcess(**post))
+
+    @property
+    def settings(self) -> dict:
+        """``structures``, ``mode`` and ``post`` (a :class:`PostProcess`)."""
+        if self._settings is None:
+            self._settings = self._resolve()
+        return self._settings
+
+    @property
+    def structures(self) -> 'OrderedDict[str, list]':
+        """Structure name -> labels, in report order."""
+        return self.settings['structures']
+
+    @property
+    def mode(self) -> str:
+        """``'2d'`` or ``'3d'``."""
+        return self.settings['mode']
+
+    @property
+    def post_process(self) -> PostProcess:
+        """The post-processing of every predicted structure."""
+        return self.settings['post']
 
     # ------------------------------------------------------------------ #
     # process: runs on every rank, keeps compact per-sample results
@@ -247,85 +297,31 @@ class DomainMetric(BaseMetric):
                 outputs, with ``pred_sem_seg`` and ``gt_sem_seg`` (1, H, W)
                 and the meta keys listed in the class docstring.
         """
+        structures, mode = self.structures, self.mode
         for data_sample in data_samples:
-            meta = self._read_meta(data_sample)
-            pred = _label_map(data_sample, 'pred_sem_seg', meta['case_id'])
-            gt = _label_map(data_sample, 'gt_sem_seg', meta['case_id'])
+            meta = read_sample_meta(data_sample, mode)
+            pred = label_map(data_sample, 'pred_sem_seg', meta['case_id'])
+            gt = label_map(data_sample, 'gt_sem_seg', meta['case_id'])
             if pred.shape != gt.shape:
                 raise ValueError(
                     f'DomainMetric: sample {meta["case_id"]!r} has prediction '
                     f'shape {pred.shape} and ground truth shape {gt.shape}'
                 )
-            if self.mode == '2d':
+            if mode == '2d':
                 spacing = meta['spacing']
                 if spacing is not None:
                     spacing = spacing[:2]
                 meta['values'] = self._case_values(
-                    {
-                        s: np.isin(pred, lb)
-                        for s, lb in self.structures.items()
-                    },
-                    {s: np.isin(gt, lb) for s, lb in self.structures.items()},
+                    {s: np.isin(pred, lb) for s, lb in structures.items()},
+                    {s: np.isin(gt, lb) for s, lb in structures.items()},
                     spacing,
                 )
                 meta['unit'] = 'px' if spacing is None else 'mm'
             else:
-                # Bit-packed masks keep a whole prostate domain small: a
-                # 384 x 384 slice is 18 KiB per structure and per map.
                 meta['shape'] = pred.shape
-                meta['pred'] = {
-                    s: np.packbits(np.isin(pred, lb))
-                    for s, lb in self.structures.items()
-                }
-                meta['gt'] = {
-                    s: np.packbits(np.isin(gt, lb))
-                    for s, lb in self.structures.items()
-                }
+                meta['pred'] = pack_masks(pred, structures)
+                meta['gt'] = pack_masks(gt, structures)
             self.results.append(meta)
-
-    def _read_meta(self, data_sample: dict) -> dict:
-        name = data_sample.get(
-            'case_id', data_sample.get('img_path', '<unknown>')
-        )
-        required = list(_REQUIRED_META)
-        if self.mode == '3d':
-            required += ['slice_index', 'num_slices']
-        missing = [k for k in required if k not in data_sample]
-        if missing:
-            raise KeyError(
-                f'DomainMetric: sample {name!r} lacks the meta keys '
-                f'{missing}; pack them with '
-                'PackSegInputs(meta_keys=DFQ_META_KEYS)'
-            )
-        meta = dict(
-            domain=str(data_sample['domain']),
-            domain_idx=int(data_sample['domain_idx']),
-            seen=bool(data_sample['seen']),
-            case_id=str(data_sample['case_id']),
-            spacing=None,
-        )
-        if self.use_spacing and data_sample.get('spacing') is not None:
-            meta['spacing'] = tuple(
-                float(v) for v in np.asarray(data_sample['spacing']).ravel()
-            )
-        for key in ('slice_index', 'num_slices'):
-            if key in data_sample:
-                meta[key] = int(data_sample[key])
-        if 'img_path' in data_sample:
-            meta['img_path'] = str(data_sample['img_path'])
-        return meta
-
-    def _postprocess(self, mask: np.ndarray) -> np.ndarray:
-        if self.largest_cc:
-            mask = largest_connected_component(mask, self.cc_connectivity)
-        if self.fill_holes:
-            if mask.ndim == 2:
-                mask = _fill_holes(mask)
-            else:
-                mask = mask.copy()
-                for k in range(mask.shape[2]):
-                    mask[:, :, k] = _fill_holes(mask[:, :, k])
-        return mask
 
     def _case_values(
         self,
@@ -334,20 +330,20 @@ class DomainMetric(BaseMetric):
         spacing: Optional[Sequence[float]],
     ) -> Dict[str, Dict[str, float]]:
         """Metrics of one case per structure (Dice in percent)."""
-        wants_distance = any(m in _DISTANCE_METRICS for m in self.metrics)
+        wants_distance = any(m in DISTANCE_METRICS for m in self.metrics)
         values = OrderedDict()
         for name in self.structures:
             pred, gt = preds[name], gts[name]
             if self.restrict_to_gt_slices:
                 pred = pred & gt.any(axis=(0, 1))[None, None, :]
-            pred = self._postprocess(pred)
+            pred = self.post_process(pred)
             case = OrderedDict()
             if 'Dice' in self.metrics:
                 case['Dice'] = 100.0 * dice(pred, gt)
             if wants_distance:
                 distances = surface_metrics(pred, gt, spacing)
                 for metric in self.metrics:
-                    if metric in _DISTANCE_METRICS:
+                    if metric in DISTANCE_METRICS:
                         case[metric] = distances[metric]
             values[name] = case
         return values
@@ -371,224 +367,20 @@ class DomainMetric(BaseMetric):
         if not results:
             raise ValueError('DomainMetric: no results to evaluate')
         if self.mode == '3d':
-            cases = self._assemble_volumes(results)
+            cases = []
+            for case, preds, gts in gather_volumes(results, self.structures):
+                case['unit'] = 'vox' if case['spacing'] is None else 'mm'
+                case['values'] = self._case_values(preds, gts, case['spacing'])
+                cases.append(case)
         else:
             cases = list(results)
-            self._check_unique_cases(cases)
-        units = sorted({case['unit'] for case in cases})
-        if len(units) > 1:
-            raise ValueError(
-                'DomainMetric: some cases have a spacing and others do not '
-                f'(units {units}); distances would mix mm and pixels'
-            )
-        unit = units[0]
-
-        by_domain = defaultdict(list)
-        for case in cases:
-            by_domain[case['domain']].append(case)
-        domains = sorted(
-            by_domain, key=lambda d: (by_domain[d][0]['domain_idx'], d)
-        )
-        seen = {}
-        for domain in domains:
-            flags = {case['seen'] for case in by_domain[domain]}
-            if len(flags) > 1:
-                raise ValueError(
-                    f'DomainMetric: domain {domain!r} has both seen and '
-                    'unseen samples'
-                )
-            seen[domain] = flags.pop()
-
-        columns = [f'{s}_{m}' for s in self.structures for m in self.metrics]
-        has_distance = any(m in _DISTANCE_METRICS for m in self.metrics)
-        out = OrderedDict()
-        summary = OrderedDict()
-        for domain in domains:
-            rows = by_domain[domain]
-            row = OrderedDict(n_cases=len(rows))
-            for s in self.structures:
-                for m in self.metrics:
-                    vals = np.array([c['values'][s][m] for c in rows], float)
-                    defined = vals[~np.isnan(vals)]
-                    row[f'{s}_{m}'] = (
-                        float(defined.mean()) if defined.size else math.nan
-                    )
-                if has_distance:
-                    dist_metric = next(
-                        m for m in self.metrics if m in _DISTANCE_METRICS
-                    )
-                    row[f'{s}_n_excluded'] = int(
-                        sum(
-                            math.isnan(c['values'][s][dist_metric])
-                            for c in rows
-                        )
-                    )
-            summary[domain] = row
-            for key, value in row.items():
-                out[f'{domain}/{key}'] = value
-
-        groups = [('mean', domains)]
-        unseen = [d for d in domains if not seen[d]]
-        if unseen and len(unseen) < len(domains):
-            groups.append(('mean_unseen', unseen))
-        for group, members in groups:
-            row = OrderedDict(
-                n_cases=sum(summary[d]['n_cases'] for d in members)
-            )
-            for key in columns:
-                vals = np.array([summary[d][key] for d in members], float)
-                defined = vals[~np.isnan(vals)]
-                row[key] = float(defined.mean()) if defined.size else math.nan
-                out[f'{group}/{key}'] = row[key]
-            summary[group] = row
-
-        self._log_table(summary, seen, unit, has_distance)
+            check_unique_cases(cases)
+        unit = case_unit(cases)
+        structures = list(self.structures)
+        out, summary, seen = summarize_domains(cases, structures, self.metrics)
+        log_table(summary, seen, structures, self.metrics, unit, self.mode)
         if self.per_case_file:
-            self._write_cases(cases, unit)
+            write_cases_csv(
+                self.per_case_file, cases, structures, self.metrics, unit
+            )
         return out
-
-    @staticmethod
-    def _check_unique_cases(cases: List[dict]) -> None:
-        """Refuse a 2D case that was evaluated more than once."""
-        seen_at = defaultdict(list)
-        for case in cases:
-            key = (case['domain'], case['case_id'], case.get('slice_index'))
-            seen_at[key].append(case.get('img_path', '<no img_path>'))
-        repeated = {k: v for k, v in seen_at.items() if len(v) > 1}
-        if repeated:
-            lines = [
-                f'  {domain}/{case_id}'
-                + ('' if index is None else f' slice {index}')
-                + f' x{len(paths)}: {sorted(set(paths))}'
-                for (domain, case_id, index), paths in sorted(
-                    repeated.items(), key=str
-                )[:10]
-            ]
-            raise ValueError(
-                f'DomainMetric: {len(repeated)} case(s) were evaluated more '
-                'than once in one domain and would be counted twice (two '
-                'images with the same case_id, e.g. the same file stem in '
-                'two folders, or one image listed twice):\n' + '\n'.join(lines)
-            )
-
-    def _assemble_volumes(self, results: List[dict]) -> List[dict]:
-        """Stack the slices of every case into volumes and evaluate them."""
-        # A case is its domain and its id: the same id in two domains is two
-        # volumes.
-        slices = defaultdict(list)
-        for item in results:
-            slices[(item['domain'], item['case_id'])].append(item)
-        cases = []
-        for domain, case_id in sorted(slices):
-            items = slices[(domain, case_id)]
-            first = items[0]
-            for key in ('num_slices', 'shape', 'seen', 'spacing'):
-                found = {item[key] for item in items}
-                if len(found) > 1:
-                    raise ValueError(
-                        f'DomainMetric: slices of case {case_id!r} of domain '
-                        f'{domain!r} disagree on {key}: '
-                        f'{sorted(map(str, found))}'
-                    )
-            num = first['num_slices']
-            counts = np.zeros(num, dtype=int)
-            outside = []
-            for item in items:
-                k = item['slice_index']
-                if 0 <= k < num:
-                    counts[k] += 1
-                else:
-                    outside.append(k)
-            if outside or np.any(counts != 1):
-                raise ValueError(
-                    f'DomainMetric: case {case_id!r} of domain {domain!r} '
-                    f'must have every slice 0..{num - 1} exactly once; '
-                    'missing '
-                    f'{np.flatnonzero(counts == 0).tolist()}, duplicated '
-                    f'{np.flatnonzero(counts > 1).tolist()}, out of range '
-                    f'{sorted(outside)}'
-                )
-            items = sorted(items, key=lambda item: item['slice_index'])
-            spacing = first['spacing']
-            case = dict(
-                domain=first['domain'],
-                domain_idx=first['domain_idx'],
-                seen=first['seen'],
-                case_id=case_id,
-                unit='vox' if spacing is None else 'mm',
-            )
-            case['values'] = self._case_values(
-                {s: _unpack_volume(items, 'pred', s) for s in self.structures},
-                {s: _unpack_volume(items, 'gt', s) for s in self.structures},
-                spacing,
-            )
-            cases.append(case)
-        return cases
-
-    def _log_table(
-        self, summary: dict, seen: dict, unit: str, has_distance: bool
-    ) -> None:
-        table = PrettyTable()
-        header = ['Domain', 'n']
-        for s in self.structures:
-            for m in self.metrics:
-                header.append(f'{s} {m} ({"%" if m == "Dice" else unit})')
-            if has_distance:
-                header.append(f'{s} excl.')
-        table.field_names = header
-        for name, row in summary.items():
-            if name in seen:
-                label = f'{name} ({"seen" if seen[name] else "unseen"})'
-            else:
-                label = name
-            cells = [label, row['n_cases']]
-            for s in self.structures:
-                for m in self.metrics:
-                    cells.append(f'{row[f"{s}_{m}"]:.2f}')
-                if has_distance:
-                    cells.append(row.get(f'{s}_n_excluded', ''))
-            table.add_row(cells)
-        unit_text = {
-            'mm': 'mm (from the spacing meta key)',
-            'px': 'pixels',
-            'vox': 'voxels',
-        }[unit]
-        print_log(
-            f'DomainMetric ({self.mode}, per-case means; distances in '
-            f'{unit_text}; "excl." = cases with exactly one empty mask, left '
-            'out of the distance means):\n' + table.get_string(),
-            logger='current',
-        )
-
-    def _write_cases(self, cases: List[dict], unit: str) -> None:
-        directory = osp.dirname(osp.abspath(self.per_case_file))
-        os.makedirs(directory, exist_ok=True)
-        columns = [f'{s}_{m}' for s in self.structures for m in self.metrics]
-        with open(self.per_case_file, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                ['domain', 'domain_idx', 'seen', 'case_id', 'slice_index']
-                + columns
-                + ['distance_unit']
-            )
-            for case in cases:
-                values = [
-                    case['values'][s][m]
-                    for s in self.structures
-                    for m in self.metrics
-                ]
-                writer.writerow(
-                    [
-                        case['domain'],
-                        case['domain_idx'],
-                        case['seen'],
-                        case['case_id'],
-                        case.get('slice_index', ''),
-                    ]
-                    + [f'{v:.6g}' for v in values]
-                    + [unit]
-                )
-        print_log(
-            f'DomainMetric: per-case results written to {self.per_case_file}',
-            logger='current',
-        )

@@ -1,4 +1,4 @@
-"""Dice, surface distances (ASD, ASSD, HD95) and mask post-processing.
+"""Dice and surface distances (ASD, ASSD, HD95) of binary masks.
 
 The definitions are those of ``medpy.metric.binary`` (``dc``, ``asd``,
 ``assd``, ``hd95``), which the DFQ authors and most medical DG papers use:
@@ -55,8 +55,6 @@ __all__ = [
     'assd',
     'hd95',
     'surface_metrics',
-    'largest_connected_component',
-    'fill_holes',
 ]
 
 # The local search looks at most at this many neighbour offsets (whole
@@ -521,64 +519,3 @@ def hd95(
     as :func:`surface_metrics`.
     """
     return surface_metrics(pred, gt, spacing, connectivity)['HD95']
-
-
-def largest_connected_component(mask, connectivity: int = 1) -> np.ndarray:
-    """Keep the largest connected component of a binary mask (2D or 3D).
-
-    The default face connectivity (4-neighbourhood in 2D, 6 in 3D) is
-    ``scipy.ndimage.label``'s default, which the DFQ authors use for
-    prostate volumes; for fundus images they use ``skimage.measure.label``'s
-    default, full connectivity (``connectivity=2``, 8-neighbourhood), which
-    ``DomainMetric`` picks in ``'2d'`` mode. Ties between equally large
-    components keep the one with the smallest label (first in C order).
-
-    Args:
-        mask (np.ndarray): Binary mask, any ndim.
-        connectivity (int): 1 for face neighbours, ``mask.ndim`` for full
-            (8 in 2D, 26 in 3D) neighbours. Default: 1.
-
-    Returns:
-        np.ndarray: Bool mask of the same shape; empty if ``mask`` is empty.
-    """
-    mask = np.asarray(mask).astype(bool, copy=False)
-    out = np.zeros(mask.shape, dtype=bool)
-    if not mask.any():
-        return out
-    # Components never leave the bounding box, so labelling it is enough.
-    box = _bounding_box(mask)
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
-    labels, num = ndimage.label(mask[box], structure=structure)
-    if num == 1:
-        out[box] = labels > 0
-        return out
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    out[box] = labels == int(np.argmax(sizes))
-    return out
-
-
-def fill_holes(mask, connectivity: int = 1) -> np.ndarray:
-    """Fill the holes of a binary mask, as ``scipy.ndimage.binary_fill_holes``.
-
-    A hole is a background region not connected (through background voxels
-    with the given connectivity) to the array border.
-
-    Args:
-        mask (np.ndarray): Binary mask, any ndim.
-        connectivity (int): Connectivity of the background. Default: 1
-            (scipy's default).
-
-    Returns:
-        np.ndarray: Bool mask of the same shape.
-    """
-    mask = np.asarray(mask).astype(bool, copy=False)
-    out = mask.copy()
-    if not mask.any():
-        return out
-    # Outside the bounding box grown by one voxel everything is background
-    # connected to the border, so filling the grown box gives the same holes.
-    box = _bounding_box(mask, margin=1)
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
-    out[box] = ndimage.binary_fill_holes(mask[box], structure=structure)
-    return out

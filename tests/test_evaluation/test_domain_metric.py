@@ -7,12 +7,43 @@ import numpy as np
 import pytest
 import torch
 from medpy.metric import binary as medpy_binary
+from mmengine.evaluator import Evaluator
+from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
-from mmseg.registry import METRICS
 from mmseg.structures import SegDataSample
 from scipy import ndimage
 
 from mmseg_dfq.evaluation import DomainMetric
+
+# The datasets' METAINFO facts that the metric reads (the contract with
+# FundusDGDataset / ProstateDGDataset): the authors' protocols.
+FUNDUS_META = dict(
+    classes=('background', 'optic_disc_rim', 'optic_cup'),
+    structures=dict(OD=(1, 2), OC=(2,)),
+    eval_mode='2d',
+    post_process=dict(largest_cc=True, fill_holes=True, connectivity=2),
+)
+PROSTATE_META = dict(
+    classes=('background', 'prostate'),
+    structures=dict(Prostate=(1,)),
+    eval_mode='3d',
+    post_process=dict(largest_cc=True, fill_holes=False, connectivity=1),
+)
+
+
+def with_meta(dataset_meta, **kwargs):
+    """A metric given its dataset's metainfo, as mmengine's Evaluator does."""
+    metric = DomainMetric(**kwargs)
+    metric.dataset_meta = dataset_meta
+    return metric
+
+
+def fundus_metric(**kwargs):
+    return with_meta(FUNDUS_META, **kwargs)
+
+
+def prostate_metric(**kwargs):
+    return with_meta(PROSTATE_META, **kwargs)
 
 
 def sample_dict(pred, gt, **meta):
@@ -90,9 +121,14 @@ def test_fundus_two_domains_against_medpy(tmp_path):
         )
 
     csv_path = tmp_path / 'cases' / 'fundus.csv'
-    metric = METRICS.build(
-        dict(type='DomainMetric', per_case_file=str(csv_path))
-    )
+    # Built and given the dataset's metainfo as the Runner does.
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        evaluator = Evaluator(
+            dict(type='DomainMetric', per_case_file=str(csv_path))
+        )
+    evaluator.dataset_meta = FUNDUS_META
+    metric = evaluator.metrics[0]
+    assert list(metric.structures) == ['OD', 'OC'] and metric.mode == '2d'
     metric.process({}, samples[:4])
     metric.process({}, samples[4:])
     results = metric.evaluate(len(samples))
@@ -114,6 +150,9 @@ def test_fundus_two_domains_against_medpy(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 6
     assert rows[0]['distance_unit'] == 'px'
+    # Images are not slices: no slice_index column.
+    assert list(rows[0])[:4] == ['domain', 'domain_idx', 'seen', 'case_id']
+    assert 'slice_index' not in rows[0]
     assert {r['seen'] for r in rows} == {'True', 'False'}
 
 
@@ -121,7 +160,7 @@ def test_fundus_empty_structures_policy():
     empty = np.zeros((16, 16), np.int64)
     disc = empty.copy()
     disc[4:10, 4:10] = 1
-    metric = DomainMetric(metrics=['Dice', 'HD95'])
+    metric = fundus_metric(metrics=['Dice', 'HD95'])
     meta = dict(domain='D', domain_idx=1, seen=False)
     metric.process(
         {},
@@ -184,10 +223,10 @@ def prostate_samples(rng, num_cases=2, shape=(40, 44, 8)):
 
 def run_split(samples, order, **kwargs):
     """Two "ranks" process halves of the shuffled slices; results joined."""
-    ranks = [DomainMetric(**kwargs) for _ in range(2)]
+    ranks = [prostate_metric(**kwargs) for _ in range(2)]
     for i, j in enumerate(order):
         ranks[i % 2].process({}, [samples[j]])
-    final = DomainMetric(**kwargs)
+    final = prostate_metric(**kwargs)
     return final.compute_metrics(ranks[0].results + ranks[1].results)
 
 
@@ -197,7 +236,7 @@ def test_prostate_3d_shuffled_slices_against_medpy():
     for pred, gt in volumes.values():
         assert not gt[:, :, 7].any() and pred[:, :, 7].any()
     order = rng.permutation(len(samples))
-    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
+    kwargs = {}
     results = run_split(samples, order, **kwargs)
 
     dices, asds, hds = [], [], []
@@ -228,12 +267,12 @@ def test_prostate_3d_shuffled_slices_against_medpy():
 def test_prostate_3d_missing_or_duplicated_slice_raises():
     rng = np.random.default_rng(2)
     samples, _, _ = prostate_samples(rng, num_cases=1, shape=(12, 12, 8))
-    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
+    kwargs = {}
     with pytest.raises(ValueError, match=r'Case00.*missing \[3\]'):
         run_split(samples[:3] + samples[4:], range(7), **kwargs)
     with pytest.raises(ValueError, match=r'Case00.*duplicated \[1\]'):
         run_split(samples + samples[1:2], range(9), **kwargs)
-    metric = DomainMetric(mode='3d')
+    metric = prostate_metric()
     bad = dict(samples[0])
     del bad['slice_index']
     with pytest.raises(KeyError, match='slice_index'):
@@ -246,12 +285,76 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match='metrics'):
         DomainMetric(metrics=['Dice', 'IoU'])
     with pytest.raises(ValueError, match='restrict_to_gt_slices'):
-        DomainMetric(restrict_to_gt_slices=True)
+        DomainMetric(mode='2d', restrict_to_gt_slices=True)
+    with pytest.raises(ValueError, match='restrict_to_gt_slices'):
+        fundus_metric(restrict_to_gt_slices=True)
     with pytest.raises(ValueError, match='structure'):
         DomainMetric(structures=dict(OD=[]))
 
 
-def test_3d_fill_holes_per_slice_and_2d_spacing():
+def test_settings_come_from_the_dataset_unless_given():
+    label = np.zeros((12, 12), np.int64)
+    label[2:8, 2:8] = 1
+    sample = sample_dict(
+        label, label, domain='D', domain_idx=1, seen=True, case_id='a'
+    )
+    # No fundus default: nothing given and no dataset metainfo.
+    bare = DomainMetric()
+    with pytest.raises(KeyError, match=r'structures is not set.*METAINFO'):
+        bare.process({}, [sample])
+    # A dataset without the facts is reported when the Runner hands the
+    # metainfo over, naming the missing key.
+    with pytest.raises(KeyError, match=r"dataset_meta\['eval_mode'\]"):
+        with_meta(dict(classes=('a', 'b'), structures=dict(A=[1])))
+    no_post = dict(FUNDUS_META)
+    del no_post['post_process']
+    with pytest.raises(
+        KeyError, match=r"largest_cc.*dataset_meta\['post_process'\]"
+    ):
+        with_meta(no_post)
+    with pytest.raises(
+        ValueError, match=r"'OD' \(dataset_meta\['structures'\]\)"
+    ):
+        with_meta(dict(FUNDUS_META, structures=dict(OD=())))
+    with pytest.raises(ValueError, match=r"mode \(dataset_meta\['eval_mode"):
+        with_meta(dict(FUNDUS_META, eval_mode='volume'))
+    # ...but arguments fill in what the dataset lacks, and override it.
+    given = with_meta(
+        no_post, largest_cc=False, cc_connectivity=1, fill_holes=False
+    )
+    assert given.post_process.connectivity == 1
+    assert not given.post_process.largest_cc
+    one = fundus_metric(structures=dict(Disc=[1, 2]), mode='2d')
+    assert list(one.structures) == ['Disc']
+    one.process({}, [sample])
+    results = one.compute_metrics(one.results)
+    assert results['D/Disc_Dice'] == 100.0 and 'D/OD_Dice' not in results
+    # Fully given, no dataset needed (direct use).
+    direct = DomainMetric(
+        structures=dict(Prostate=[1]),
+        mode='3d',
+        largest_cc=True,
+        cc_connectivity=1,
+        fill_holes=False,
+    )
+    assert direct.mode == '3d' and direct.post_process.connectivity == 1
+    with pytest.raises(ValueError, match='cc_connectivity'):
+        DomainMetric(
+            structures=dict(OD=[1]),
+            mode='2d',
+            largest_cc=True,
+            cc_connectivity=3,
+            fill_holes=True,
+        )
+    # The prostate facts: 3D volumes, 6-connected, no hole filling.
+    prostate = prostate_metric()
+    assert prostate.mode == '3d' and prostate.structures == {'Prostate': [1]}
+    assert prostate.post_process.connectivity == 1
+    assert not prostate.post_process.fill_holes
+
+
+def test_3d_fill_holes_per_slice_and_2d_spacing(tmp_path):
+    csv_path = tmp_path / 'slices.csv'
     gt = np.zeros((16, 16, 3), np.int64)
     gt[4:12, 4:12, :] = 1
     pred = gt.copy()
@@ -268,23 +371,29 @@ def test_3d_fill_holes_per_slice_and_2d_spacing():
         )
         for k in range(3)
     ]
-    kwargs = dict(structures=dict(Prostate=[1]), mode='3d')
-    default = DomainMetric(**kwargs)  # authors' prostate protocol: no fill
+    default = prostate_metric()  # authors' prostate protocol: no fill
     default.process({}, samples)
     hole_dice = 100 * medpy_binary.dc(pred, gt)
     assert default.compute_metrics(default.results)[
         'BIDMC/Prostate_Dice'
     ] == pytest.approx(hole_dice)
-    filled = DomainMetric(fill_holes=True, **kwargs)
+    filled = prostate_metric(fill_holes=True)  # an argument wins
     filled.process({}, samples)
     assert filled.compute_metrics(filled.results)['BIDMC/Prostate_Dice'] == (
         100.0
     )
 
     # 2D mode on slices: in-plane spacing (first two values) gives mm.
-    flat = DomainMetric(structures=dict(Prostate=[1]), fill_holes=False)
+    flat = prostate_metric(mode='2d', per_case_file=str(csv_path))
     flat.process({}, samples[1:2])
     results = flat.compute_metrics(flat.results)
+    # Slices as cases: the CSV names the slice of the volume.
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['case_id'], r['slice_index']) for r in rows] == [
+        ('BIDMC/Case00', '1')
+    ]
+    assert rows[0]['distance_unit'] == 'mm'
     expected = medpy_binary.hd95(pred[:, :, 1], gt[:, :, 1], (0.6, 0.6))
     assert results['BIDMC/Prostate_HD95'] == pytest.approx(expected)
     # Mixing cases with and without spacing would mix units.
@@ -310,7 +419,7 @@ def test_fundus_component_is_8_connected_prostate_6_connected():
     meta = dict(domain='D', domain_idx=1, seen=True, case_id='a')
     results = {}
     for connectivity in (None, 1, 2):
-        metric = DomainMetric(
+        metric = fundus_metric(
             structures=dict(OD=[1]), cc_connectivity=connectivity
         )
         metric.process({}, [sample_dict(label, gt, **meta)])
@@ -350,11 +459,7 @@ def test_fundus_component_is_8_connected_prostate_6_connected():
     ]
     dices = {}
     for connectivity in (None, 3):
-        metric = DomainMetric(
-            structures=dict(Prostate=[1]),
-            mode='3d',
-            cc_connectivity=connectivity,
-        )
+        metric = prostate_metric(cc_connectivity=connectivity)
         metric.process({}, samples)
         dices[connectivity] = metric.compute_metrics(metric.results)[
             'RUNMC/Prostate_Dice'
@@ -364,14 +469,14 @@ def test_fundus_component_is_8_connected_prostate_6_connected():
     )
     assert dices[None] < 100.0 and dices[3] == 100.0
     with pytest.raises(ValueError, match='cc_connectivity'):
-        DomainMetric(cc_connectivity=3)
+        fundus_metric(cc_connectivity=3)
 
 
 def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
     label = np.zeros((10, 10), np.int64)
     label[2:6, 2:6] = 1
     meta = dict(domain='Domain1', domain_idx=1, seen=True, case_id='x')
-    metric = DomainMetric()
+    metric = fundus_metric()
     metric.process(
         {},
         [
@@ -382,7 +487,7 @@ def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
     with pytest.raises(ValueError, match=r'Domain1/x x2.*a/x\.png.*b/x\.png'):
         metric.compute_metrics(metric.results)
     # The same id in another domain is another case.
-    ok = DomainMetric()
+    ok = fundus_metric()
     other = dict(meta, domain='Domain2', domain_idx=2)
     ok.process({}, [sample_dict(label, label, **meta)])
     ok.process({}, [sample_dict(label, label, **other)])
@@ -405,7 +510,7 @@ def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
                     num_slices=num,
                 )
             )
-    metric = DomainMetric(structures=dict(Prostate=[1]), mode='3d')
+    metric = prostate_metric(structures=dict(Prostate=[1]))
     metric.process({}, samples)
     results = metric.compute_metrics(metric.results)
     assert results['BMC/n_cases'] == results['HK/n_cases'] == 1

@@ -1,4 +1,4 @@
-"""Dice, surface distances and post-processing against medpy and scipy."""
+"""Dice and surface distances against medpy."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,7 @@ from mmseg_dfq.evaluation import (
     asd,
     assd,
     dice,
-    fill_holes,
     hd95,
-    largest_connected_component,
     surface_distances,
     surface_metrics,
 )
@@ -283,58 +281,3 @@ def test_bad_inputs_raise():
         surface_metrics(a, a, spacing=(1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match='positive'):
         surface_metrics(a, a, spacing=(1.0, 0.0))
-
-
-def reference_lcc(mask, structure=None):
-    labels, num = ndimage.label(mask, structure=structure)
-    if num == 0:
-        return np.zeros_like(mask)
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (np.argmax(sizes) + 1)
-
-
-@pytest.mark.parametrize('shape', [(64, 70), (30, 32, 8)])
-def test_largest_connected_component_matches_scipy(shape):
-    rng = np.random.default_rng(7)
-    for level in (0.5, 0.55, 0.6):
-        mask = blob(rng, shape, sigma=1.5, level=level)
-        np.testing.assert_array_equal(
-            largest_connected_component(mask), reference_lcc(mask)
-        )
-        full = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-        np.testing.assert_array_equal(
-            largest_connected_component(mask, connectivity=mask.ndim),
-            reference_lcc(mask, full),
-        )
-    assert not largest_connected_component(np.zeros(shape)).any()
-
-
-def test_largest_connected_component_face_connectivity():
-    # Two diagonal-touching squares: separate with faces, one with corners.
-    mask = np.zeros((8, 8), bool)
-    mask[1:4, 1:4] = True
-    mask[4:6, 4:6] = True
-    np.testing.assert_array_equal(
-        largest_connected_component(mask), mask & (np.arange(8) < 4)[:, None]
-    )
-    np.testing.assert_array_equal(
-        largest_connected_component(mask, connectivity=2), mask
-    )
-
-
-@pytest.mark.parametrize('shape', [(64, 70), (24, 26, 6)])
-def test_fill_holes_matches_scipy(shape):
-    rng = np.random.default_rng(11)
-    for level in (0.45, 0.5):
-        mask = blob(rng, shape, sigma=1.2, level=level)
-        np.testing.assert_array_equal(
-            fill_holes(mask), ndimage.binary_fill_holes(mask)
-        )
-    # A ring touching the border: its hole is still a hole.
-    ring = np.ones((7, 7), bool)
-    ring[2:4, 3] = False
-    ring[0, :] = False
-    np.testing.assert_array_equal(
-        fill_holes(ring), ndimage.binary_fill_holes(ring)
-    )
-    assert fill_holes(ring)[2, 3]

@@ -115,8 +115,24 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 # Per-image Dice / ASD / HD95 (pixels) of the optic disc (rim + cup) and cup,
-# after the authors' post-processing (largest component, holes filled).
-val_evaluator = dict(
-    type='DomainMetric', structures=dict(OD=[1, 2], OC=[2]), mode='2d'
-)
+# after the authors' post-processing (largest component, holes filled): the
+# structures, 2D mode and post-processing are FundusDGDataset's METAINFO.
+val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
+
+# Test-time augmentation for tools/test.py --tta (mmseg's convention): each
+# image is tested as is and flipped horizontally; mmseg flips the second
+# prediction back and SegTTAModel (the tta_model of mmseg's
+# default_runtime.py) averages the two softmax maps. The test pipeline runs
+# once up to packing; the metric gets the unflipped copy's ground truth and
+# the domain meta keys (the same in both copies). A config that replaces
+# test_pipeline redefines tta_pipeline from it with the base's tta_flips,
+# as configs/dfq/dfq_mit-tiny_demo_fundus.py does.
+tta_flips = [
+    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+]
+tta_pipeline = [
+    *test_pipeline[:-1],
+    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
+]

@@ -99,8 +99,24 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 # Per-volume 3D Dice / ASD / HD95 in mm (NIfTI spacing) after keeping the
-# largest 3D component; slices are reassembled by case_id / slice_index.
-val_evaluator = dict(
-    type='DomainMetric', structures=dict(Prostate=[1]), mode='3d'
-)
+# largest 3D component; slices are reassembled by case_id / slice_index. The
+# structure, 3D mode and post-processing are ProstateDGDataset's METAINFO.
+val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
+
+# Test-time augmentation for tools/test.py --tta (mmseg's convention): each
+# image is tested as is and flipped horizontally; mmseg flips the second
+# prediction back and SegTTAModel (the tta_model of mmseg's
+# default_runtime.py) averages the two softmax maps. The test pipeline runs
+# once up to packing; the metric gets the unflipped copy's ground truth and
+# the domain meta keys (the same in both copies). A config that replaces
+# test_pipeline redefines tta_pipeline from it with the base's tta_flips,
+# as configs/dfq/dfq_mit-tiny_demo_fundus.py does.
+tta_flips = [
+    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+]
+tta_pipeline = [
+    *test_pipeline[:-1],
+    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
+]

@@ -1,0 +1,185 @@
+"""From per-case metrics to per-domain means, the log table and the CSV."""
+
+import csv
+import math
+import os
+import os.path as osp
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from mmengine.logging import print_log
+from prettytable import PrettyTable
+
+DISTANCE_METRICS = ('ASD', 'ASSD', 'HD95')
+_UNIT_TEXT = {
+    'mm': 'mm (from the spacing meta key)',
+    'px': 'pixels',
+    'vox': 'voxels',
+}
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, float)
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
+def case_unit(cases: List[dict]) -> str:
+    """The one distance unit of all cases (``'mm'``, ``'px'`` or ``'vox'``).
+
+    Raises:
+        ValueError: When some cases have a spacing and others do not.
+    """
+    units = sorted({case['unit'] for case in cases})
+    if len(units) > 1:
+        raise ValueError(
+            'DomainMetric: some cases have a spacing and others do not '
+            f'(units {units}); distances would mix mm and pixels'
+        )
+    return units[0]
+
+
+def summarize_domains(
+    cases: List[dict], structures: Sequence[str], metrics: Sequence[str]
+) -> Tuple[Dict[str, float], 'OrderedDict[str, dict]', Dict[str, bool]]:
+    """Per-domain means of the per-case metrics, then means over domains.
+
+    Args:
+        cases (list[dict]): One dict per case with ``domain``,
+            ``domain_idx``, ``seen`` and ``values[structure][metric]``.
+        structures (Sequence[str]): Structure names, in report order.
+        metrics (Sequence[str]): Metric names, in report order.
+
+    Returns:
+        tuple: ``(out, summary, seen)``: the flat metric dict the
+        evaluator returns (``'<domain>/<S>_<M>'``, ``'<domain>/n_cases'``,
+        ``'<domain>/<S>_n_excluded'``, ``'mean/...'`` and, with seen and
+        unseen domains, ``'mean_unseen/...'``), the rows of the table and
+        whether each domain is seen.
+    """
+    by_domain = defaultdict(list)
+    for case in cases:
+        by_domain[case['domain']].append(case)
+    domains = sorted(
+        by_domain, key=lambda d: (by_domain[d][0]['domain_idx'], d)
+    )
+    seen = {}
+    for domain in domains:
+        flags = {case['seen'] for case in by_domain[domain]}
+        if len(flags) > 1:
+            raise ValueError(
+                f'DomainMetric: domain {domain!r} has both seen and '
+                'unseen samples'
+            )
+        seen[domain] = flags.pop()
+
+    columns = [f'{s}_{m}' for s in structures for m in metrics]
+    # A case without a defined distance is left out of every distance mean
+    # alike, so one count per structure says how many.
+    dist_metric = next((m for m in metrics if m in DISTANCE_METRICS), None)
+    out = OrderedDict()
+    summary = OrderedDict()
+    for domain in domains:
+        rows = by_domain[domain]
+        row = OrderedDict(n_cases=len(rows))
+        for s in structures:
+            for m in metrics:
+                row[f'{s}_{m}'] = _nanmean([c['values'][s][m] for c in rows])
+            if dist_metric is not None:
+                row[f'{s}_n_excluded'] = int(
+                    sum(math.isnan(c['values'][s][dist_metric]) for c in rows)
+                )
+        summary[domain] = row
+        for key, value in row.items():
+            out[f'{domain}/{key}'] = value
+
+    groups = [('mean', domains)]
+    unseen = [d for d in domains if not seen[d]]
+    if unseen and len(unseen) < len(domains):
+        groups.append(('mean_unseen', unseen))
+    for group, members in groups:
+        row = OrderedDict(n_cases=sum(summary[d]['n_cases'] for d in members))
+        for key in columns:
+            row[key] = _nanmean([summary[d][key] for d in members])
+            out[f'{group}/{key}'] = row[key]
+        summary[group] = row
+    return out, summary, seen
+
+
+def log_table(
+    summary: dict,
+    seen: Dict[str, bool],
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    unit: str,
+    mode: str,
+) -> None:
+    """Print the per-domain table to the current logger."""
+    has_distance = any(m in DISTANCE_METRICS for m in metrics)
+    table = PrettyTable()
+    header = ['Domain', 'n']
+    for s in structures:
+        for m in metrics:
+            header.append(f'{s} {m} ({"%" if m == "Dice" else unit})')
+        if has_distance:
+            header.append(f'{s} excl.')
+    table.field_names = header
+    for name, row in summary.items():
+        if name in seen:
+            label = f'{name} ({"seen" if seen[name] else "unseen"})'
+        else:
+            label = name
+        cells = [label, row['n_cases']]
+        for s in structures:
+            for m in metrics:
+                cells.append(f'{row[f"{s}_{m}"]:.2f}')
+            if has_distance:
+                cells.append(row.get(f'{s}_n_excluded', ''))
+        table.add_row(cells)
+    print_log(
+        f'DomainMetric ({mode}, per-case means; distances in '
+        f'{_UNIT_TEXT[unit]}; "excl." = cases with exactly one empty mask, '
+        'left out of the distance means):\n' + table.get_string(),
+        logger='current',
+    )
+
+
+def write_cases_csv(
+    path: str,
+    cases: List[dict],
+    structures: Sequence[str],
+    metrics: Sequence[str],
+    unit: str,
+) -> None:
+    """Write one CSV row per case.
+
+    Columns: ``domain``, ``domain_idx``, ``seen``, ``case_id``, then
+    ``slice_index`` only when the cases are slices (a ``'2d'`` evaluation
+    of volume slices: ``case_id`` names the volume, so the slice is part of
+    the case's name; fundus images and ``'3d'`` volumes have none), each
+    ``<structure>_<metric>`` and ``distance_unit``.
+    """
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    columns = [f'{s}_{m}' for s in structures for m in metrics]
+    with_slice = any('slice_index' in case for case in cases)
+    ident = ['domain', 'domain_idx', 'seen', 'case_id']
+    if with_slice:
+        ident.append('slice_index')
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(ident + columns + ['distance_unit'])
+        for case in cases:
+            values = [
+                case['values'][s][m] for s in structures for m in metrics
+            ]
+            writer.writerow(
+                [case.get(key, '') for key in ident]
+                + [f'{v:.6g}' for v in values]
+                + [unit]
+            )
+    print_log(
+        f'DomainMetric: per-case results written to {path}',
+        logger='current',
+    )
