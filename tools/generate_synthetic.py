@@ -9,7 +9,7 @@ Examples::
 import argparse
 import time
 
-from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
 
 def parse_args(argv=None):
