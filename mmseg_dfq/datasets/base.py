@@ -246,6 +246,21 @@ class DomainSplitDataset(BaseSegDataset):
             self.full_init()
 
     @classmethod
+    def _load_metainfo(cls, metainfo: Optional[dict] = None) -> dict:
+        """mmengine's metainfo merge, with ``eval_mode`` kept as a string.
+
+        mmengine reads every string value of ``metainfo`` as a file of names
+        if such a file exists (and warns when it does not); ``'2d'`` is
+        never a file.
+        """
+        metainfo = dict(metainfo or {})
+        eval_mode = metainfo.pop('eval_mode', None)
+        out = super()._load_metainfo(metainfo)
+        if eval_mode is not None:
+            out['eval_mode'] = eval_mode
+        return out
+
+    @classmethod
     def declared_facts(cls, metainfo: Optional[dict] = None) -> dict:
         """The checked facts of this data set type with a config's
         ``metainfo``, without building it (no files are read).
