@@ -9,7 +9,7 @@ It prints, per variant and target, the mean +- std over seeds of the unseen
 domain's OD and OC Dice (plus the mean over the seen domains, to show the
 shift), a mean-over-targets row and the wall time.
 
-The shift: :func:`mmseg_dfq.datasets.synthetic.make_fundus` draws the images
+The shift: :func:`mmseg_dfq.testing.synthetic.make_fundus` draws the images
 (its per-domain styles are mild: a small DFQ reaches ~97% OD Dice on the
 unseen domain), then this tool re-renders every written image of its own
 copy with a much stronger per-domain acquisition, see ``BENCHMARK_SHIFTS``.
@@ -44,7 +44,7 @@ import torch
 from mmengine.config import Config
 
 import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
-from mmseg_dfq.datasets.synthetic import make_fundus
+from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 import mmseg_dfq  # noqa: F401  (compat fixes + registration before mmseg)
 from mmseg_dfq.config import load_config
-from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMOS = {

@@ -48,11 +48,8 @@ from mmseg_dfq.apis import (
     save_label_volume,
     volume_slice_overlay,
 )
-from mmseg_dfq.datasets.transforms import (
-    decode_nifti,
-    read_image_as_stored,
-    read_nifti_header,
-)
+from mmseg_dfq.datasets.nifti import decode_nifti, read_nifti_header
+from mmseg_dfq.datasets.transforms import read_image_as_stored
 
 
 def parse_args():

@@ -159,13 +159,13 @@ def _get(cfg, path):
 
 
 def _domain_names(dataset_cfg, domains, where):
-    """Display names of domain indices via the dataset's ``DOMAIN_NAMES``."""
+    """Display names of domain indices via the dataset's declared domains."""
     from mmseg.registry import DATASETS
 
     import mmseg_dfq  # noqa: F401  (registers the DG datasets)
 
     cls = DATASETS.get(dataset_cfg.get('type', ''))
-    names = getattr(cls, 'DOMAIN_NAMES', None)
+    names = getattr(cls, 'METAINFO', {}).get('domains')
     out = []
     for d in domains:
         if isinstance(d, str):
@@ -175,7 +175,7 @@ def _domain_names(dataset_cfg, domains, where):
         else:
             raise SweepError(
                 f'{where}: domain {d!r} has no name (dataset type '
-                f'{dataset_cfg.get("type")!r} has no DOMAIN_NAMES entry for '
+                f'{dataset_cfg.get("type")!r} declares no domain name for '
                 'it)'
             )
     return out

@@ -9,9 +9,13 @@ _base_ = [
     './schedules/schedule_demo.py',
     'mmseg::_base_/default_runtime.py',
 ]
+from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    fundus_test_pipeline,
+    fundus_train_pipeline,
+)
+
 data_root = 'demo_data/fundus'
 crop_size = (64, 64)
-meta_keys = {{_base_.meta_keys}}
 # The demo's edits to whichever model a demo config takes (MiT-b0 from
 # scratch, no download; a 128-channel head; 64 px inputs). A variable, not
 # `model`: the model comes from another base of the same config, and
@@ -27,31 +31,9 @@ demo_model = dict(
     backbone=dict(init_cfg=None),
     decode_head=dict(channels=128, num_classes=3),
 )
-train_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='RandomAnisotropicResize',
-                scale=crop_size,
-                ratio_range=(1.0, 1.5),
-            )
-        ],
-        prob=0.5,
-    ),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-# Test loaders that mmseg's inference APIs recognise (see fundus_dg.py).
-test_pipeline = [
-    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
+# The fundus base's pipelines at the 64 px crop.
+train_pipeline = fundus_train_pipeline(crop_size)
+test_pipeline = fundus_test_pipeline(crop_size)
 # Flip TTA (tools/test.py --tta) of this test pipeline.
 tta_pipeline = [
     *test_pipeline[:-1],

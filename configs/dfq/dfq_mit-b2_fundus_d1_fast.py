@@ -5,8 +5,9 @@
 # augmentation and schedule.
 # bf16: --cfg-options optim_wrapper.type=BF16OptimWrapper
 _base_ = ['./dfq_mit-b2_fundus_d1.py', '../_base_/fast_path.py']
+from mmseg_dfq.datasets.pipelines import fundus_train_pipeline  # noqa: E402
+
 crop_size = (256, 256)
-meta_keys = {{_base_.meta_keys}}
 optim_wrapper = {{_base_.fast_optim_wrapper}}
 # The schedule's reliability hooks (configs/_base_/schedules/dfq_fundus.py)
 # plus the fast path.
@@ -18,29 +19,7 @@ custom_hooks = [
 ]
 # The authors' augmentation, as in _base_/datasets/fundus_dg.py; only the
 # deterministic loading + resize is cached.
-train_pipeline = [
-    dict(
-        type='MemoryCache',
-        transforms=[
-            dict(type='LoadFundusImageFromFile'),
-            dict(type='LoadFundusAnnotations'),
-            dict(type='Resize', scale=crop_size, keep_ratio=False),
-        ],
-    ),
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='RandomAnisotropicResize',
-                scale=crop_size,
-                ratio_range=(1.0, 1.5),
-            )
-        ],
-        prob=0.5,
-    ),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
+train_pipeline = fundus_train_pipeline(crop_size, cache_loading=True)
 # fast_train_dataloader's settings plus the cached pipeline.
 train_dataloader = dict(
     num_workers=10,

@@ -1,7 +1,7 @@
 # DFQ parts on a DINOv2 ViT-S/14 (MultiLevelNeck + RDWTNeck + DFQHead + RDWT
 # loss), fundus OD/OC, held-out Domain1, fine-tuning the whole network.
-# Crops of 252 px (18 x 18 patches); otherwise the fundus pipeline of
-# configs/_base_/datasets/fundus_dg.py.
+# Crops of 252 px (18 x 18 patches); otherwise the fundus pipelines of
+# configs/_base_/datasets/fundus_dg.py (rebuilt at 252 px).
 # The backbone learns at 0.1x the head's rate: the DFQ recipe's Adam 5e-4 is
 # for the MiT and its from-scratch head, and would overwrite the DINOv2
 # features. dfq_vit-s14-dinov2-frozen_fundus_d1-252.py freezes them instead.
@@ -11,8 +11,12 @@ _base_ = [
     '../_base_/schedules/dfq_fundus.py',
     'mmseg::_base_/default_runtime.py',
 ]
+from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    fundus_test_pipeline,
+    fundus_train_pipeline,
+)
+
 crop_size = (252, 252)
-meta_keys = {{_base_.meta_keys}}
 model = dict(
     data_preprocessor=dict(size=crop_size),
     decode_head=dict(num_classes=3),
@@ -20,30 +24,8 @@ model = dict(
 optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys=dict(backbone=dict(lr_mult=0.1)))
 )
-train_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='RandomAnisotropicResize',
-                scale=crop_size,
-                ratio_range=(1.0, 1.5),
-            )
-        ],
-        prob=0.5,
-    ),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-test_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
+train_pipeline = fundus_train_pipeline(crop_size)
+test_pipeline = fundus_test_pipeline(crop_size)
 # Flip TTA (tools/test.py --tta) of this test pipeline.
 tta_pipeline = [
     *test_pipeline[:-1],

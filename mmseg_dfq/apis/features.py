@@ -8,6 +8,7 @@ import torch
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
+from ..datasets.base import DomainSplitDataset
 from ..models.losses.rdwt_loss import channel_covariance, instance_norm
 
 
@@ -20,7 +21,7 @@ def build_analysis_dataset(
         cfg (mmengine.Config): The model's config.
         data_root (str, optional): Overrides the dataset's data root.
         domains (Sequence, optional): Domains to load; default every domain
-            of the benchmark (1..4 fundus, 1..6 prostate).
+            the data set declares (``metainfo['domains']``).
 
     Returns:
         BaseSegDataset: Samples carry their ``domain`` meta.
@@ -30,11 +31,17 @@ def build_analysis_dataset(
     if data_root is not None:
         ds_cfg.data_root = data_root
     if domains is None:
-        domains = (
-            list(range(1, 5))
-            if ds_cfg.type == 'FundusDGDataset'
-            else list(range(1, 7))
-        )
+        dataset_cls = DATASETS.get(ds_cfg.type)
+        if not (
+            isinstance(dataset_cls, type)
+            and issubclass(dataset_cls, DomainSplitDataset)
+        ):
+            raise ValueError(
+                f'the analysis needs a domain-split test data set, got '
+                f'{ds_cfg.type!r}'
+            )
+        names = dataset_cls.declared_facts(ds_cfg.get('metainfo'))['domains']
+        domains = list(range(1, len(names) + 1))
     ds_cfg.domains = list(domains)
     ds_cfg.unseen_domains = []
     return DATASETS.build(ds_cfg)

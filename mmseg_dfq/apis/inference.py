@@ -1,144 +1,113 @@
-"""Segment new fundus images and NIfTI volumes with a trained model.
+"""Segment new images and NIfTI volumes with a trained model.
 
-The preprocessing is the test pipeline's: fundus images go through the
-config's ``test_dataloader`` pipeline with its annotation loader dropped;
-volumes are decoded, checked and min-max scaled by the functions the
-prostate dataset uses, cut into the same 2.5D slices, and then run through
-the rest of that pipeline (everything after its loading steps). A model
-therefore sees exactly what it saw in ``tools/test.py``, and the
-post-processing is the one the config's ``DomainMetric`` applies.
+The preprocessing is the test pipeline's: images go through the config's
+``test_dataloader`` pipeline with its annotation loader dropped; volumes
+are decoded, checked and min-max scaled by the functions the volume data
+sets use, cut into the same 2.5D slices, and then run through the rest of
+that pipeline (everything after its loading steps). A model therefore sees
+exactly what it saw in ``tools/test.py``. What a model takes (images or
+volumes), what it segments (structures) and how its predictions are
+post-processed come from the facts its test data set declares
+(``METAINFO``, see :mod:`mmseg_dfq.datasets.base`), with the config's
+``DomainMetric`` arguments on top, as the metric applies them.
 
 mmseg's own ``inference_model`` / ``MMSegInferencer`` also run on these
-configs (see ``mmseg_dfq.datasets.transforms``); for prostate models they
-take 2.5D slices as arrays, which :func:`nifti_slices` cuts from a volume.
+configs (see ``mmseg_dfq.datasets.transforms``); for volume models they
+take 2.5D slices as arrays, which :func:`~mmseg_dfq.apis.nifti_slices`
+cuts from a volume.
 """
 
-import os
+import logging
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
-import nibabel as nib
 import numpy as np
 import torch
 from mmengine.dataset import Compose
+from mmengine.logging import print_log
 from mmseg.apis import init_model
 from mmseg.registry import DATASETS
 
 from ..config import load_config
-from ..datasets.prostate import ProstateDGDataset
-from ..datasets.transforms import (
-    decode_nifti,
-    normalise_prostate_image,
-    slice_25d,
-)
-from ..evaluation import (
-    fill_holes,
-    largest_connected_component,
-    postprocess_connectivity,
-)
-
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
-NIFTI_EXTS = ('.nii', '.nii.gz')
-SEGMENTATION_TAG = '_segmentation.nii'
-# Fundus labels 0 background, 1 rim, 2 cup -> the grey levels of the masks.
-FUNDUS_GREY = np.array([255, 128, 0], dtype=np.uint8)
-# Loaders of the test pipeline that mark a volume model (the prostate test
-# pipelines now load with DFQ's LoadImageFromFile; the dataset type tells).
-VOLUME_LOADERS = ('LoadProstateSlice',)
+from ..datasets.base import DomainSplitDataset
+from ..datasets.nifti import decode_nifti, read_nifti_header
+from ..datasets.transforms.volume import normalise_volume, slice_25d
+from ..evaluation import fill_holes, largest_connected_component
+from .inputs import input_kind
 
 
-def input_kind(path: str) -> Optional[str]:
-    """Tell an image from a NIfTI volume by the file name.
-
-    Args:
-        path (str): A file name.
-
-    Returns:
-        str | None: 'volume', 'image', or None for other extensions.
-    """
-    name = path.lower()
-    if name.endswith(NIFTI_EXTS):
-        return 'volume'
-    if name.endswith(IMAGE_EXTS):
-        return 'image'
-    return None
-
-
-def file_stem(path: str) -> str:
-    """File name without its extension (``.nii.gz`` counts as one).
-
-    Args:
-        path (str): A file path.
-
-    Returns:
-        str: E.g. ``'Case00'`` for ``'site/Case00.nii.gz'``.
-    """
-    name = osp.basename(path)
-    if name.lower().endswith('.nii.gz'):
-        return name[: -len('.nii.gz')]
-    return osp.splitext(name)[0]
-
-
-def find_inputs(path: str) -> Tuple[List[str], List[str]]:
-    """List the images / volumes to segment in a file or folder.
-
-    Args:
-        path (str): A fundus image, a NIfTI volume, or a folder of either.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a file has an unsupported extension, or a folder
-            holds nothing to segment.
-
-    Returns:
-        tuple[list[str], list[str]]: The sorted inputs, and the ground-truth
-        volumes (``*_segmentation.nii*``) of a folder that were left out.
-    """
-    if not osp.exists(path):
-        raise FileNotFoundError(f'input not found: {path}')
-    if osp.isfile(path):
-        if input_kind(path) is None:
-            raise ValueError(
-                f'unsupported file type (expected one of '
-                f'{", ".join(IMAGE_EXTS + NIFTI_EXTS)}): {path}'
-            )
-        return [path], []
-    files, skipped = [], []
-    for name in sorted(os.listdir(path)):
-        full = osp.join(path, name)
-        if not osp.isfile(full) or input_kind(name) is None:
-            continue
-        # The SAML layout keeps labels beside the volumes: not inputs.
-        if SEGMENTATION_TAG in name.lower():
-            skipped.append(full)
-        else:
-            files.append(full)
-    if not files:
-        raise ValueError(
-            f'no image ({", ".join(IMAGE_EXTS)}) or NIfTI volume found in '
-            f'folder {path}'
+def _domain_metric_cfg(cfg) -> Optional[dict]:
+    """The config's ``DomainMetric`` test evaluator, if it has one."""
+    evaluator = cfg.get('test_evaluator', None)
+    if isinstance(evaluator, (list, tuple)):
+        evaluator = next(
+            (e for e in evaluator if e.get('type') == 'DomainMetric'), None
         )
-    return files, skipped
+    if not evaluator or evaluator.get('type') != 'DomainMetric':
+        return None
+    return evaluator
 
 
-def nifti_slices(path: str) -> List[np.ndarray]:
-    """The 2.5D slices of a NIfTI volume, as a prostate model's inputs.
-
-    Decoded, checked and min-max scaled like the prostate dataset does, then
-    cut as ``LoadProstateSlice`` cuts them, so ``inference_model(model,
-    nifti_slices(path))`` (mmseg's API) predicts slice k of the volume as
-    ``tools/test.py`` does. Post-processing (largest 3D component) and NIfTI
-    output are :class:`SegInferencer`'s / ``tools/infer.py``'s job.
+def dataset_facts_of(cfg) -> Optional[Dict]:
+    """The declared facts of a config's test data set, or None.
 
     Args:
-        path (str): A ``.nii`` / ``.nii.gz`` volume.
+        cfg (mmengine.Config): A model's config.
 
     Returns:
-        list[np.ndarray]: One float32 (H, W, 3) array in [-1, 1] per slice
-        ``volume[:, :, k]``.
+        dict | None: The facts (:func:`mmseg_dfq.datasets.base.
+        check_dataset_facts`) plus ``file_kind``, or None when the test
+        data set is not a :class:`DomainSplitDataset`.
     """
-    vol = normalise_prostate_image(decode_nifti(path), path)
-    return [slice_25d(vol, k) for k in range(vol.shape[2])]
+    try:
+        dataset_cfg = cfg.test_dataloader.dataset
+    except AttributeError:
+        return None
+    dataset_cls = DATASETS.get(dataset_cfg.get('type', ''))
+    if not (
+        isinstance(dataset_cls, type)
+        and issubclass(dataset_cls, DomainSplitDataset)
+    ):
+        return None
+    facts = dataset_cls.declared_facts(dataset_cfg.get('metainfo', None))
+    facts['file_kind'] = dataset_cls.file_kind_of(dataset_cfg)
+    return facts
+
+
+def postprocess_settings(cfg) -> Optional[Dict]:
+    """Structures and post-processing a config's evaluation applies.
+
+    The test data set's declared facts, overridden by what the config's
+    ``DomainMetric`` sets explicitly (``structures``, ``largest_cc``,
+    ``fill_holes``, ``cc_connectivity``).
+
+    Args:
+        cfg (mmengine.Config): A model's config.
+
+    Returns:
+        dict | None: ``structures`` (name -> list of labels),
+        ``largest_cc``, ``fill_holes`` and ``connectivity``; None when the
+        config's test data set declares no facts.
+    """
+    facts = dataset_facts_of(cfg)
+    if facts is None:
+        return None
+    post = dict(facts['post_process'])
+    structures = {k: list(v) for k, v in facts['structures'].items()}
+    evaluator = _domain_metric_cfg(cfg) or {}
+    if evaluator.get('structures') is not None:
+        structures = {
+            k: [v] if isinstance(v, int) else list(v)
+            for k, v in evaluator['structures'].items()
+        }
+    for arg, key in (
+        ('largest_cc', 'largest_cc'),
+        ('fill_holes', 'fill_holes'),
+        ('cc_connectivity', 'connectivity'),
+    ):
+        if evaluator.get(arg) is not None:
+            post[key] = evaluator[arg]
+    return dict(structures=structures, **post)
 
 
 def init_segmentor(
@@ -172,126 +141,24 @@ def init_segmentor(
     return model.eval()
 
 
-def fundus_overlay(
-    image_rgb: np.ndarray,
-    labels: np.ndarray,
-    alpha: float = 0.45,
-    colours: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """Paint labels translucently over an image (rim green, cup blue).
-
-    Args:
-        image_rgb (np.ndarray): (H, W, 3) uint8 RGB.
-        labels (np.ndarray): (H, W) labels; 0 is left unpainted.
-        alpha (float): Opacity of the colours. Default: 0.45.
-        colours (np.ndarray, optional): (num_classes, 3) RGB per label.
-            Default: fundus, 1 rim green, 2 cup blue.
-
-    Returns:
-        np.ndarray: (H, W, 3) uint8 RGB.
-    """
-    if colours is None:
-        colours = np.array([[0, 0, 0], [0, 200, 0], [0, 90, 255]])
-    colours = np.asarray(colours, np.float32)
-    out = image_rgb.astype(np.float32)
-    fg = labels > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def volume_slice_overlay(
-    volume: np.ndarray, labels: np.ndarray, k: Optional[int] = None
-) -> np.ndarray:
-    """Slice k of a volume in grey with its labels in red.
-
-    The slice is shown in the array layout (rows = first NIfTI axis), not
-    rotated to a radiological view.
-
-    Args:
-        volume (np.ndarray): (H, W, D) intensities (any range).
-        labels (np.ndarray): (H, W, D) labels.
-        k (int, optional): Slice index. Default: the middle slice.
-
-    Returns:
-        np.ndarray: (H, W, 3) uint8 RGB.
-    """
-    k = volume.shape[2] // 2 if k is None else k
-    img = volume[:, :, k].astype(np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    grey = (img - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
-    rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
-    red = np.array([[0, 0, 0]] + [[255, 40, 40]] * 255)
-    return fundus_overlay(rgb, labels[:, :, k], alpha=0.5, colours=red)
-
-
-def save_label_volume(
-    labels: np.ndarray, source_path: str, out_path: str
-) -> None:
-    """Write a label volume with the geometry of its source NIfTI.
-
-    The source's header (voxel size, orientation codes, qform and sform) and
-    affine are kept, so the labels overlay the source in ITK-SNAP or 3D
-    Slicer; the data type becomes uint8 without intensity scaling.
-
-    Args:
-        labels (np.ndarray): (H, W, D) labels, the source's array layout.
-        source_path (str): The NIfTI volume that was segmented.
-        out_path (str): Output ``.nii`` / ``.nii.gz`` file.
-    """
-    src = nib.load(source_path)
-    if labels.shape != src.shape:
-        raise ValueError(
-            f'label volume of shape {labels.shape} does not match the '
-            f'source shape {src.shape}: {source_path}'
-        )
-    header = src.header.copy()
-    header.set_data_dtype(np.uint8)
-    # Labels, not intensities: no rescaling slope/intercept.
-    header.set_slope_inter(1, 0)
-    pred = type(src)(labels.astype(np.uint8), src.affine, header)
-    # Keep both orientation records exactly (the constructor may rewrite
-    # them from the affine alone).
-    pred.set_qform(src.get_qform(), code=int(src.header['qform_code']))
-    pred.set_sform(src.get_sform(), code=int(src.header['sform_code']))
-    nib.save(pred, out_path)
-
-
-def _metric_postprocess_cfg(cfg) -> Dict:
-    """Structures and post-processing of the config's ``DomainMetric``."""
-    evaluator = cfg.get('test_evaluator', None)
-    if isinstance(evaluator, (list, tuple)):
-        evaluator = next(
-            (e for e in evaluator if e.get('type') == 'DomainMetric'), None
-        )
-    if not evaluator or evaluator.get('type') != 'DomainMetric':
-        return dict(structures=None, fill_holes=False, connectivity=None)
-    mode = evaluator.get('mode', '2d')
-    fill = evaluator.get('fill_holes', None)
-    return dict(
-        structures={k: list(v) for k, v in evaluator['structures'].items()},
-        fill_holes=(mode == '2d') if fill is None else bool(fill),
-        connectivity=postprocess_connectivity(
-            mode, evaluator.get('cc_connectivity', None)
-        ),
-    )
-
-
 class SegInferencer:
     """A trained mmseg model applied to fundus images or NIfTI volumes.
 
-    Which input kind a model takes follows from its test data: a
-    ``ProstateDGDataset`` (or a pipeline with ``LoadProstateSlice``) means
-    volumes (slice by slice, 2.5D), anything else images.
+    Which input kind a model takes follows from its test data set: one
+    that reads NIfTI volumes (``file_kind`` ``'nifti'``, e.g.
+    ``ProstateDGDataset``) means volumes, segmented slice by slice (2.5D);
+    anything else images.
 
     Args:
         config (str): The model's config file.
         checkpoint (str): Its checkpoint.
         device (str): 'cpu' or 'cuda[:i]'. Default: 'cpu'.
-        postprocess (bool): Apply the post-processing of the config's
-            ``DomainMetric`` to every structure: keep the largest connected
-            component (2D per image, 8-connected; 3D per volume,
-            6-connected; or the metric's ``cc_connectivity``) and, where
-            the metric does (fundus), fill its holes. Default: True.
+        postprocess (bool): Apply the evaluation's post-processing (see
+            :func:`postprocess_settings`) to every structure: keep the
+            largest connected component (2D per image, 3D per volume) and,
+            where the data set says so (fundus), fill its holes. A config
+            whose test data set declares no facts is not post-processed (a
+            warning says so). Default: True.
         cfg_options (dict, optional): Config overrides.
     """
 
@@ -306,7 +173,6 @@ class SegInferencer:
         self.config = config
         self.model = init_segmentor(config, checkpoint, device, cfg_options)
         self.cfg = self.model.cfg
-        self.postprocess = postprocess
         try:
             test_pipeline = self.cfg.test_dataloader.dataset.pipeline
         except AttributeError:
@@ -320,32 +186,33 @@ class SegInferencer:
             # Ground truth is not there to load for new data.
             if 'Annotation' not in t['type']
         ]
-        types = [t['type'] for t in pipeline]
-        dataset_cls = DATASETS.get(
-            self.cfg.test_dataloader.dataset.get('type', '')
-        )
-        volumes = any(t in VOLUME_LOADERS for t in types) or (
-            dataset_cls is not None
-            and issubclass(dataset_cls, ProstateDGDataset)
-        )
+        facts = dataset_facts_of(self.cfg)
+        volumes = facts is not None and facts['file_kind'] == 'nifti'
         self.kind = 'volume' if volumes else 'image'
         if volumes:
-            # The slices are cut here (same functions as LoadProstateSlice);
+            # The slices are cut here (same functions as the slice loader);
             # the steps after the loader run unchanged.
             pipeline = [
                 t for t in pipeline if not t['type'].startswith('Load')
             ]
         self.pipeline = Compose(pipeline)
-        post = _metric_postprocess_cfg(self.cfg)
-        num_classes = self.model.decode_head.num_classes
-        self.structures = post['structures'] or {
-            f'class{k}': [k] for k in range(1, num_classes)
-        }
-        self.fill_holes = post['fill_holes']
-        # Without a DomainMetric: the authors' default for the input kind.
-        self.connectivity = post['connectivity'] or postprocess_connectivity(
-            '3d' if self.kind == 'volume' else '2d'
+        post = postprocess_settings(self.cfg)
+        if post is None and postprocess:
+            print_log(
+                f'{config}: its test data set declares no structures or '
+                'post_process (not a DomainSplitDataset), so predictions '
+                'are not post-processed',
+                logger='current',
+                level=logging.WARNING,
+            )
+        self.postprocess = postprocess and post is not None
+        post = post or dict(
+            structures={}, largest_cc=False, fill_holes=False, connectivity=1
         )
+        self.structures = post['structures']
+        self.largest_cc = post['largest_cc']
+        self.fill_holes = post['fill_holes']
+        self.connectivity = post['connectivity']
 
     def check_input(self, path: str) -> None:
         """Raise a clear error if the model cannot segment this file.
@@ -384,9 +251,9 @@ class SegInferencer:
         # nested one (cup inside disc) ends up on top; each keeps its
         # smallest class (disc = {rim, cup} -> rim, cup = {cup} -> cup).
         for classes in sorted(self.structures.values(), key=len)[::-1]:
-            mask = largest_connected_component(
-                np.isin(labels, classes), self.connectivity
-            )
+            mask = np.isin(labels, classes)
+            if self.largest_cc:
+                mask = largest_connected_component(mask, self.connectivity)
             if self.fill_holes:
                 if mask.ndim == 2:
                     mask = fill_holes(mask)
@@ -410,18 +277,28 @@ class SegInferencer:
             dict(img_path=path, seg_fields=[], reduce_zero_label=False)
         )
 
-    def pack_slice(self, volume: np.ndarray, path: str, k: int) -> dict:
+    def pack_slice(
+        self,
+        volume: np.ndarray,
+        path: str,
+        k: int,
+        spacing: Optional[tuple] = None,
+    ) -> dict:
         """Cut 2.5D slice k as ``LoadProstateSlice`` does; run the rest.
 
         Args:
             volume (np.ndarray): (H, W, D) float32 volume, already scaled by
-                :func:`normalise_prostate_image`.
+                :func:`~mmseg_dfq.datasets.transforms.normalise_volume`.
             path (str): Its file (kept as ``img_path``).
             k (int): Slice index along the third axis.
+            spacing (tuple, optional): Voxel size (mm), packed as the data
+                sets do. Default: None (read from the file's header).
 
         Returns:
             dict: ``inputs`` (Tensor, (3, H, W)) and ``data_samples``.
         """
+        if spacing is None:
+            spacing = read_nifti_header(path)[1][:3]
         return self.pipeline(
             dict(
                 img=slice_25d(volume, k),
@@ -430,13 +307,14 @@ class SegInferencer:
                 ori_shape=volume.shape[:2],
                 slice_index=k,
                 num_slices=volume.shape[2],
+                spacing=tuple(spacing),
                 seg_fields=[],
                 reduce_zero_label=False,
             )
         )
 
     def image(self, path: str) -> np.ndarray:
-        """Segment one fundus image.
+        """Segment one image.
 
         Args:
             path (str): Image file.
@@ -466,13 +344,15 @@ class SegInferencer:
             (slice k is ``labels[:, :, k]``).
         """
         self.check_input(path)
-        vol = normalise_prostate_image(decode_nifti(path), path)
+        vol = normalise_volume(decode_nifti(path), path)
+        spacing = read_nifti_header(path)[1][:3]
         depth = vol.shape[2]
         out = np.zeros(vol.shape, np.uint8)
         for start in range(0, depth, batch_size):
             stop = min(start + batch_size, depth)
             packed = [
-                self.pack_slice(vol, path, k) for k in range(start, stop)
+                self.pack_slice(vol, path, k, spacing)
+                for k in range(start, stop)
             ]
             for k, pred in zip(range(start, stop), self._predict(packed)):
                 out[:, :, k] = pred

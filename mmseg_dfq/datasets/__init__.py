@@ -1,7 +1,10 @@
 """Domain-split datasets, loading transforms and the domain-mix sampler."""
 
 from .augment import RandomAnisotropicResize
+from .base import DomainSplitDataset
 from .fundus import FundusDGDataset
+from .fundus_codec import FUNDUS_GREY, decode_fundus_mask, encode_fundus_labels
+from .multisite import MultiSiteDataset
 from .prostate import ProstateDGDataset
 from .samplers import (
     DomainMixBatchSampler,
@@ -9,46 +12,37 @@ from .samplers import (
     check_domain_mix_batch_size,
 )
 from .transforms import (
+    PACK_META_KEYS,
     LoadFundusAnnotations,
     LoadFundusImageFromFile,
+    LoadMappedAnnotations,
     LoadProstateSlice,
+    PackDomainSegInputs,
     VolumeCache,
-    decode_fundus_mask,
 )
 
-# mmseg's default PackSegInputs meta keys plus the per-sample domain metas
-# (see docs/design.md); keys a sample lacks (e.g. the prostate-only ones on
-# fundus samples) are skipped by PackSegInputs.
-DFQ_META_KEYS = (
-    'img_path',
-    'seg_map_path',
-    'ori_shape',
-    'img_shape',
-    'pad_shape',
-    'scale_factor',
-    'flip',
-    'flip_direction',
-    'reduce_zero_label',
-    'domain',
-    'domain_idx',
-    'seen',
-    'case_id',
-    'slice_index',
-    'num_slices',
-    'spacing',
-)
+# For configs that keep mmseg's PackSegInputs: pass these meta keys to it.
+# PackDomainSegInputs packs them by itself, and also refuses a volume sample
+# without spacing; prefer it.
+DFQ_META_KEYS = PACK_META_KEYS
 
 __all__ = [
     'DFQ_META_KEYS',
     'DomainMixBatchSampler',
     'DomainMixSampler',
+    'DomainSplitDataset',
+    'FUNDUS_GREY',
     'FundusDGDataset',
     'LoadFundusAnnotations',
     'LoadFundusImageFromFile',
+    'LoadMappedAnnotations',
     'LoadProstateSlice',
+    'MultiSiteDataset',
+    'PackDomainSegInputs',
     'ProstateDGDataset',
     'RandomAnisotropicResize',
     'VolumeCache',
     'check_domain_mix_batch_size',
     'decode_fundus_mask',
+    'encode_fundus_labels',
 ]

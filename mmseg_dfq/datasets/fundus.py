@@ -6,52 +6,13 @@ from collections import defaultdict
 from typing import List, Sequence, Union
 
 from mmengine.logging import print_log
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-DomainSpec = Union[int, str]
-
-
-def _resolve_domains(
-    domains: Sequence[DomainSpec], names: Sequence[str], what: str
-) -> List[int]:
-    """Turn domain indices (1-based) or names into 1-based indices.
-
-    Args:
-        domains (Sequence[int | str]): Domains as 1-based indices or names.
-        names (Sequence[str]): Name of domain ``i + 1`` at position ``i``.
-        what (str): Argument name for error messages.
-
-    Returns:
-        list[int]: 1-based indices in the given order.
-    """
-    if isinstance(domains, (int, str)):
-        domains = [domains]
-    out = []
-    for d in domains:
-        if isinstance(d, bool):
-            raise TypeError(f'{what}: a domain cannot be a bool ({d!r})')
-        if isinstance(d, int):
-            if not 1 <= d <= len(names):
-                raise ValueError(
-                    f'{what}: domain index {d} outside 1..{len(names)}'
-                )
-            idx = d
-        elif isinstance(d, str) and d in names:
-            idx = names.index(d) + 1
-        else:
-            raise ValueError(
-                f'{what}: unknown domain {d!r}; use 1..{len(names)} or one '
-                f'of {list(names)}'
-            )
-        if idx in out:
-            raise ValueError(f'{what}: domain {d!r} given twice')
-        out.append(idx)
-    return out
+from .base import DomainSpec, DomainSplitDataset
 
 
 @DATASETS.register_module()
-class FundusDGDataset(BaseSegDataset):
+class FundusDGDataset(DomainSplitDataset):
     """Fundus OD/OC data set of the DoFE release, split by domain.
 
     Reads ``Domain{k}_{split}.list`` from ``data_root``; each line is
@@ -81,8 +42,13 @@ class FundusDGDataset(BaseSegDataset):
     METAINFO = dict(
         classes=('background', 'optic_disc_rim', 'optic_cup'),
         palette=[[0, 0, 0], [0, 128, 255], [255, 200, 0]],
+        domains=('Domain1', 'Domain2', 'Domain3', 'Domain4'),
+        # The optic disc is rim + cup.
+        structures=dict(OD=(1, 2), OC=(2,)),
+        eval_mode='2d',
+        # The authors': largest 8-connected component, holes filled.
+        post_process=dict(largest_cc=True, fill_holes=True, connectivity=2),
     )
-    DOMAIN_NAMES = ('Domain1', 'Domain2', 'Domain3', 'Domain4')
     SPLITS = ('train', 'test')
 
     def __init__(
@@ -94,31 +60,17 @@ class FundusDGDataset(BaseSegDataset):
         pipeline: Sequence[dict] = (),
         **kwargs,
     ) -> None:
-        self.domain_ids = _resolve_domains(
-            domains, self.DOMAIN_NAMES, 'domains'
-        )
-        self.unseen_ids = _resolve_domains(
-            unseen_domains, self.DOMAIN_NAMES, 'unseen_domains'
-        )
         self.splits = [split] if isinstance(split, str) else list(split)
         for s in self.splits:
             if s not in self.SPLITS:
                 raise ValueError(f'split must be in {self.SPLITS}, got {s!r}')
-        if not osp.isdir(data_root):
-            raise FileNotFoundError(
-                f'fundus data_root is not a folder: {data_root}'
-            )
         super().__init__(
             data_root=data_root,
-            pipeline=list(pipeline),
-            reduce_zero_label=False,
+            domains=domains,
+            unseen_domains=unseen_domains,
+            pipeline=pipeline,
             **kwargs,
         )
-
-    @property
-    def domains(self) -> List[str]:
-        """list[str]: Names of the loaded domains, in the configured order."""
-        return [self.DOMAIN_NAMES[i - 1] for i in self.domain_ids]
 
     def load_data_list(self) -> List[dict]:
         """Read the list files of the configured domains and splits.
@@ -128,7 +80,7 @@ class FundusDGDataset(BaseSegDataset):
         """
         data_list = []
         for d in self.domain_ids:
-            name = self.DOMAIN_NAMES[d - 1]
+            name = self.domain_names[d - 1]
             for split in self.splits:
                 list_file = osp.join(self.data_root, f'{name}_{split}.list')
                 if not osp.isfile(list_file):
@@ -160,16 +112,12 @@ class FundusDGDataset(BaseSegDataset):
                                 f'found: {path}'
                             )
                     data_list.append(
-                        dict(
-                            img_path=img_path,
-                            seg_map_path=seg_path,
-                            label_map=self.label_map,
-                            reduce_zero_label=False,
-                            seg_fields=[],
-                            domain=name,
-                            domain_idx=d,
-                            seen=d not in self.unseen_ids,
-                            case_id=osp.splitext(osp.basename(img_path))[0],
+                        self.sample_info(
+                            img_path,
+                            seg_path,
+                            **self.domain_metas(
+                                d, osp.splitext(osp.basename(img_path))[0]
+                            ),
                         )
                     )
                 if len(data_list) == n_before:

@@ -1,69 +1,24 @@
 """Prostate T2 MRI data set split by site (SAML layout), one sample a slice."""
 
-import os
 import os.path as osp
-import re
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .fundus import DomainSpec, _resolve_domains
-from .transforms import VolumeCache, read_nifti_header
-
-_SEG_SUFFIX = '_segmentation'
-_NIFTI_EXTS = ('.nii.gz', '.nii')
-
-
-def _split_ext(filename: str) -> Optional[tuple]:
-    """Split a NIfTI file name into (stem, extension), or None if not NIfTI.
-
-    Args:
-        filename (str): A file name.
-
-    Returns:
-        tuple[str, str] | None: Stem and extension.
-    """
-    for ext in _NIFTI_EXTS:
-        if filename.endswith(ext):
-            return filename[: -len(ext)], ext
-    return None
-
-
-def _natural_key(text: str) -> list:
-    """Sort key that orders ``Case2`` before ``Case10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', text)]
-
-
-def split_test_cases(
-    cases: Sequence[str], test_fraction: float, seed: int = 0
-) -> List[str]:
-    """Pick the test cases of one domain, deterministically.
-
-    The cases are sorted, shuffled with ``seed`` and the first
-    ``round(n * test_fraction)`` (at least one when the fraction is > 0 and
-    the domain has two or more cases, never all of them) become test cases.
-
-    Args:
-        cases (Sequence[str]): Case stems of a domain.
-        test_fraction (float): Fraction of cases held out for testing.
-        seed (int): Seed of the shuffle. Default: 0.
-
-    Returns:
-        list[str]: The test case stems, sorted.
-    """
-    cases = sorted(cases, key=_natural_key)
-    n = len(cases)
-    n_test = int(round(n * test_fraction))
-    if test_fraction > 0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    order = np.random.RandomState(seed).permutation(n)
-    return sorted((cases[i] for i in order[:n_test]), key=_natural_key)
+from .base import (
+    DomainSpec,
+    DomainSplitDataset,
+    check_case_split,
+    pair_case_files,
+    resolve_domains,
+    select_split,
+)
+from .nifti import SEG_SUFFIX, split_nifti_ext
+from .transforms.volume import VolumeCache
 
 
 @DATASETS.register_module()
-class ProstateDGDataset(BaseSegDataset):
+class ProstateDGDataset(DomainSplitDataset):
     """Prostate T2 MRI data set of the SAML release, split by site.
 
     ``data_root`` holds one folder per site with ``CaseXX.nii.gz`` (or
@@ -86,10 +41,12 @@ class ProstateDGDataset(BaseSegDataset):
         split (str): ``'all'`` (every case; what leave-one-domain-out uses
             for the target and the authors for the sources), ``'train'`` or
             ``'test'`` - a deterministic per-site case split, see
-            :func:`split_test_cases`. Default: 'all'.
+            :func:`~mmseg_dfq.datasets.base.split_test_cases`.
+            Default: 'all'.
         test_fraction (float): Fraction of each site's cases in the
             ``'test'`` split. Default: 0.2.
-        split_seed (int): Seed of the case split. Default: 0.
+        split_seed (int): Seed of the case split (another seed, another
+            train/test partition of each site). Default: 0.
         domain_dirs (dict | Sequence[str], optional): Folder names of the
             sites when they differ from the names above, as a dict
             name-or-index -> folder (e.g. ``{'I2CVB': 'HCRUDB'}``) or a list
@@ -103,10 +60,16 @@ class ProstateDGDataset(BaseSegDataset):
     """
 
     METAINFO = dict(
-        classes=('background', 'prostate'), palette=[[0, 0, 0], [255, 0, 0]]
+        classes=('background', 'prostate'),
+        palette=[[0, 0, 0], [255, 0, 0]],
+        domains=('RUNMC', 'BMC', 'I2CVB', 'UCL', 'BIDMC', 'HK'),
+        structures=dict(Prostate=(1,)),
+        eval_mode='3d',
+        # The authors': largest 6-connected 3D component, no hole filling.
+        post_process=dict(largest_cc=True, fill_holes=False, connectivity=1),
     )
-    DOMAIN_NAMES = ('RUNMC', 'BMC', 'I2CVB', 'UCL', 'BIDMC', 'HK')
     SPLITS = ('all', 'train', 'test')
+    FILE_KIND = 'nifti'
 
     def __init__(
         self,
@@ -121,31 +84,17 @@ class ProstateDGDataset(BaseSegDataset):
         pipeline: Sequence[dict] = (),
         **kwargs,
     ) -> None:
-        self.domain_ids = _resolve_domains(
-            domains, self.DOMAIN_NAMES, 'domains'
-        )
-        self.unseen_ids = _resolve_domains(
-            unseen_domains, self.DOMAIN_NAMES, 'unseen_domains'
-        )
-        if split not in self.SPLITS:
-            raise ValueError(f'split must be in {self.SPLITS}, got {split!r}')
-        if not 0.0 <= test_fraction < 1.0:
-            raise ValueError(
-                f'test_fraction must be in [0, 1), got {test_fraction}'
-            )
+        check_case_split(split, test_fraction)
         self.split = split
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.dir_names = self._resolve_dirs(domain_dirs)
-        if not osp.isdir(data_root):
-            raise FileNotFoundError(
-                f'prostate data_root is not a folder: {data_root}'
-            )
+        self._domain_dirs = domain_dirs
         self.volume_cache = VolumeCache(cache_bytes)
         super().__init__(
             data_root=data_root,
-            pipeline=list(pipeline),
-            reduce_zero_label=False,
+            domains=domains,
+            unseen_domains=unseen_domains,
+            pipeline=pipeline,
             **kwargs,
         )
 
@@ -160,12 +109,13 @@ class ProstateDGDataset(BaseSegDataset):
         Returns:
             list[str]: Folder of domain ``i + 1`` at position ``i``.
         """
-        dirs = list(self.DOMAIN_NAMES)
+        names = self.domain_names
+        dirs = list(names)
         if domain_dirs is None:
             return dirs
         if isinstance(domain_dirs, dict):
             for key, folder in domain_dirs.items():
-                (idx,) = _resolve_domains([key], self.DOMAIN_NAMES, 'dirs')
+                (idx,) = resolve_domains([key], names, 'domain_dirs')
                 dirs[idx - 1] = folder
             return dirs
         if len(domain_dirs) != len(dirs):
@@ -175,125 +125,27 @@ class ProstateDGDataset(BaseSegDataset):
             )
         return list(domain_dirs)
 
-    @property
-    def domains(self) -> List[str]:
-        """list[str]: Names of the loaded sites, in the configured order."""
-        return [self.DOMAIN_NAMES[i - 1] for i in self.domain_ids]
-
-    def _find_cases(self, folder: str) -> List[tuple]:
-        """List (stem, image path, segmentation path) of a site folder.
-
-        Args:
-            folder (str): Site folder.
-
-        Returns:
-            list[tuple]: Cases in natural order of their stems.
-        """
-        if not osp.isdir(folder):
-            raise FileNotFoundError(
-                f'prostate site folder not found: {folder}'
-            )
-        files = os.listdir(folder)
-        segs = {}
-        images = {}
-        for fname in files:
-            parts = _split_ext(fname)
-            if parts is None:
-                continue
-            stem, _ = parts
-            target = segs if stem.endswith(_SEG_SUFFIX) else images
-            key = stem[: -len(_SEG_SUFFIX)] if target is segs else stem
-            if key in target:
-                raise ValueError(
-                    f'{folder}: both .nii and .nii.gz exist for {stem}'
-                )
-            target[key] = osp.join(folder, fname)
-        for stem in segs:
-            if stem not in images:
-                raise FileNotFoundError(
-                    f'segmentation {segs[stem]} has no image {stem}.nii[.gz]'
-                )
-        cases = []
-        for stem in sorted(images, key=_natural_key):
-            if stem not in segs:
-                raise FileNotFoundError(
-                    f'image {images[stem]} has no segmentation '
-                    f'{stem}{_SEG_SUFFIX}.nii[.gz] beside it'
-                )
-            cases.append((stem, images[stem], segs[stem]))
-        if not cases:
-            raise ValueError(f'no CaseXX.nii[.gz] volumes found in {folder}')
-        return cases
-
     def load_data_list(self) -> List[dict]:
         """Index every slice of the configured sites from the NIfTI headers.
 
         Returns:
             list[dict]: One data info per slice with paths and metas.
         """
+        dirs = self._resolve_dirs(self._domain_dirs)
         data_list = []
         for d in self.domain_ids:
-            name = self.DOMAIN_NAMES[d - 1]
-            folder = osp.join(self.data_root, self.dir_names[d - 1])
-            cases = self._find_cases(folder)
-            if self.split != 'all':
-                test = set(
-                    split_test_cases(
-                        [c[0] for c in cases],
-                        self.test_fraction,
-                        self.split_seed,
-                    )
-                )
-                want_test = self.split == 'test'
-                cases = [c for c in cases if (c[0] in test) == want_test]
-                if not cases:
-                    raise ValueError(
-                        f'{folder}: no cases in split {self.split!r} '
-                        f'(test_fraction={self.test_fraction})'
-                    )
+            folder = osp.join(self.data_root, dirs[d - 1])
+            cases = select_split(
+                pair_case_files(
+                    folder, split_nifti_ext, mask_suffix=SEG_SUFFIX
+                ),
+                self.split,
+                self.test_fraction,
+                self.split_seed,
+                folder,
+            )
             for stem, img_path, seg_path in cases:
-                shape, spacing, affine = read_nifti_header(img_path)
-                seg_shape, _, _ = read_nifti_header(seg_path)
-                if len(shape) != 3:
-                    raise ValueError(
-                        f'prostate image must be a 3D volume, got shape '
-                        f'{shape}: {img_path}'
-                    )
-                if seg_shape != shape:
-                    raise ValueError(
-                        f'segmentation shape {seg_shape} differs from image '
-                        f'shape {shape} ({img_path}): {seg_path}'
-                    )
-                affine_t = tuple(tuple(float(v) for v in r) for r in affine)
-                for k in range(shape[2]):
-                    data_list.append(
-                        dict(
-                            img_path=img_path,
-                            seg_map_path=seg_path,
-                            label_map=self.label_map,
-                            reduce_zero_label=False,
-                            seg_fields=[],
-                            domain=name,
-                            domain_idx=d,
-                            seen=d not in self.unseen_ids,
-                            case_id=f'{name}/{stem}',
-                            slice_index=k,
-                            num_slices=shape[2],
-                            spacing=spacing[:3],
-                            affine=affine_t,
-                        )
-                    )
+                data_list.extend(
+                    self.volume_slice_infos(d, stem, img_path, seg_path)
+                )
         return data_list
-
-    def prepare_data(self, idx: int) -> dict:
-        """Run the pipeline on sample ``idx`` with access to the cache.
-
-        Args:
-            idx (int): Sample index.
-
-        Returns:
-            dict: The pipeline output.
-        """
-        data_info = self.get_data_info(idx)
-        data_info['volume_cache'] = self.volume_cache
-        return self.pipeline(data_info)

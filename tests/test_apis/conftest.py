@@ -16,7 +16,7 @@ from mmengine.registry import init_default_scope
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: mmcv.ops stand-ins)
 from mmseg_dfq.datasets import FundusDGDataset, ProstateDGDataset
-from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FUNDUS_CFG = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_fundus.py')

@@ -29,7 +29,7 @@ from mmseg.apis import (
 from mmseg.registry import DATASETS
 
 from mmseg_dfq.apis import SegInferencer, nifti_slices
-from mmseg_dfq.datasets.transforms import decode_fundus_mask
+from mmseg_dfq.datasets.fundus_codec import decode_fundus_mask
 
 from .conftest import FUNDUS_CFG, PROSTATE_CFG, REPO, mmseg_tool, run
 

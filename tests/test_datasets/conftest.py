@@ -7,7 +7,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmseg_dfq  # noqa: F401  (registers the DFQ components)
-from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
 CONFIG_DIR = osp.join(
     osp.dirname(__file__), '..', '..', 'configs', '_base_', 'datasets'

@@ -10,7 +10,6 @@ import torch
 from mmcv.transforms import Compose
 
 from mmseg_dfq.datasets import (
-    DFQ_META_KEYS,
     FundusDGDataset,
     LoadFundusAnnotations,
     LoadFundusImageFromFile,
@@ -54,7 +53,8 @@ def test_loads_domains_and_metas(fundus_root):
 
 def test_config_pipelines_pack_metas(fundus_root):
     cfg = load_base_config('fundus_dg')
-    assert tuple(cfg.meta_keys) == DFQ_META_KEYS
+    for pipeline in (cfg.train_pipeline, cfg.test_pipeline):
+        assert pipeline[-1] == dict(type='PackDomainSegInputs')
     ds = FundusDGDataset(
         data_root=fundus_root,
         domains=cfg.train_dataloader.dataset.domains,

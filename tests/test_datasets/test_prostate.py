@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from mmseg_dfq.datasets import (
-    DFQ_META_KEYS,
     LoadProstateSlice,
     ProstateDGDataset,
     VolumeCache,
 )
-from mmseg_dfq.datasets.synthetic import PROSTATE_SITES
+from mmseg_dfq.testing.synthetic import PROSTATE_SITES
 
 from .conftest import load_base_config
 
@@ -102,7 +101,8 @@ def test_2p5d_channels_match_reference(prostate_root):
 
 def test_config_pipelines_pack_metas(prostate_root):
     cfg = load_base_config('prostate_dg')
-    assert tuple(cfg.meta_keys) == DFQ_META_KEYS
+    for pipeline in (cfg.train_pipeline, cfg.test_pipeline):
+        assert pipeline[-1] == dict(type='PackDomainSegInputs')
     ds = ProstateDGDataset(
         data_root=prostate_root,
         domains=cfg.train_dataloader.dataset.domains,

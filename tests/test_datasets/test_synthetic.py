@@ -8,7 +8,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
-from mmseg_dfq.datasets.synthetic import (
+from mmseg_dfq.testing.synthetic import (
     PROSTATE_SITES,
     make_fundus,
     make_prostate,

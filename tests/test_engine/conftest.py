@@ -20,7 +20,7 @@ import torch
 from mmengine.registry import init_default_scope
 
 import mmseg_dfq  # noqa: F401
-from mmseg_dfq.datasets.synthetic import make_fundus
+from mmseg_dfq.testing.synthetic import make_fundus
 
 from ..test_runtime.conftest import (
     FUNDUS_CONFIG,

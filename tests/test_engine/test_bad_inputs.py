@@ -16,8 +16,8 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
 from mmseg.registry import MODELS, TRANSFORMS
 
-from mmseg_dfq.datasets.synthetic import make_prostate
 from mmseg_dfq.engine import NonFiniteLossError
+from mmseg_dfq.testing.synthetic import make_prostate
 
 from ..test_runtime.conftest import (
     FUNDUS_CONFIG,

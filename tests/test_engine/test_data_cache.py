@@ -7,8 +7,8 @@ import pytest
 from mmcv.transforms import BaseTransform, Compose
 from mmseg.registry import TRANSFORMS
 
-from mmseg_dfq.datasets.synthetic import make_fundus
 from mmseg_dfq.engine import MemoryCache
+from mmseg_dfq.testing.synthetic import make_fundus
 
 CALLS = []
 

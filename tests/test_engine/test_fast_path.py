@@ -22,7 +22,6 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from mmseg_dfq.datasets.synthetic import make_fundus
 from mmseg_dfq.engine import (
     BF16OptimWrapper,
     ChannelsLastDistributedDataParallel,
@@ -34,6 +33,7 @@ from mmseg_dfq.engine.fast_path import (
     align_optimizer_state,
     resolve_compile_kwargs,
 )
+from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_fundus.py')

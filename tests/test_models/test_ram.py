@@ -21,12 +21,12 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 import mmseg_dfq  # noqa: F401  (must precede mmseg.models: mmcv.ops stand-ins)
-from mmseg_dfq.datasets.synthetic import make_fundus
 from mmseg_dfq.models.data_preprocessors import (
     RAMSegDataPreProcessor,
     low_freq_amplitude_mix,
 )
 from mmseg_dfq.models.segmentors import RAMEncoderDecoder, symmetric_kl
+from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # Looked up, not imported: ``mmseg.models`` must load after ``mmseg_dfq``.

@@ -22,7 +22,7 @@ import torch
 from mmengine.registry import init_default_scope
 
 import mmseg_dfq  # noqa: F401
-from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FUNDUS_CONFIG = osp.join(REPO_ROOT, 'configs/dfq/dfq_mit-tiny_demo_fundus.py')

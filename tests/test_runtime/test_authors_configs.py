@@ -7,9 +7,9 @@ import torch
 from mmengine.runner import Runner
 
 from mmseg_dfq.config import load_config
-from mmseg_dfq.datasets.synthetic import make_fundus
 from mmseg_dfq.models.backbones.mit_rdwt import RDWTMixVisionTransformer
 from mmseg_dfq.models.segmentors import MultiLabelEncoderDecoder
+from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.join(osp.dirname(__file__), '..', '..')
 CONFIGS = osp.join(REPO, 'configs', 'dfq')

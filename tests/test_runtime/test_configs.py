@@ -26,7 +26,7 @@ from mmseg.registry import (
 )
 
 from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
-from mmseg_dfq.datasets.synthetic import PROSTATE_SITES
+from mmseg_dfq.testing.synthetic import PROSTATE_SITES
 
 from .conftest import REPO_ROOT
 

@@ -99,7 +99,7 @@ def save_untrained(config, path, seed):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    from mmseg_dfq.datasets.synthetic import make_fundus, make_prostate
+    from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
 
     root = tmp_path_factory.mktemp('infer')
     make_fundus(str(root / 'fundus'), seed=3, cases=5, size=64)
@@ -155,10 +155,8 @@ def test_inference_sees_the_test_pipeline(data):
     """Inputs equal the test dataloader's; masks are the API's labels."""
     from mmseg_dfq.apis import FUNDUS_GREY, SegInferencer
     from mmseg_dfq.apis.features import build_analysis_dataset
-    from mmseg_dfq.datasets.transforms import (
-        decode_nifti,
-        normalise_prostate_image,
-    )
+    from mmseg_dfq.datasets.nifti import decode_nifti
+    from mmseg_dfq.datasets.transforms import normalise_volume
 
     inf = SegInferencer(data['f_cfg'], data['f_ckpt'], postprocess=False)
     assert inf.kind == 'image'
@@ -182,9 +180,7 @@ def test_inference_sees_the_test_pipeline(data):
     idx = [i for i in range(len(ds)) if ds.get_data_info(i)['slice_index']]
     item = ds[idx[0]]
     meta = item['data_samples'].metainfo
-    vol = normalise_prostate_image(
-        decode_nifti(meta['img_path']), meta['img_path']
-    )
+    vol = normalise_volume(decode_nifti(meta['img_path']), meta['img_path'])
     packed = inf.pack_slice(vol, meta['img_path'], meta['slice_index'])
     assert torch.equal(packed['inputs'], item['inputs'])
     labels = inf.volume(meta['img_path'], batch_size=3)

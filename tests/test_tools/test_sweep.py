@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-from mmseg_dfq.datasets.synthetic import make_fundus
+from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 RECIPE = osp.join(

@@ -8,30 +8,17 @@
 #            3: {1: 2, 2: 4, 4: 10}  4: {1: 2, 2: 4, 3: 10}
 # The split's values live in the dataloaders only (no top-level copies that a
 # split config would leave behind).
+# An empty _base_ keeps mmengine reading this file as a classic config
+# although it imports the pipeline builders.
+_base_ = []
+from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    fundus_test_pipeline,
+    fundus_train_pipeline,
+)
+
 dataset_type = 'FundusDGDataset'
 data_root = 'data/fundus'
 crop_size = (256, 256)
-
-# mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
-# equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
-meta_keys = (
-    'img_path',
-    'seg_map_path',
-    'ori_shape',
-    'img_shape',
-    'pad_shape',
-    'scale_factor',
-    'flip',
-    'flip_direction',
-    'reduce_zero_label',
-    'domain',
-    'domain_idx',
-    'seen',
-    'case_id',
-    'slice_index',
-    'num_slices',
-    'spacing',
-)
 
 # Pixels to [-1, 1] in RGB order; model configs use
 # data_preprocessor=dict(type='SegDataPreProcessor', **data_preprocessor_cfg).
@@ -46,38 +33,14 @@ data_preprocessor_cfg = dict(
 
 # The authors' augmentation: resize to 256, then half of the time scale x
 # and y independently by U(1, 1.5), random crop back to 256; no flip (add
-# dict(type='RandomFlip', prob=0.5) before PackSegInputs for one; see the
-# departures table in docs/design.md).
-train_pipeline = [
-    dict(type='LoadFundusImageFromFile'),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(
-        type='RandomApply',
-        transforms=[
-            dict(
-                type='RandomAnisotropicResize',
-                scale=crop_size,
-                ratio_range=(1.0, 1.5),
-            )
-        ],
-        prob=0.5,
-    ),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-# Annotations are loaded after Resize so the metric sees original-size masks
-# (mmseg resizes predictions back to ori_shape). The loaders are chosen so
-# that mmseg's inference_model / MMSegInferencer run this pipeline as is:
-# DFQ's LoadImageFromFile (the mmseg_dfq scope; LoadFundusImageFromFile
-# under the type name mmseg's inferencer looks for) and annotations that are
-# skipped for an image without a mask.
-test_pipeline = [
-    dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
-    dict(type='Resize', scale=crop_size, keep_ratio=False),
-    dict(type='LoadFundusAnnotations'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
+# dict(type='RandomFlip', prob=0.5) before PackDomainSegInputs for one; see
+# the departures table in docs/design.md). The test pipeline loads the
+# annotations after Resize (the metric sees original-size masks) with
+# loaders mmseg's inference APIs accept. Both are spelled out in
+# mmseg_dfq/datasets/pipelines.py, so that a config with another crop_size
+# rebuilds them instead of copying them.
+train_pipeline = fundus_train_pipeline(crop_size)
+test_pipeline = fundus_test_pipeline(crop_size)
 
 # Every batch holds the mix: `domain_counts` gives each source domain's
 # samples per batch (keyed by domain index or name), and

@@ -12,27 +12,6 @@
 dataset_type = 'ProstateDGDataset'
 data_root = 'data/prostate'
 
-# mmseg's default PackSegInputs meta keys plus the per-sample domain metas;
-# equal to mmseg_dfq.datasets.DFQ_META_KEYS (checked by the tests).
-meta_keys = (
-    'img_path',
-    'seg_map_path',
-    'ori_shape',
-    'img_shape',
-    'pad_shape',
-    'scale_factor',
-    'flip',
-    'flip_direction',
-    'reduce_zero_label',
-    'domain',
-    'domain_idx',
-    'seen',
-    'case_id',
-    'slice_index',
-    'num_slices',
-    'spacing',
-)
-
 # Inputs are already in [-1, 1] (float32, 3 channels of one volume).
 # mmseg pads a training batch to a common size: a multiple of 32 (384 x 384
 # slices of the release are left as they are; other sizes get padded with
@@ -50,14 +29,14 @@ data_preprocessor_cfg = dict(
 # dict(type='RandomFlip', prob=0.5) after the loader; see docs/design.md).
 train_pipeline = [
     dict(type='LoadProstateSlice'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    dict(type='PackDomainSegInputs'),
 ]
 # DFQ's LoadImageFromFile (the mmseg_dfq scope) loads a dataset sample as
 # LoadProstateSlice does; under that type name mmseg's inference_model /
 # MMSegInferencer also run this pipeline on 2.5D slices given as arrays.
 test_pipeline = [
     dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    dict(type='PackDomainSegInputs'),
 ]
 
 # Every batch holds the mix: `domain_counts` gives each source site's slices

@@ -1,4 +1,4 @@
-"""Synthetic fundus and prostate data in the exact on-disk layouts.
+"""Synthetic fundus, prostate and multi-site data in real on-disk layouts.
 
 The real benchmarks cannot be downloaded everywhere, so tests and the CPU
 demo use small generated stand-ins: a shared anatomy (optic disc and cup;
@@ -9,12 +9,15 @@ bias field, noise, voxel spacing and slice count). A seed fixes every array.
 
 import os
 import os.path as osp
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from ..datasets.fundus_codec import decode_fundus_mask, encode_fundus_labels
+from ..datasets.prostate import ProstateDGDataset
 
 # Per-domain acquisition of the four fundus domains. cast: RGB gains;
 # contrast around the mean; gamma on [0, 1]; blur: Gaussian sigma as a
@@ -49,7 +52,7 @@ PROSTATE_STYLES = (
     dict(fov=130.0, thick=3.3, depth=0.4, scale=600.0, gamma=1.2,
          contrast=1.0, noise=0.025, bias=0.25),
 )  # fmt: skip
-PROSTATE_SITES = ('RUNMC', 'BMC', 'I2CVB', 'UCL', 'BIDMC', 'HK')
+PROSTATE_SITES = ProstateDGDataset.METAINFO['domains']
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -93,9 +96,10 @@ def fundus_case(
 
     d_disc = ellipse_dist(cx, cy, rx, ry)
     d_cup = ellipse_dist(ccx, ccy, cdr * rx, cdr * ry)
-    mask = np.full((size, size), 255, np.uint8)
-    mask[d_disc <= 1] = 128
-    mask[(d_cup <= 1) & (d_disc <= 1)] = 0
+    labels = np.zeros((size, size), np.uint8)
+    labels[d_disc <= 1] = 1
+    labels[(d_cup <= 1) & (d_disc <= 1)] = 2
+    mask = encode_fundus_labels(labels)
 
     # Luminance: textured retina, soft bright disc, brighter cup.
     tex = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 12)
@@ -325,5 +329,75 @@ def make_prostate(
                 nib.Nifti1Image(seg, affine),
                 osp.join(folder, f'Case{i:02d}_segmentation.nii.gz'),
             )
+        summary[site] = cases
+    return summary
+
+
+# The hospitals of the multi-site example (README, "Your own multi-site
+# data"): each borrows the acquisition of one benchmark domain.
+MULTISITE_SITES = ('HospitalA', 'HospitalB', 'HospitalC')
+
+
+def make_multisite(
+    out_dir: str,
+    seed: int = 0,
+    file_kind: str = 'image',
+    cases: Optional[int] = None,
+    size: Optional[int] = None,
+) -> Dict[str, int]:
+    """Write a multi-site set in the layout ``MultiSiteDataset`` reads.
+
+    ``file_kind='image'``: ``<site>/images/case<i>.png`` (RGB fundus crops)
+    and ``<site>/masks/case<i>.png`` storing the optic disc as 255 on 0
+    (``mask_values={0: 0, 255: 1}``). ``file_kind='nifti'``:
+    ``<site>/images/case<i>.nii.gz`` (T2-like volumes with the site's
+    spacing) and ``<site>/labels/case<i>.nii.gz`` with 0 background, 1
+    prostate and on odd cases 2 for a central zone
+    (``mask_values={0: 0, 1: 1, 2: 1}``). The sites are
+    ``MULTISITE_SITES``.
+
+    Args:
+        out_dir (str): Data root to write into (created if missing).
+        seed (int): Seed of every random draw. Default: 0.
+        file_kind (str): ``'image'`` or ``'nifti'``. Default: 'image'.
+        cases (int, optional): Cases per site. Default: 6 images or 3
+            volumes.
+        size (int, optional): Image size / in-plane size. Default: 64 / 48.
+
+    Returns:
+        dict: Number of cases per site.
+    """
+    if file_kind not in ('image', 'nifti'):
+        raise ValueError(f"file_kind must be 'image' or 'nifti': {file_kind}")
+    nifti = file_kind == 'nifti'
+    cases = (3 if nifti else 6) if cases is None else int(cases)
+    size = (48 if nifti else 64) if size is None else int(size)
+    summary = {}
+    for k, site in enumerate(MULTISITE_SITES, 1):
+        img_dir = osp.join(out_dir, site, 'images')
+        mask_dir = osp.join(out_dir, site, 'labels' if nifti else 'masks')
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(mask_dir, exist_ok=True)
+        for i in range(cases):
+            rng = _rng(seed, 100 + k, i)
+            if nifti:
+                style = PROSTATE_STYLES[k - 1]
+                depth = 6 + 2 * k
+                img, seg, spacing = prostate_case(
+                    rng, size, depth, style, with_zone=i % 2 == 1
+                )
+                affine = np.diag([spacing[0], spacing[1], spacing[2], 1.0])
+                for folder, arr in ((img_dir, img), (mask_dir, seg)):
+                    nib.save(
+                        nib.Nifti1Image(arr, affine),
+                        osp.join(folder, f'case{i:02d}.nii.gz'),
+                    )
+            else:
+                img, grey = fundus_case(rng, size, FUNDUS_STYLES[k - 1])
+                disc = np.where(decode_fundus_mask(grey) > 0, 255, 0)
+                disc = disc.astype(np.uint8)
+                name = f'case{i:02d}.png'
+                cv2.imwrite(osp.join(img_dir, name), img[..., ::-1])
+                cv2.imwrite(osp.join(mask_dir, name), disc)
         summary[site] = cases
     return summary

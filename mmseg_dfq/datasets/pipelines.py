@@ -1,0 +1,89 @@
+"""The fundus pipelines, built for a crop size: one home for every config.
+
+mmengine evaluates a base config before its children and replaces lists
+wholesale, so a child that changes ``crop_size`` (the 64 px CPU demo, the
+252 px DINOv2 crops) would otherwise copy the whole pipeline. Configs call
+these builders instead::
+
+    from mmseg_dfq.datasets.pipelines import fundus_train_pipeline
+    train_pipeline = fundus_train_pipeline(crop_size)
+
+(a config that imports a module must assign ``_base_`` first, so that
+mmengine reads it as a classic config). The result is plain dicts of
+registered types, exactly what a config would spell out.
+"""
+
+from typing import List, Sequence
+
+
+def _size(crop_size: Sequence[int]) -> tuple:
+    size = tuple(int(v) for v in crop_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f'crop_size must be (width, height), got {crop_size}')
+    return size
+
+
+def fundus_train_pipeline(
+    crop_size: Sequence[int], cache_loading: bool = False
+) -> List[dict]:
+    """The authors' fundus training pipeline at ``crop_size``.
+
+    Resize to the crop size, then half of the time scale x and y
+    independently by U(1, 1.5), random crop back to the crop size; no flip
+    (see the departures table in docs/design.md).
+
+    Args:
+        crop_size (Sequence[int]): (width, height) of the crops.
+        cache_loading (bool): Wrap the deterministic steps (loading and the
+            first resize) in ``MemoryCache`` so they run once per worker
+            (the GPU fast path). Default: False.
+
+    Returns:
+        list[dict]: The pipeline.
+    """
+    size = _size(crop_size)
+    deterministic = [
+        dict(type='LoadFundusImageFromFile'),
+        dict(type='LoadFundusAnnotations'),
+        dict(type='Resize', scale=size, keep_ratio=False),
+    ]
+    if cache_loading:
+        deterministic = [dict(type='MemoryCache', transforms=deterministic)]
+    return deterministic + [
+        dict(
+            type='RandomApply',
+            transforms=[
+                dict(
+                    type='RandomAnisotropicResize',
+                    scale=size,
+                    ratio_range=(1.0, 1.5),
+                )
+            ],
+            prob=0.5,
+        ),
+        dict(type='RandomCrop', crop_size=size),
+        dict(type='PackDomainSegInputs'),
+    ]
+
+
+def fundus_test_pipeline(crop_size: Sequence[int]) -> List[dict]:
+    """The fundus test pipeline at ``crop_size``.
+
+    Annotations are loaded after ``Resize`` so the metric sees original-size
+    masks (mmseg resizes predictions back to ``ori_shape``). The loaders
+    are chosen so that mmseg's ``inference_model`` / ``MMSegInferencer`` run
+    this pipeline as is: DFQ's ``LoadImageFromFile`` (the ``mmseg_dfq``
+    scope) and annotations that are skipped for an image without a mask.
+
+    Args:
+        crop_size (Sequence[int]): (width, height) the model sees.
+
+    Returns:
+        list[dict]: The pipeline.
+    """
+    return [
+        dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
+        dict(type='Resize', scale=_size(crop_size), keep_ratio=False),
+        dict(type='LoadFundusAnnotations'),
+        dict(type='PackDomainSegInputs'),
+    ]
