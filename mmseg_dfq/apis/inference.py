@@ -26,26 +26,37 @@ import torch
 from mmengine.dataset import Compose
 from mmengine.logging import print_log
 from mmseg.apis import init_model
-from mmseg.registry import DATASETS
+from mmseg.registry import DATASETS, METRICS
 
 from ..config import load_config
 from ..datasets.base import DomainSplitDataset
 from ..datasets.nifti import decode_nifti, read_nifti_header
 from ..datasets.transforms.volume import normalise_volume, slice_25d
-from ..evaluation import fill_holes, largest_connected_component
+from ..evaluation import (
+    DomainMetric,
+    fill_holes,
+    largest_connected_component,
+)
 from .inputs import input_kind
+
+
+def _is_domain_metric(evaluator) -> bool:
+    """Whether an evaluator config builds a :class:`DomainMetric` (or a
+    subclass, under any registered name or scope)."""
+    if not isinstance(evaluator, dict):
+        return False
+    metric_cls = METRICS.get(evaluator.get('type', ''))
+    return isinstance(metric_cls, type) and issubclass(
+        metric_cls, DomainMetric
+    )
 
 
 def _domain_metric_cfg(cfg) -> Optional[dict]:
     """The config's ``DomainMetric`` test evaluator, if it has one."""
     evaluator = cfg.get('test_evaluator', None)
     if isinstance(evaluator, (list, tuple)):
-        evaluator = next(
-            (e for e in evaluator if e.get('type') == 'DomainMetric'), None
-        )
-    if not evaluator or evaluator.get('type') != 'DomainMetric':
-        return None
-    return evaluator
+        evaluator = next((e for e in evaluator if _is_domain_metric(e)), None)
+    return evaluator if _is_domain_metric(evaluator) else None
 
 
 def dataset_facts_of(cfg) -> Optional[Dict]:

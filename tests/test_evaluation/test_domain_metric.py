@@ -515,24 +515,3 @@ def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
     results = metric.compute_metrics(metric.results)
     assert results['BMC/n_cases'] == results['HK/n_cases'] == 1
     assert results['mean/Prostate_Dice'] == 100.0
-
-
-def test_inference_postprocessing_follows_the_metric():
-    """``tools/infer.py`` post-processes with the metric's connectivity."""
-    from mmengine.config import Config
-
-    from mmseg_dfq.apis.inference import _metric_postprocess_cfg
-
-    def post(**evaluator):
-        cfg = Config(
-            dict(test_evaluator=dict(type='DomainMetric', **evaluator))
-        )
-        return _metric_postprocess_cfg(cfg)
-
-    fundus = post(structures=dict(OD=[1, 2], OC=[2]))
-    assert fundus['connectivity'] == 2 and fundus['fill_holes']
-    prostate = post(structures=dict(Prostate=[1]), mode='3d')
-    assert prostate['connectivity'] == 1 and not prostate['fill_holes']
-    assert (
-        post(structures=dict(OD=[1]), cc_connectivity=1)['connectivity'] == 1
-    )

@@ -64,13 +64,14 @@ dataset = dict(
 )
 
 # Train on HospitalB and HospitalC (an 8-image batch: 4 of each, the
-# sampler's domain_counts in the order of `domains`); validate on the
+# sampler's domain_counts keyed by domain index or name); validate on the
 # held-out HospitalA; test every hospital, the held-out one marked unseen.
 train_dataloader = dict(
     batch_size=8,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DomainMixSampler', domain_counts=[4, 4]),
+    sampler=dict(type='DomainMixSampler', domain_counts={2: 4, 3: 4}),
+    batch_sampler=dict(type='DomainMixBatchSampler'),
     dataset=dict(
         **dataset, domains=[2, 3], split='all', pipeline=train_pipeline
     ),
@@ -102,9 +103,6 @@ test_dataloader = dict(
     ),
 )
 # Per-case Dice / ASD / HD95 (pixels) of every structure, per domain.
-val_evaluator = dict(
-    type='DomainMetric',
-    structures=metainfo['structures'],
-    mode=metainfo['eval_mode'],
-)
+# Structures, 2D/3D and post-processing come from the data set's metainfo.
+val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator

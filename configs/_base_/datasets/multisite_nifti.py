@@ -60,7 +60,8 @@ train_dataloader = dict(
     batch_size=8,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DomainMixSampler', domain_counts=[4, 4]),
+    sampler=dict(type='DomainMixSampler', domain_counts={2: 4, 3: 4}),
+    batch_sampler=dict(type='DomainMixBatchSampler'),
     dataset=dict(
         **dataset, domains=[2, 3], split='all', pipeline=train_pipeline
     ),
@@ -93,9 +94,6 @@ test_dataloader = dict(
     ),
 )
 # Per-volume 3D Dice / ASD / HD95 in mm of every structure, per domain.
-val_evaluator = dict(
-    type='DomainMetric',
-    structures=metainfo['structures'],
-    mode=metainfo['eval_mode'],
-)
+# Structures, 2D/3D and post-processing come from the data set's metainfo.
+val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator

@@ -176,7 +176,7 @@ class RAMSegDataPreProcessor(SegDataPreProcessor):
                     f'RAMSegDataPreProcessor: sample {i} '
                     f'({sample.metainfo.get("img_path", "?")}) has no '
                     f'{self.domain_key!r} metainfo; pack it with '
-                    'PackSegInputs(meta_keys=DFQ_META_KEYS)'
+                    'PackDomainSegInputs in the pipeline'
                 )
             domains.append(sample.metainfo[self.domain_key])
         partners = []
