@@ -212,6 +212,7 @@ def test_hook_in_runner(tmp_path):
     cfg.test_dataloader.dataset.data_root = root
     cfg.train_dataloader.batch_size = 2
     cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
+    cfg.train_dataloader.pop('batch_sampler', None)
     cfg.train_cfg.max_iters = 3
     cfg.train_cfg.val_interval = 3
     cfg.param_scheduler[0].end = 3

@@ -117,7 +117,7 @@ def test_split_dataloader_batches_hold_its_mix(
     loader = Runner.build_dataloader(loader_cfg, seed=0)
     assert isinstance(loader.batch_sampler, DomainMixBatchSampler)
     sampler = loader.batch_sampler.sampler
-    names = loader.dataset.DOMAIN_NAMES
+    names = loader.dataset.metainfo['domains']
     expected = _expected(benchmark, target, num_domains)
     counts = expected[('train_dataloader', 'sampler', 'domain_counts')]
     assert sampler.domain_counts == {

@@ -106,3 +106,15 @@ test_dataloader = dict(
 # Structures, 2D/3D and post-processing come from the data set's metainfo.
 val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
+
+# Flip test-time augmentation for tools/test.py --tta (as the fundus and
+# prostate bases): each input as is and flipped horizontally, the two
+# softmax maps averaged by mmseg's SegTTAModel.
+tta_flips = [
+    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+]
+tta_pipeline = [
+    *test_pipeline[:-1],
+    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
+]
