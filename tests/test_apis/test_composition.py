@@ -18,16 +18,16 @@ from mmseg.structures import SegDataSample
 
 from mmseg_dfq.models.composition import RDWTCompositionWarning
 
-from .conftest import FUNDUS_CFG, REPO
+from ..helpers import FUNDUS_CONFIG, REPO_ROOT
 
 EXAMPLE = osp.join(
-    REPO, 'configs', 'dfq', 'dfq_mit-b0_from-mmseg-segformer_fundus_d1.py'
+    REPO_ROOT, 'configs', 'dfq', 'dfq_mit-b0_from-mmseg-segformer_fundus_d1.py'
 )
 TINY_MIT = dict(embed_dims=8, num_layers=[1, 1, 1, 1], init_cfg=None)
 TINY_CHANNELS = [8, 16, 40, 64]
 
 
-def model_cfg(config=FUNDUS_CFG, **changes):
+def model_cfg(config=FUNDUS_CONFIG, **changes):
     """The model of ``config``, tiny, with ``changes`` merged in."""
     cfg = Config.fromfile(config)
     cfg.model.backbone.update(TINY_MIT)
@@ -123,15 +123,21 @@ def test_half_composition_warns_once(case):
 @pytest.mark.parametrize(
     'config, changes',
     [
-        (FUNDUS_CFG, {}),  # full DFQ
+        (FUNDUS_CONFIG, {}),  # full DFQ
         # DFQHead alone (the "+DFQHead" ablation) and plain SegFormer.
         (
-            FUNDUS_CFG,
+            FUNDUS_CONFIG,
             dict(backbone=plain_mit(), **{'decode_head.loss_rdwt': None}),
         ),
-        (FUNDUS_CFG, dict(backbone=plain_mit(), decode_head=segformer_head())),
+        (
+            FUNDUS_CONFIG,
+            dict(backbone=plain_mit(), decode_head=segformer_head()),
+        ),
         # RDWTNeck + DFQHead(loss_rdwt) after a plain backbone.
-        (FUNDUS_CFG, dict(backbone=plain_mit(), neck=dict(type='RDWTNeck'))),
+        (
+            FUNDUS_CONFIG,
+            dict(backbone=plain_mit(), neck=dict(type='RDWTNeck')),
+        ),
         (EXAMPLE, {}),
     ],
 )
@@ -176,7 +182,7 @@ def test_example_config_is_dfq_from_mmseg_segformer():
     assert cfg.model.get('_scope_') == 'mmseg'
     cfg.model.backbone.init_cfg = None
     ours = Config.fromfile(
-        osp.join(REPO, 'configs', '_base_', 'models', 'dfq_mit-b0.py')
+        osp.join(REPO_ROOT, 'configs', '_base_', 'models', 'dfq_mit-b0.py')
     )
     ours.model.backbone.init_cfg = None
     example, found = build(cfg.model)

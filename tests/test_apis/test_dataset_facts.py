@@ -7,11 +7,11 @@ from mmengine.config import Config
 
 from mmseg_dfq.apis import dataset_facts_of, postprocess_settings
 
-from .conftest import FUNDUS_CFG, PROSTATE_CFG, REPO
+from ..helpers import FUNDUS_CONFIG, PROSTATE_CONFIG, REPO_ROOT
 
 
 def test_benchmark_configs():
-    fundus = Config.fromfile(FUNDUS_CFG)
+    fundus = Config.fromfile(FUNDUS_CONFIG)
     assert dataset_facts_of(fundus)['file_kind'] == 'image'
     assert postprocess_settings(fundus) == dict(
         structures=dict(OD=[1, 2], OC=[2]),
@@ -19,7 +19,7 @@ def test_benchmark_configs():
         fill_holes=True,
         connectivity=2,
     )
-    prostate = Config.fromfile(PROSTATE_CFG)
+    prostate = Config.fromfile(PROSTATE_CONFIG)
     assert dataset_facts_of(prostate)['file_kind'] == 'nifti'
     assert postprocess_settings(prostate) == dict(
         structures=dict(Prostate=[1]),
@@ -32,7 +32,7 @@ def test_benchmark_configs():
 def test_multisite_configs_declare_their_own():
     cfg = Config.fromfile(
         osp.join(
-            REPO, 'configs/multisite/dfq_mit-tiny_demo_multisite-nifti.py'
+            REPO_ROOT, 'configs/multisite/dfq_mit-tiny_demo_multisite-nifti.py'
         )
     )
     facts = dataset_facts_of(cfg)
@@ -40,14 +40,16 @@ def test_multisite_configs_declare_their_own():
     assert facts['domains'] == ('HospitalA', 'HospitalB', 'HospitalC')
     assert postprocess_settings(cfg)['structures'] == dict(Prostate=[1])
     cfg = Config.fromfile(
-        osp.join(REPO, 'configs/multisite/dfq_mit-tiny_demo_multisite-2d.py')
+        osp.join(
+            REPO_ROOT, 'configs/multisite/dfq_mit-tiny_demo_multisite-2d.py'
+        )
     )
     assert dataset_facts_of(cfg)['file_kind'] == 'image'
     assert postprocess_settings(cfg)['structures'] == dict(Disc=[1])
 
 
 def test_metric_arguments_override_the_facts():
-    cfg = Config.fromfile(FUNDUS_CFG)
+    cfg = Config.fromfile(FUNDUS_CONFIG)
     cfg.test_evaluator = dict(
         type='DomainMetric',
         structures=dict(OD=[1]),

@@ -22,7 +22,7 @@ from PIL import Image
 from mmseg_dfq.apis import SegInferencer, fundus_overlay
 from mmseg_dfq.engine.visualization_hook import DomainVisualizationHook
 
-from .conftest import FUNDUS_CFG, REPO
+from ..helpers import FUNDUS_CONFIG, REPO_ROOT
 
 # RGB of the quadrants: top-left, top-right, bottom-left, bottom-right.
 QUADRANTS = ((230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20))
@@ -101,7 +101,7 @@ def test_dataset_keeps_image_and_mask_aligned(tmp_path):
     grey[:32, 32:] = 128  # rim on the top-right (green) one
     cv2.imwrite(str(root / mask), grey)
     (root / 'Domain1_test.list').write_text(f'{image} {mask}\n')
-    cfg = Config.fromfile(FUNDUS_CFG)
+    cfg = Config.fromfile(FUNDUS_CONFIG)
     pipelines = dict(
         test=cfg.test_dataloader.dataset.pipeline,
         # The training loaders only (no random augmentation).
@@ -135,19 +135,19 @@ def test_dataset_keeps_image_and_mask_aligned(tmp_path):
 def test_inference_outputs_keep_stored_shape(tall_jpeg, fundus_ckpt, tmp_path):
     # Raw arg-max: the untrained test model's largest 8-connected component
     # (the metric's post-processing) may cover the whole small image.
-    ours = SegInferencer(FUNDUS_CFG, fundus_ckpt, postprocess=False)
+    ours = SegInferencer(FUNDUS_CONFIG, fundus_ckpt, postprocess=False)
     assert ours.image(tall_jpeg).shape == (48, 64)
-    model = init_model(FUNDUS_CFG, fundus_ckpt, device='cpu')
+    model = init_model(FUNDUS_CONFIG, fundus_ckpt, device='cpu')
     result = inference_model(model, tall_jpeg)
     assert result.pred_sem_seg.shape == (48, 64)
     inferencer = MMSegInferencer(
-        model=FUNDUS_CFG, weights=fundus_ckpt, device='cpu'
+        model=FUNDUS_CONFIG, weights=fundus_ckpt, device='cpu'
     )
     assert inferencer(tall_jpeg)['predictions'].shape == (48, 64)
 
     # tools/infer.py's files: mask and overlay in the stored orientation.
     spec = importlib.util.spec_from_file_location(
-        'infer_tool', osp.join(REPO, 'tools', 'infer.py')
+        'infer_tool', osp.join(REPO_ROOT, 'tools', 'infer.py')
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

@@ -24,7 +24,7 @@ import pytest
 
 import _mmseg_dfq_hook
 
-from .conftest import REPO, run
+from ..helpers import REPO_ROOT, run
 
 needs_lite = pytest.mark.skipif(
     importlib.util.find_spec('mmcv._ext') is not None,
@@ -86,7 +86,7 @@ def test_install_is_idempotent_and_off_once_ops_exist(monkeypatch):
 @needs_lite
 def test_mmseg_first_with_the_hook_module(tmp_path):
     """The finder in a fresh process (this checkout on PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS='1')
     if not any(
         osp.isfile(osp.join(d, 'mmseg_dfq_hook.pth'))
         for d in site.getsitepackages()
@@ -105,7 +105,7 @@ def test_mmseg_first_with_the_hook_module(tmp_path):
         assert 'mmcv._ext' in proc.stderr, proc.stderr
     code = 'import _mmseg_dfq_hook; _mmseg_dfq_hook.install()\n' + MMSEG_FIRST
     out = run([sys.executable, '-c', code], cwd=tmp_path, env=env)
-    assert f'HOOK-OK {osp.join(REPO, "mmseg_dfq", "compat.py")}' in out
+    assert f'HOOK-OK {osp.join(REPO_ROOT, "mmseg_dfq", "compat.py")}' in out
 
 
 def make_venv(path):
@@ -150,7 +150,7 @@ def pip_install(python, *args):
             '--ignore-installed',
             *args,
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=clean_env(),
     )
 
@@ -167,17 +167,17 @@ def clean_env():
 def test_mmseg_first_after_install(install, tmp_path):
     python, site = make_venv(tmp_path / 'venv')
     if install == 'editable':
-        pip_install(python, '-e', REPO)
-        expected = osp.join(REPO, 'mmseg_dfq', 'compat.py')
+        pip_install(python, '-e', REPO_ROOT)
+        expected = osp.join(REPO_ROOT, 'mmseg_dfq', 'compat.py')
     else:
         # From a clean copy of the sources: no build/ left in the checkout,
         # and only what setup.py packages can end up in the wheel.
         src = tmp_path / 'src'
         src.mkdir()
         for name in ('setup.py', 'README.md', '_mmseg_dfq_hook.py'):
-            shutil.copy(osp.join(REPO, name), src / name)
+            shutil.copy(osp.join(REPO_ROOT, name), src / name)
         shutil.copytree(
-            osp.join(REPO, 'mmseg_dfq'),
+            osp.join(REPO_ROOT, 'mmseg_dfq'),
             src / 'mmseg_dfq',
             ignore=shutil.ignore_patterns('__pycache__'),
         )

@@ -31,7 +31,13 @@ from mmseg.registry import DATASETS
 from mmseg_dfq.apis import SegInferencer, nifti_slices
 from mmseg_dfq.datasets.fundus_codec import decode_fundus_mask
 
-from .conftest import FUNDUS_CFG, PROSTATE_CFG, REPO, mmseg_tool, run
+from ..helpers import (
+    FUNDUS_CONFIG,
+    PROSTATE_CONFIG,
+    REPO_ROOT,
+    mmseg_tool,
+    run,
+)
 
 
 def labels(sample):
@@ -90,9 +96,9 @@ def read_cases(path):
 def test_inference_model_fundus(fundus_root, fundus_ckpt, tmp_path):
     paths = fundus_test_images(fundus_root)
     assert len(paths) == 8
-    reference = test_set_predictions(FUNDUS_CFG, fundus_ckpt, fundus_root)
-    ours = SegInferencer(FUNDUS_CFG, fundus_ckpt, postprocess=False)
-    model = init_model(FUNDUS_CFG, fundus_ckpt, device='cpu')
+    reference = test_set_predictions(FUNDUS_CONFIG, fundus_ckpt, fundus_root)
+    ours = SegInferencer(FUNDUS_CONFIG, fundus_ckpt, postprocess=False)
+    model = init_model(FUNDUS_CONFIG, fundus_ckpt, device='cpu')
     assert model.dataset_meta['classes'][1] == 'optic_disc_rim'
 
     single = [inference_model(model, p) for p in paths]
@@ -123,9 +129,9 @@ def test_inference_model_fundus(fundus_root, fundus_ckpt, tmp_path):
 
 def test_mmseg_inferencer_fundus(fundus_root, fundus_ckpt, tmp_path):
     paths = fundus_test_images(fundus_root)
-    reference = test_set_predictions(FUNDUS_CFG, fundus_ckpt, fundus_root)
+    reference = test_set_predictions(FUNDUS_CONFIG, fundus_ckpt, fundus_root)
     inferencer = MMSegInferencer(
-        model=FUNDUS_CFG, weights=fundus_ckpt, device='cpu'
+        model=FUNDUS_CONFIG, weights=fundus_ckpt, device='cpu'
     )
     out_dir = tmp_path / 'out'
     result = inferencer(paths, out_dir=str(out_dir))
@@ -162,17 +168,17 @@ def test_mmseg_inferencer_fundus(fundus_root, fundus_ckpt, tmp_path):
 def test_prostate_slices_as_arrays(prostate_root, prostate_ckpt):
     volumes = prostate_volumes(prostate_root)
     reference = test_set_predictions(
-        PROSTATE_CFG, prostate_ckpt, prostate_root
+        PROSTATE_CONFIG, prostate_ckpt, prostate_root
     )
-    ours = SegInferencer(PROSTATE_CFG, prostate_ckpt, postprocess=False)
+    ours = SegInferencer(PROSTATE_CONFIG, prostate_ckpt, postprocess=False)
     assert ours.kind == 'volume'
-    model = init_model(PROSTATE_CFG, prostate_ckpt, device='cpu')
+    model = init_model(PROSTATE_CONFIG, prostate_ckpt, device='cpu')
     # A path is refused with the way to go (before any array call: for
     # arrays mmseg rewrites the model's test pipeline in place).
     with pytest.raises(ValueError, match='tools/infer.py'):
         inference_model(model, volumes[0])
     inferencer = MMSegInferencer(
-        model=PROSTATE_CFG, weights=prostate_ckpt, device='cpu'
+        model=PROSTATE_CONFIG, weights=prostate_ckpt, device='cpu'
     )
     with pytest.raises(ValueError, match='tools/infer.py'):
         inferencer(volumes[0])
@@ -199,7 +205,7 @@ def test_prostate_slices_as_arrays(prostate_root, prostate_ckpt):
 @pytest.mark.parametrize('task', ['fundus', 'prostate'])
 def test_mmseg_test_tool(task, request, tmp_path, fundus_root, prostate_root):
     """mmseg's packaged tools/test.py = ours = inference + NumPy Dice."""
-    config = FUNDUS_CFG if task == 'fundus' else PROSTATE_CFG
+    config = FUNDUS_CONFIG if task == 'fundus' else PROSTATE_CONFIG
     ckpt = request.getfixturevalue(f'{task}_ckpt')
     root = fundus_root if task == 'fundus' else prostate_root
     data = f'test_dataloader.dataset.data_root={root}'
@@ -221,7 +227,7 @@ def test_mmseg_test_tool(task, request, tmp_path, fundus_root, prostate_root):
     run(
         [
             sys.executable,
-            osp.join(REPO, 'tools', 'test.py'),
+            osp.join(REPO_ROOT, 'tools', 'test.py'),
             config,
             ckpt,
             '--work-dir',
@@ -231,7 +237,7 @@ def test_mmseg_test_tool(task, request, tmp_path, fundus_root, prostate_root):
             '--cfg-options',
             data,
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
     cases = read_cases(theirs)
     assert cases == read_cases(ours)

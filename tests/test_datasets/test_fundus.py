@@ -16,7 +16,7 @@ from mmseg_dfq.datasets import (
     decode_fundus_mask,
 )
 
-from .conftest import load_base_config
+from ..helpers import load_base_config
 
 
 def _copy_root(src, dst):

@@ -10,7 +10,7 @@ import pytest
 from mmseg_dfq.datasets import MultiSiteDataset
 from mmseg_dfq.testing.synthetic import MULTISITE_SITES, make_multisite
 
-from .conftest import load_base_config
+from ..helpers import load_base_config
 
 
 @pytest.fixture(scope='module')

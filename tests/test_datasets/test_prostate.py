@@ -14,7 +14,7 @@ from mmseg_dfq.datasets import (
 )
 from mmseg_dfq.testing.synthetic import PROSTATE_SITES
 
-from .conftest import load_base_config
+from ..helpers import load_base_config
 
 
 def _volume(path):

@@ -14,7 +14,7 @@ from mmseg_dfq.datasets import (
 )
 from mmseg_dfq.datasets import samplers as samplers_mod
 
-from .conftest import load_base_config
+from ..helpers import load_base_config
 
 
 class _ToyDataset:

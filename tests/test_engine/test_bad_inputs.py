@@ -19,7 +19,7 @@ from mmseg.registry import MODELS, TRANSFORMS
 from mmseg_dfq.engine import NonFiniteLossError
 from mmseg_dfq.testing.synthetic import make_prostate
 
-from ..test_runtime.conftest import (
+from ..helpers import (
     FUNDUS_CONFIG,
     PROSTATE_CONFIG,
     REPO_ROOT,
@@ -46,19 +46,19 @@ class _PoisonImage(BaseTransform):
         return results
 
 
-def _nan_runner(tiny_fundus, work_dir, action, iters):
+def _nan_runner(fundus_root, work_dir, action, iters):
     init_default_scope('mmseg')
     cfg = Config.fromfile(FUNDUS_CONFIG)
     cfg.merge_from_dict(
         dict(
             a.split('=', 1)
-            for a in data_options(tiny_fundus)
+            for a in data_options(fundus_root)
             + [
                 f'work_dir={work_dir}',
             ]
         )
     )
-    with open(osp.join(tiny_fundus, 'Domain2_train.list')) as f:
+    with open(osp.join(fundus_root, 'Domain2_train.list')) as f:
         poisoned = f.readline().split()[0]
     pipeline = cfg.train_dataloader.dataset.pipeline
     pipeline.insert(1, dict(type='_TestPoisonImage', name=poisoned))
@@ -72,11 +72,11 @@ def _nan_runner(tiny_fundus, work_dir, action, iters):
         dict(type='NonFiniteLossHook', action=action),
     ]
     cfg.randomness = dict(seed=0)
-    return Runner.from_cfg(cfg), osp.join(tiny_fundus, poisoned)
+    return Runner.from_cfg(cfg), osp.join(fundus_root, poisoned)
 
 
-def test_nan_in_one_image_names_it(tmp_path, tiny_fundus):
-    runner, poisoned_path = _nan_runner(tiny_fundus, str(tmp_path), 'raise', 2)
+def test_nan_in_one_image_names_it(tmp_path, fundus_root):
+    runner, poisoned_path = _nan_runner(fundus_root, str(tmp_path), 'raise', 2)
     with pytest.raises(NonFiniteLossError) as info:
         runner.train()
     message = str(info.value)
@@ -89,9 +89,9 @@ def test_nan_in_one_image_names_it(tmp_path, tiny_fundus):
         assert torch.isfinite(p).all()
 
 
-def test_nan_steps_skipped_and_counted(tmp_path, tiny_fundus):
+def test_nan_steps_skipped_and_counted(tmp_path, fundus_root):
     # Every batch holds the poisoned image (3 of 3 Domain2 images a batch).
-    runner, _ = _nan_runner(tiny_fundus, str(tmp_path), 'skip', 2)
+    runner, _ = _nan_runner(fundus_root, str(tmp_path), 'skip', 2)
     runner._init_model_weights()
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
     runner.train()
@@ -197,14 +197,14 @@ def test_evaluation_goes_on_past_a_failing_case(tmp_path):
 
 
 @pytest.mark.parametrize('lagged', [False, True])
-def test_nan_skipped_on_device_with_fused_adam(tmp_path, tiny_fundus, lagged):
+def test_nan_skipped_on_device_with_fused_adam(tmp_path, fundus_root, lagged):
     """A fused optimizer skips the step itself, without a host sync.
 
     Behind FastPathHook's lagged log variables the hook reports each step
     one iteration later, and the last one after the loop.
     """
     init_default_scope('mmseg')
-    runner, _ = _nan_runner(tiny_fundus, str(tmp_path), 'skip', 2)
+    runner, _ = _nan_runner(fundus_root, str(tmp_path), 'skip', 2)
     # Rebuilt from its config with a fused optimizer (+ the lagging hook).
     cfg = runner.cfg
     cfg.optim_wrapper.optimizer['fused'] = True
@@ -236,9 +236,9 @@ def test_nan_skipped_on_device_with_fused_adam(tmp_path, tiny_fundus, lagged):
     assert not hasattr(runner.optim_wrapper.optimizer, 'found_inf')
 
 
-def test_nan_raise_lagged_names_the_right_iteration(tmp_path, tiny_fundus):
+def test_nan_raise_lagged_names_the_right_iteration(tmp_path, fundus_root):
     init_default_scope('mmseg')
-    runner, poisoned_path = _nan_runner(tiny_fundus, str(tmp_path), 'raise', 2)
+    runner, poisoned_path = _nan_runner(fundus_root, str(tmp_path), 'raise', 2)
     cfg = runner.cfg
     cfg.optim_wrapper.optimizer['fused'] = True
     cfg.custom_hooks.insert(

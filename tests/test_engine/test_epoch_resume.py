@@ -16,8 +16,7 @@ from mmengine.runner import Runner
 
 from mmseg_dfq.engine.resume_hook import domain_mix_sampler
 
-from ..test_runtime.conftest import FUNDUS_CONFIG, data_options
-from .conftest import assert_same_weights
+from ..helpers import FUNDUS_CONFIG, assert_same_weights, data_options
 
 EPOCHS = 3
 
@@ -59,26 +58,26 @@ def _runner(data_root, work_dir, workers, resume_from=None):
     return Runner.from_cfg(cfg)
 
 
-def test_infinite_sampler_refused_by_the_epoch_loop(tmp_path, tiny_fundus):
-    runner = _runner(tiny_fundus, str(tmp_path), 0)
+def test_infinite_sampler_refused_by_the_epoch_loop(tmp_path, fundus_root):
+    runner = _runner(fundus_root, str(tmp_path), 0)
     domain_mix_sampler(runner.train_dataloader).infinite = True
     with pytest.raises(ValueError, match='infinite=False'):
         runner.train()
 
 
 @pytest.mark.parametrize('stop', [4, 6])  # mid-epoch 1, end of epoch 1
-def test_epoch_loop_resume_with_workers(tmp_path_factory, tiny_fundus, stop):
+def test_epoch_loop_resume_with_workers(tmp_path_factory, fundus_root, stop):
     full = str(tmp_path_factory.getbasetemp() / 'epoch_full')
     last = osp.join(full, 'iter_9.pth')
     if not osp.isfile(last):
-        runner = _runner(tiny_fundus, full, workers=0)
+        runner = _runner(fundus_root, full, workers=0)
         sampler = domain_mix_sampler(runner.train_dataloader)
         assert sampler.epoch_batches == 3
         runner.train()
     resumed = str(tmp_path_factory.mktemp(f'epoch_resumed_{stop}'))
     start = osp.join(resumed, f'iter_{stop}.pth')
     shutil.copy(osp.join(full, f'iter_{stop}.pth'), start)
-    runner = _runner(tiny_fundus, resumed, workers=2, resume_from=start)
+    runner = _runner(fundus_root, resumed, workers=2, resume_from=start)
     runner.train()
     assert runner.iter == 3 * EPOCHS
     assert_same_weights(last, osp.join(resumed, 'iter_9.pth'))

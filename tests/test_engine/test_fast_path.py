@@ -33,10 +33,9 @@ from mmseg_dfq.engine.fast_path import (
     align_optimizer_state,
     resolve_compile_kwargs,
 )
-from mmseg_dfq.testing.synthetic import make_fundus
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_fundus.py')
+from ..helpers import FUNDUS_CONFIG
+
 CUDA = torch.cuda.is_available()
 SIZE = 64
 
@@ -199,13 +198,12 @@ def test_cudagraph_training_matches_eager_cuda():
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_hook_in_runner(tmp_path):
+def test_hook_in_runner(tmp_path, fundus_root):
     """FastPathHook + BF16OptimWrapper + fused Adam through the Runner
     (dynamo with the 'eager' backend: the plumbing, not inductor): train,
     validate eager, checkpoint keys as an eager model's, lagged logs."""
-    root = str(tmp_path / 'fundus')
-    make_fundus(root, seed=0, cases=5, size=64)
-    cfg = Config.fromfile(DEMO)
+    root = fundus_root
+    cfg = Config.fromfile(FUNDUS_CONFIG)
     cfg.work_dir = str(tmp_path / 'work')
     cfg.train_dataloader.dataset.data_root = root
     cfg.val_dataloader.dataset.data_root = root
@@ -252,7 +250,7 @@ def test_hook_in_runner(tmp_path):
         map_location='cpu',
         weights_only=False,
     )
-    fresh = MODELS.build(Config.fromfile(DEMO).model)
+    fresh = MODELS.build(Config.fromfile(FUNDUS_CONFIG).model)
     assert ckpt['state_dict'].keys() == fresh.state_dict().keys()
     # Validation ran (eager) and reported DomainMetric's keys.
     assert any(

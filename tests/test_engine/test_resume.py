@@ -20,10 +20,9 @@ import torch
 
 from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
 
-from ..test_runtime.conftest import REPO_ROOT, TRAIN, run_tool
-from .conftest import (
+from ..helpers import REPO_ROOT, TRAIN, assert_same_weights, run_tool
+from .train_runs import (
     ITERS,
-    assert_same_weights,
     finish,
     log_has,
     start,
@@ -67,7 +66,7 @@ def loadable(path):
 
 
 def test_killed_and_resumed_equals_uninterrupted(
-    tmp_path, tiny_fundus, reference_run, monkeypatch
+    tmp_path, fundus_root, reference_run, monkeypatch
 ):
     rng = random.Random(int(time.time()))
     seed = rng.randrange(10**6)
@@ -77,7 +76,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     log = str(tmp_path / 'run{}.log')
 
     # 1. SIGKILL at a random moment after the first checkpoint.
-    proc = start(TRAIN, train_args(tiny_fundus, work_dir), log.format(1))
+    proc = start(TRAIN, train_args(fundus_root, work_dir), log.format(1))
     first = osp.join(work_dir, 'iter_2.pth')
     wait_for(lambda: osp.isfile(first), proc, what='iter_2.pth')
     time.sleep(rng.uniform(0.0, 0.5))
@@ -87,7 +86,7 @@ def test_killed_and_resumed_equals_uninterrupted(
 
     # 2. Resume; SIGTERM at a random moment -> checkpoint, status 75.
     proc = start(
-        TRAIN, train_args(tiny_fundus, work_dir, resume=True), log.format(2)
+        TRAIN, train_args(fundus_root, work_dir, resume=True), log.format(2)
     )
     wait_for(log_has(proc, 'Iter(train)'), proc, what='a trained iteration')
     time.sleep(rng.uniform(0.0, 0.3))
@@ -114,7 +113,7 @@ def test_killed_and_resumed_equals_uninterrupted(
             monkeypatch.setenv('SLOW_WRITE_MARK', mark)
             proc = start(
                 str(launcher),
-                train_args(tiny_fundus, work_dir, resume=True),
+                train_args(fundus_root, work_dir, resume=True),
                 log.format(3),
             )
             wait_for(lambda: osp.isfile(mark), proc, what='a checkpoint write')
@@ -130,7 +129,7 @@ def test_killed_and_resumed_equals_uninterrupted(
 
     # 4. Resume to the end.
     proc = start(
-        TRAIN, train_args(tiny_fundus, work_dir, resume=True), log.format(4)
+        TRAIN, train_args(fundus_root, work_dir, resume=True), log.format(4)
     )
     rc, out = finish(proc)
     assert rc == 0, out[-3000:]
@@ -143,7 +142,7 @@ def test_killed_and_resumed_equals_uninterrupted(
 
 
 def test_truncated_latest_checkpoint_falls_back(
-    tmp_path, tiny_fundus, reference_run
+    tmp_path, fundus_root, reference_run
 ):
     work_dir = str(tmp_path / 'work')
     os.makedirs(work_dir)
@@ -156,7 +155,7 @@ def test_truncated_latest_checkpoint_falls_back(
         f.write(latest)
     proc = start(
         TRAIN,
-        train_args(tiny_fundus, work_dir, resume=True),
+        train_args(fundus_root, work_dir, resume=True),
         str(tmp_path / 'out.log'),
     )
     rc, out = finish(proc)
@@ -170,14 +169,14 @@ def test_truncated_latest_checkpoint_falls_back(
     )
 
 
-def test_broken_explicit_checkpoint_is_one_error(tmp_path, tiny_fundus):
+def test_broken_explicit_checkpoint_is_one_error(tmp_path, fundus_root):
     broken = str(tmp_path / 'broken.pth')
     with open(broken, 'wb') as f:
         f.write(b'PK\x03\x04 not a whole checkpoint')
     proc = start(
         TRAIN,
         train_args(
-            tiny_fundus,
+            fundus_root,
             str(tmp_path / 'work'),
             resume=True,
             extra=[f'load_from={broken}'],
@@ -191,14 +190,14 @@ def test_broken_explicit_checkpoint_is_one_error(tmp_path, tiny_fundus):
     assert 'Traceback' not in out
 
 
-def test_two_process_resume_equals_uninterrupted(tmp_path, tiny_fundus):
+def test_two_process_resume_equals_uninterrupted(tmp_path, fundus_root):
     # DDP on CPU (gloo): per-rank RNG states and sampler streams.
     full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-    run_tool(TRAIN, train_args(tiny_fundus, full), nproc=2)
+    run_tool(TRAIN, train_args(fundus_root, full), nproc=2)
     os.makedirs(resumed)
     shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
     out = run_tool(
-        TRAIN, train_args(tiny_fundus, resumed, resume=True), nproc=2
+        TRAIN, train_args(fundus_root, resumed, resume=True), nproc=2
     )
     assert 'resumed epoch: 0, iter: 2' in out
     assert_same_weights(
@@ -207,17 +206,17 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, tiny_fundus):
     )
 
 
-def test_segformer_resume_equals_uninterrupted(tmp_path, tiny_fundus):
+def test_segformer_resume_equals_uninterrupted(tmp_path, fundus_root):
     # The hooks are model-agnostic: the SegFormer baseline (plain MiT,
     # SegformerHead with dropout) resumes as exactly as DFQ.
     config = osp.join(
         REPO_ROOT, 'configs', 'ablation', 'segformer_mit-tiny_demo_fundus.py'
     )
     full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-    run_tool(TRAIN, [config, *train_args(tiny_fundus, full)[1:]])
+    run_tool(TRAIN, [config, *train_args(fundus_root, full)[1:]])
     os.makedirs(resumed)
     shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
-    args = train_args(tiny_fundus, resumed, resume=True)
+    args = train_args(fundus_root, resumed, resume=True)
     out = run_tool(TRAIN, [config, *args[1:]])
     assert 'resumed epoch: 0, iter: 2' in out
     # The SegFormer model logs no RDWT loss.

@@ -18,7 +18,6 @@ import torch
 from mmengine.config import Config
 from mmengine.model import Sequential
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
@@ -33,16 +32,6 @@ CONFIGS = dict(
 )
 # Test sizes: ConvNeXt strides 4..32; DINOv2 a multiple of 14, non-square.
 SIZES = dict(convnext=(64, 96), dinov2=(56, 84), frozen=(56, 84))
-
-
-@pytest.fixture(autouse=True, scope='module')
-def mmseg_scope_one_thread():
-    """mmseg's scope, as the Runner sets it; one thread (shared CPUs)."""
-    init_default_scope('mmseg')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_cfg(name, pretrained=False):

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
@@ -26,7 +25,6 @@ from mmseg_dfq.models.data_preprocessors import (
     low_freq_amplitude_mix,
 )
 from mmseg_dfq.models.segmentors import RAMEncoderDecoder, symmetric_kl
-from mmseg_dfq.testing.synthetic import make_fundus
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # Looked up, not imported: ``mmseg.models`` must load after ``mmseg_dfq``.
@@ -35,16 +33,6 @@ RAM_BASE = osp.join(REPO, 'configs/_base_/models/dfq-ram_mit-b0.py')
 RAM_DEMO = osp.join(REPO, 'configs/dfq/dfq_mit-tiny_demo_fundus_ram.py')
 # The fundus configs' normalisation: pixels to [-1, 1], BGR -> RGB.
 NORM = dict(mean=[127.5] * 3, std=[127.5] * 3, bgr_to_rgb=True)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def mmseg_scope_one_thread():
-    """mmseg's scope, as the Runner sets it; one thread (shared CPUs)."""
-    init_default_scope('mmseg')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_batch(domains, h=32, w=48, seed=0):
@@ -360,10 +348,9 @@ def test_a_few_cpu_training_iterations():
     assert len(moved) == len(before)
 
 
-def test_demo_config_trains_through_the_runner(tmp_path):
+def test_demo_config_trains_through_the_runner(tmp_path, fundus_root):
     """The RAM demo config: real dataset, DomainMixSampler, Runner."""
-    root = str(tmp_path / 'fundus')
-    make_fundus(root, seed=0, cases=5, size=64)
+    root = fundus_root
     cfg = Config.fromfile(RAM_DEMO)
     cfg.work_dir = str(tmp_path / 'work')
     cfg.train_dataloader.dataset.data_root = root

@@ -29,7 +29,7 @@ from mmseg.registry import MODELS
 from mmseg_dfq.compat import HAS_COMPILED_MMCV_OPS, adapt_cfg_to_device
 from mmseg_dfq.config import load_config
 
-from .conftest import FUNDUS_CONFIG, REPO_ROOT, TRAIN_ITERS
+from ..helpers import FUNDUS_CONFIG, REPO_ROOT, TRAIN_ITERS
 
 needs_fallback = pytest.mark.skipif(
     HAS_COMPILED_MMCV_OPS,

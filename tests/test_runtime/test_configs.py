@@ -28,7 +28,7 @@ from mmseg.registry import (
 from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
 from mmseg_dfq.testing.synthetic import PROSTATE_SITES
 
-from .conftest import REPO_ROOT
+from ..helpers import REPO_ROOT
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 CONFIGS = sorted(

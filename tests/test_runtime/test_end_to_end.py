@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from .conftest import (
+from ..helpers import (
     FUNDUS_CONFIG,
     PROSTATE_CONFIG,
     TEST,

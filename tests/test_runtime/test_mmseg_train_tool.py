@@ -13,7 +13,7 @@ import sys
 
 import mmseg
 
-from .conftest import FUNDUS_CONFIG, data_options, tool_env
+from ..helpers import FUNDUS_CONFIG, data_options, tool_env
 
 MMSEG_TRAIN = osp.join(
     osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py'

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from .conftest import (
+from ..helpers import (
     REPO_ROOT,
     TEST,
     TRAIN,

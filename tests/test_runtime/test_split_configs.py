@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 
 from mmseg_dfq.datasets import DomainMixBatchSampler
 
-from .conftest import REPO_ROOT
+from ..helpers import REPO_ROOT
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets')
 # The authors' per-domain counts of a batch, by held-out domain, in source

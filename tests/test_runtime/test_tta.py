@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmseg.models import SegTTAModel
 from mmseg.registry import DATASETS, MODELS
 
-from .conftest import (
+from ..helpers import (
     FUNDUS_CONFIG,
     PROSTATE_CONFIG,
     REPO_ROOT,

@@ -1,0 +1,99 @@
+"""DFQHead (models/decode_heads/dfq_head.py).
+
+The reference of the level-resolution fusion is the plain
+resize-then-fuse path.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from mmseg_dfq.models.decode_heads.dfq_head import DFQHead
+
+from .dfq_parts import (
+    B0,
+    B2,
+    BN,
+    feats_for,
+    make_samples,
+    numpy_rdwt,
+)
+
+
+def make_head(channels=B0, num_heads=(2, 5, 8), **kwargs):
+    kwargs.setdefault('in_index', list(range(len(channels))))
+    return DFQHead(
+        in_channels=list(channels),
+        channels=64,
+        num_classes=3,
+        num_heads=num_heads,
+        norm_cfg=BN,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize('channels', [B0, B2], ids=['b0', 'b2'])
+def test_head_output_shape(channels):
+    head = make_head(channels).eval()
+    with torch.no_grad():
+        out = head(feats_for(channels))
+    assert out.shape == (2, 3, 16, 24)
+
+
+@pytest.mark.parametrize(
+    'channels,num_heads',
+    [(B0[:2], (2,)), (B0[:3], (2, 5))],
+    ids=['2-levels', '3-levels'],
+)
+def test_head_fewer_levels(channels, num_heads):
+    head = make_head(channels, num_heads).eval()
+    with torch.no_grad():
+        out = head(feats_for(channels))
+    assert out.shape == (2, 3, 16, 24)
+    assert len(head.blocks) == len(channels) - 1
+
+
+def test_head_bad_arguments():
+    with pytest.raises(ValueError, match='num_heads'):
+        make_head(B0, num_heads=(2, 5))
+    with pytest.raises(ValueError, match='do not divide'):
+        make_head(B0, num_heads=(3, 5, 8))
+    with pytest.raises(ValueError, match='at least two levels'):
+        make_head([32], num_heads=())
+
+
+def test_head_bad_inputs():
+    head = make_head(B0)
+    with pytest.raises(ValueError, match='channels'):
+        head(feats_for(B2))
+    head = make_head(B0, in_index=[0, 1, 2, 5])
+    with pytest.raises(ValueError, match='in_index'):
+        head(feats_for(B0))
+
+
+def test_head_rdwt_in_index_selects_levels():
+    feats = feats_for(B0, h=32, w=48)
+    head = make_head(
+        B0,
+        loss_rdwt=dict(type='RDWTLoss', loss_weight=1.0),
+        rdwt_in_index=[0, 2],
+    ).train()
+    losses = head.loss(feats, make_samples(2, 32, 48, 3), dict())
+    expected = numpy_rdwt([feats[0], feats[2]], [1, 1], 1.0)
+    np.testing.assert_allclose(float(losses['loss_rdwt']), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(64, 96), (72, 104)])
+def test_head_level_resolution_fusion_equals_plain(size):
+    torch.manual_seed(0)
+    head = make_head(B0).eval()
+    bn = head.fusion_conv.norm
+    # Non-trivial running statistics so the norm is part of the check.
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    feats = feats_for(B0, *size)
+    with torch.no_grad():
+        fast = head(feats)
+        head.fuse_at_level_resolution = False
+        plain = head(feats)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)

@@ -1,0 +1,161 @@
+"""RDWTLoss (models/losses/rdwt_loss.py), against NumPy re-computations
+of the loss and of the authors' objective.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from mmseg_dfq.models.losses import RDWTLoss
+from mmseg_dfq.models.utils import (
+    instance_norm,
+)
+
+from .dfq_parts import (
+    B0,
+    feats_for,
+    numpy_rdwt,
+)
+
+
+def numpy_authors_objective(feats, layout='channels', eps=1e-5):
+    """The authors' formula: 1e-4 * (sum_i mean_b sum|triu(S_i + eps I)|)/n.
+
+    Returns the value and its constant diagonal part (sum_j |S_jj + eps|,
+    averaged like the rest), so that value - diagonal is what RDWTLoss
+    reports by default. ``layout='authors'`` groups the token-major values
+    as their reshape without a transpose does.
+    """
+    value = diagonal = 0.0
+    for feat in feats:
+        x = feat.detach().double().numpy()
+        b, c, h, w = x.shape
+        if layout == 'authors':
+            x = x.transpose(0, 2, 3, 1)
+        x = x.reshape(b, c, h * w)
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(
+            x.var(-1, keepdims=True) + eps
+        )
+        cov = np.einsum('bcn,bdn->bcd', x, x) / (h * w - 1) + eps * np.eye(c)
+        value += np.abs(np.triu(cov)).sum(axis=(1, 2)).mean()
+        diagonal += np.abs(np.diagonal(cov, axis1=1, axis2=2)).sum(-1).mean()
+    n = len(feats)
+    return 1e-4 * value / n, 1e-4 * diagonal / n
+
+
+def test_rdwt_loss_matches_numpy():
+    feats = [f * 2 + 0.5 for f in feats_for([8, 16, 24], h=32, w=48)]
+    loss = RDWTLoss(loss_weight=0.3, stage_weights=[1.0, 0.5, 2.0])
+    expected = numpy_rdwt(feats, [1.0, 0.5, 2.0], 0.3)
+    assert loss(feats).dtype == torch.float32
+    np.testing.assert_allclose(float(loss(feats)), expected, rtol=1e-5)
+    # reduction='sum' keeps the earlier plain sum (4x the authors' gradient
+    # with four levels).
+    np.testing.assert_allclose(
+        float(RDWTLoss(reduction='sum')(feats)),
+        numpy_rdwt(feats, [1] * 3, 1e-4, mean=False),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize('layout', ['channels', 'authors'])
+def test_rdwt_loss_default_is_the_authors_objective(layout):
+    feats = [f * 2 + 0.5 for f in feats_for(B0, h=64, w=96)]
+    value, diagonal = numpy_authors_objective(feats, layout)
+    ours = RDWTLoss(layout=layout)
+    np.testing.assert_allclose(float(ours(feats)), value - diagonal, rtol=1e-5)
+    with_diag = RDWTLoss(layout=layout, with_diagonal=True)
+    np.testing.assert_allclose(float(with_diag(feats)), value, rtol=1e-5)
+    # The diagonal is a constant (up to eps / var): the same gradient.
+    grads = []
+    for loss in (ours, with_diag):
+        leaves = [f.clone().requires_grad_(True) for f in feats]
+        loss(leaves).backward()
+        grads.append(torch.cat([g.grad.flatten() for g in leaves]))
+    scale = grads[0].abs().max().item()
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-3 * scale)
+    assert grads[0].abs().sum() > 0
+
+
+def test_rdwt_layouts_group_different_values():
+    x = feats_for([8], h=64, w=96)[0] * 3 + 1
+    by_channel = instance_norm(x, layout='channels')
+    by_strip = instance_norm(x, layout='authors')
+    assert by_channel.shape == by_strip.shape == x.shape
+    # 'authors': each run of H*W consecutive token-major values is
+    # standardised (NumPy re-statement of their reshape / permute).
+    t = x.double().numpy().transpose(0, 2, 3, 1).reshape(2, 8, -1)
+    t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True))
+    expected = t.reshape(2, 16, 24, 8).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(by_strip.numpy(), expected, atol=1e-4)
+    assert (by_channel - by_strip).abs().max() > 0.1
+    with pytest.raises(ValueError, match='layout'):
+        RDWTLoss(layout='tokens')
+
+
+def hadamard(n):
+    """Sylvester Hadamard matrix: mutually orthogonal +-1 rows."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def correlated_maps(mix, channels=6):
+    """Channels = mix * shared + (1 - mix) * own pattern, all orthogonal.
+
+    Rows 1.. of a Hadamard matrix are zero-mean and mutually orthogonal, so
+    at ``mix = 0`` the channel covariance is exactly diagonal and the
+    correlation of any two channels grows monotonically with ``mix``.
+    """
+    h = hadamard(64)[1:]
+    shared, own = h[0], h[1 : channels + 1]
+    maps = mix * shared[None] + (1 - mix) * own
+    return torch.tensor(maps, dtype=torch.float32).reshape(1, channels, 8, 8)
+
+
+def test_rdwt_loss_zero_when_decorrelated_and_monotonic():
+    loss = RDWTLoss(loss_weight=1.0)
+    assert float(loss([correlated_maps(0.0)])) < 1e-5
+    values = [float(loss([correlated_maps(m)])) for m in np.linspace(0, 1, 6)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    # Fully shared: every pair has correlation ~1 -> C (C - 1) / 2 * 64/63.
+    np.testing.assert_allclose(values[-1], 15 * 64 / 63, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    'feat',
+    [torch.full((2, 4, 5, 6), 3.0), torch.randn(2, 4, 1, 1)],
+    ids=['constant', '1x1'],
+)
+def test_rdwt_loss_degenerate_maps_no_nan(feat):
+    feat = feat.clone().requires_grad_(True)
+    value = RDWTLoss(loss_weight=1.0)([feat])
+    assert torch.isfinite(value) and abs(float(value)) < 1e-6
+    value.backward()
+    assert torch.isfinite(feat.grad).all()
+    # The 1x1 map of a tiny input also passes through the backbone.
+    assert torch.isfinite(instance_norm(feat)).all()
+
+
+def test_rdwt_loss_finite_under_bf16_autocast():
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+    x = torch.randn(2, 3, 16, 24) * 50
+    loss = RDWTLoss(loss_weight=1.0)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        feat = conv(x)
+        value = loss([feat])
+    assert feat.dtype == torch.bfloat16
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(conv.weight.grad).all()
+    assert conv.weight.grad.abs().sum() > 0
+
+
+def test_rdwt_loss_bad_arguments():
+    with pytest.raises(ValueError, match='loss_weight'):
+        RDWTLoss(loss_weight=-1)
+    with pytest.raises(ValueError, match='stage_weights'):
+        RDWTLoss(stage_weights=[1, 1])(feats_for([4, 4, 4], h=32, w=32))
+    with pytest.raises(ValueError, match='no feature maps'):
+        RDWTLoss()([])
