@@ -10,6 +10,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
 ]
 from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    flip_tta_pipeline,
     fundus_test_pipeline,
     fundus_train_pipeline,
 )
@@ -34,14 +35,9 @@ demo_model = dict(
 # The fundus base's pipelines at the 64 px crop.
 train_pipeline = fundus_train_pipeline(crop_size)
 test_pipeline = fundus_test_pipeline(crop_size)
-# Flip TTA (tools/test.py --tta) of this test pipeline.
-tta_pipeline = [
-    *test_pipeline[:-1],
-    dict(
-        type='TestTimeAug',
-        transforms=[{{_base_.tta_flips}}, [test_pipeline[-1]]],
-    ),
-]
+# Flip test-time augmentation for tools/test.py --tta (mmseg's SegTTAModel
+# averages the image's and its mirror's softmax maps).
+tta_pipeline = flip_tta_pipeline(test_pipeline)
 # Iteration-based demo: the sampler runs on across its (tiny) epochs rather
 # than being restarted by mmengine, which sleeps 2 s at every restart.
 train_dataloader = dict(

@@ -12,6 +12,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
 ]
 from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    flip_tta_pipeline,
     fundus_test_pipeline,
     fundus_train_pipeline,
 )
@@ -26,14 +27,9 @@ optim_wrapper = dict(
 )
 train_pipeline = fundus_train_pipeline(crop_size)
 test_pipeline = fundus_test_pipeline(crop_size)
-# Flip TTA (tools/test.py --tta) of this test pipeline.
-tta_pipeline = [
-    *test_pipeline[:-1],
-    dict(
-        type='TestTimeAug',
-        transforms=[{{_base_.tta_flips}}, [test_pipeline[-1]]],
-    ),
-]
+# Flip test-time augmentation for tools/test.py --tta (mmseg's SegTTAModel
+# averages the image's and its mirror's softmax maps).
+tta_pipeline = flip_tta_pipeline(test_pipeline)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

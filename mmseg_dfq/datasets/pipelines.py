@@ -87,3 +87,35 @@ def fundus_test_pipeline(crop_size: Sequence[int]) -> List[dict]:
         dict(type='LoadFundusAnnotations'),
         dict(type='PackDomainSegInputs'),
     ]
+
+
+def flip_tta_pipeline(test_pipeline: Sequence[dict]) -> List[dict]:
+    """Flip test-time augmentation of a test pipeline (``--tta``).
+
+    The test pipeline runs once up to its packing step; mmengine's
+    ``TestTimeAug`` then packs the sample as is and flipped horizontally.
+    mmseg's ``SegTTAModel`` (the ``tta_model`` of its
+    ``default_runtime.py``) flips the second prediction back and averages
+    the two softmax maps. The metric gets the unflipped copy's ground truth
+    and the domain meta keys (the same in both copies).
+
+    Args:
+        test_pipeline (Sequence[dict]): A test pipeline whose last step
+            packs the sample.
+
+    Returns:
+        list[dict]: The TTA pipeline.
+    """
+    steps = list(test_pipeline)
+    if not steps or 'Pack' not in str(steps[-1].get('type', '')):
+        raise ValueError(
+            'flip_tta_pipeline: the test pipeline must end with its packing '
+            f'step, got {steps[-1] if steps else "an empty pipeline"}'
+        )
+    flips = [
+        dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+        dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+    ]
+    return steps[:-1] + [
+        dict(type='TestTimeAug', transforms=[flips, [steps[-1]]])
+    ]

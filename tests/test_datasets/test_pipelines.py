@@ -105,3 +105,22 @@ def test_builders_refuse_a_bad_crop():
     with pytest.raises(ValueError, match='crop_size'):
         fundus_test_pipeline((0, 256))
     assert fundus_train_pipeline([32, 48])[2]['scale'] == (32, 48)
+
+
+def test_flip_tta_pipeline_packs_both_views_and_refuses_unpacked():
+    from mmseg_dfq.datasets.pipelines import flip_tta_pipeline
+
+    test = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=(8, 8)),
+        dict(type='PackDomainSegInputs'),
+    ]
+    tta = flip_tta_pipeline(test)
+    assert tta[:2] == test[:2]
+    aug = tta[2]
+    assert aug['type'] == 'TestTimeAug'
+    flips, packs = aug['transforms']
+    assert [f['prob'] for f in flips] == [0.0, 1.0]
+    assert packs == [test[-1]]
+    with pytest.raises(ValueError, match='packing step'):
+        flip_tta_pipeline(test[:2])

@@ -7,6 +7,11 @@
 # and which domains train and test; nothing else needs Python. The values
 # here are those of the worked example (tools/generate_synthetic.py
 # multisite): three hospitals, the optic disc stored as 255 on 0.
+# An empty _base_ keeps mmengine reading this file as a classic config
+# although it imports a pipeline builder.
+_base_ = []
+from mmseg_dfq.datasets.pipelines import flip_tta_pipeline  # noqa: E402
+
 dataset_type = 'MultiSiteDataset'
 data_root = 'data/multisite'
 # What the model sees (width, height); the example's images are 64 px.
@@ -107,14 +112,6 @@ test_dataloader = dict(
 val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
 
-# Flip test-time augmentation for tools/test.py --tta (as the fundus and
-# prostate bases): each input as is and flipped horizontally, the two
-# softmax maps averaged by mmseg's SegTTAModel.
-tta_flips = [
-    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
-]
-tta_pipeline = [
-    *test_pipeline[:-1],
-    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
-]
+# Flip test-time augmentation for tools/test.py --tta (mmseg's SegTTAModel
+# averages the image's and its mirror's softmax maps).
+tta_pipeline = flip_tta_pipeline(test_pipeline)

@@ -10,6 +10,11 @@
 # Copy this file for your data and change data_root, metainfo, mask_values
 # and which domains train and test. The values here are those of the worked
 # example (tools/generate_synthetic.py multisite --file-kind nifti).
+# An empty _base_ keeps mmengine reading this file as a classic config
+# although it imports a pipeline builder.
+_base_ = []
+from mmseg_dfq.datasets.pipelines import flip_tta_pipeline  # noqa: E402
+
 dataset_type = 'MultiSiteDataset'
 data_root = 'data/multisite_nifti'
 
@@ -98,14 +103,6 @@ test_dataloader = dict(
 val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
 
-# Flip test-time augmentation for tools/test.py --tta (as the fundus and
-# prostate bases): each input as is and flipped horizontally, the two
-# softmax maps averaged by mmseg's SegTTAModel.
-tta_flips = [
-    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
-]
-tta_pipeline = [
-    *test_pipeline[:-1],
-    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
-]
+# Flip test-time augmentation for tools/test.py --tta (mmseg's SegTTAModel
+# averages the image's and its mirror's softmax maps).
+tta_pipeline = flip_tta_pipeline(test_pipeline)

@@ -9,6 +9,11 @@
 # live in the dataloaders only (no top-level copies that a split config would
 # leave behind).
 # Like the authors, sources and target use every case (split='all').
+# An empty _base_ keeps mmengine reading this file as a classic config
+# although it imports a pipeline builder.
+_base_ = []
+from mmseg_dfq.datasets.pipelines import flip_tta_pipeline  # noqa: E402
+
 dataset_type = 'ProstateDGDataset'
 data_root = 'data/prostate'
 
@@ -83,19 +88,6 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='DomainMetric')
 test_evaluator = val_evaluator
 
-# Test-time augmentation for tools/test.py --tta (mmseg's convention): each
-# image is tested as is and flipped horizontally; mmseg flips the second
-# prediction back and SegTTAModel (the tta_model of mmseg's
-# default_runtime.py) averages the two softmax maps. The test pipeline runs
-# once up to packing; the metric gets the unflipped copy's ground truth and
-# the domain meta keys (the same in both copies). A config that replaces
-# test_pipeline redefines tta_pipeline from it with the base's tta_flips,
-# as configs/dfq/dfq_mit-tiny_demo_fundus.py does.
-tta_flips = [
-    dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-    dict(type='RandomFlip', prob=1.0, direction='horizontal'),
-]
-tta_pipeline = [
-    *test_pipeline[:-1],
-    dict(type='TestTimeAug', transforms=[tta_flips, [test_pipeline[-1]]]),
-]
+# Flip test-time augmentation for tools/test.py --tta (mmseg's SegTTAModel
+# averages the image's and its mirror's softmax maps).
+tta_pipeline = flip_tta_pipeline(test_pipeline)
