@@ -22,7 +22,7 @@ from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
 
 from ..helpers import REPO_ROOT, TRAIN, assert_same_weights, run_tool
 from .train_runs import (
-    ITERS,
+    TRAIN_ITERS,
     finish,
     log_has,
     start,
@@ -93,7 +93,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     proc.send_signal(signal.SIGTERM)
     rc, out = finish(proc)
     if rc == 0:  # finished before the signal arrived: nothing to check
-        assert f'Iter(train) [{ITERS}/{ITERS}]' in out, note
+        assert f'Iter(train) [{TRAIN_ITERS}/{TRAIN_ITERS}]' in out, note
     else:
         assert rc == PREEMPTED_EXIT_CODE, (note, out[-3000:])
         assert 'preempted: checkpoint' in out, note
@@ -101,12 +101,12 @@ def test_killed_and_resumed_equals_uninterrupted(
             saved = f.read().strip()
         assert loadable(saved), note
         step = int(osp.basename(saved)[len('iter_') : -len('.pth')])
-        assert f'Iter(train) [{step}/{ITERS}]' in out, note
-        assert f'Iter(train) [{step + 1}/{ITERS}]' not in out, note
+        assert f'Iter(train) [{step}/{TRAIN_ITERS}]' in out, note
+        assert f'Iter(train) [{step + 1}/{TRAIN_ITERS}]' not in out, note
 
         # 3. Resume with a slow writer; SIGKILL in the middle of a write
         # (only if a checkpoint is left to write after the preempted one).
-        if step < ITERS:
+        if step < TRAIN_ITERS:
             launcher = tmp_path / 'slow_train.py'
             launcher.write_text(SLOW_WRITER.format(train=TRAIN))
             mark = str(tmp_path / 'writing')
@@ -135,7 +135,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     assert rc == 0, out[-3000:]
     assert 'Advance dataloader' not in out or 'loads no data' in out
     assert not glob.glob(osp.join(work_dir, '.*.tmp-*'))  # cleaned up
-    final = f'iter_{ITERS}.pth'
+    final = f'iter_{TRAIN_ITERS}.pth'
     assert_same_weights(
         osp.join(reference_run, final), osp.join(work_dir, final)
     )
@@ -164,8 +164,8 @@ def test_truncated_latest_checkpoint_falls_back(
     assert 'truncated or corrupt' in out
     assert 'resumed epoch: 0, iter: 2' in out
     assert_same_weights(
-        osp.join(reference_run, f'iter_{ITERS}.pth'),
-        osp.join(work_dir, f'iter_{ITERS}.pth'),
+        osp.join(reference_run, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(work_dir, f'iter_{TRAIN_ITERS}.pth'),
     )
 
 
@@ -201,8 +201,8 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, fundus_root):
     )
     assert 'resumed epoch: 0, iter: 2' in out
     assert_same_weights(
-        osp.join(full, f'iter_{ITERS}.pth'),
-        osp.join(resumed, f'iter_{ITERS}.pth'),
+        osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
     )
 
 
@@ -222,6 +222,6 @@ def test_segformer_resume_equals_uninterrupted(tmp_path, fundus_root):
     # The SegFormer model logs no RDWT loss.
     assert 'decode.loss_ce' in out and 'decode.loss_rdwt' not in out
     assert_same_weights(
-        osp.join(full, f'iter_{ITERS}.pth'),
-        osp.join(resumed, f'iter_{ITERS}.pth'),
+        osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
     )
