@@ -20,15 +20,15 @@ import torch
 
 from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
 
-from ..helpers import REPO_ROOT, TRAIN, assert_same_weights, run_tool
-from .train_runs import (
+from ..helpers import (
+    REPO_ROOT,
+    TRAIN,
     TRAIN_ITERS,
-    finish,
-    log_has,
-    start,
+    assert_same_weights,
+    run_tool,
     train_args,
-    wait_for,
 )
+from .train_runs import finish, log_has, start, wait_for
 
 # Runs tools/train.py with a checkpoint writer that stops half-way through
 # the first large file, leaves a mark, and sleeps (to be killed there).
@@ -190,16 +190,27 @@ def test_broken_explicit_checkpoint_is_one_error(tmp_path, fundus_root):
     assert 'Traceback' not in out
 
 
-def test_two_process_resume_equals_uninterrupted(tmp_path, fundus_root):
-    # DDP on CPU (gloo): per-rank RNG states and sampler streams.
-    full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-    run_tool(TRAIN, train_args(fundus_root, full), nproc=2)
+def test_two_process_resume_equals_uninterrupted(
+    tmp_path, fundus_root, fundus_dist_run
+):
+    # DDP on CPU (gloo): per-rank RNG states and sampler streams. The
+    # uninterrupted run is the suite's shared 2-process run (the same
+    # arguments); this one restarts it from its first checkpoint.
+    full, _ = fundus_dist_run
+    resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
     shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
     out = run_tool(
         TRAIN, train_args(fundus_root, resumed, resume=True), nproc=2
     )
-    assert 'resumed epoch: 0, iter: 2' in out
+    assert 'resumed epoch: 0, iter: 2' in out, out[-3000:]
+    assert 'iter_2.pth' in out  # the checkpoint it resumed from
+    # Iterations 1 and 2 are not run again; 3 to the end are.
+    assert 'Iter(train) [1/' not in out and 'Iter(train) [2/' not in out
+    for it in range(3, TRAIN_ITERS + 1):
+        assert f'Iter(train) [{it}/{TRAIN_ITERS}]' in out, it
+    with open(osp.join(resumed, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith(f'iter_{TRAIN_ITERS}.pth')
     assert_same_weights(
         osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
         osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
