@@ -477,8 +477,6 @@ def test_two_processes_train_with_dist_train_sh(fundus_dist_run):
     assert "dist_cfg: {'backend': 'gloo'}" in log, log[:3000]
     assert 'MMDistributedDataParallel' in log
     assert 'device_ids=None' in log
-    # Each of the two ranks validated one of Domain1's two test images.
-    assert re.search(r'Iter\(val\) \[1/1\].*Domain1/OD_Dice', log), log[-3000:]
 
     # The config the Runner ran (dumped into the work dir): the demo's
     # SyncBN (mmseg's SegFormer base) became BN in the model.

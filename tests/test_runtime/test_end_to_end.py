@@ -219,24 +219,31 @@ def check_cases_against_metrics(rows, metrics, structure):
 
 
 @pytest.fixture(scope='module')
-def fundus_run(tmp_path_factory, fundus_root):
-    """One-process fundus training (validation at the end) and its test."""
-    work_dir = str(tmp_path_factory.mktemp('fundus_run'))
-    log = run_tool(
-        TRAIN,
-        [
-            FUNDUS_CONFIG,
-            '--work-dir',
-            work_dir,
-            '--cfg-options',
-            *train_options(fundus_root),
-        ],
-    )
+def fundus_run(fundus_dist_run, fundus_root):
+    """The shared 2-process fundus training, its last checkpoint tested
+    with one process (tools/test.py) and with two (tools/dist_test.sh)."""
+    work_dir, log = fundus_dist_run
     checkpoint = last_checkpoint(work_dir)
-    metrics, rows, _ = evaluate_checkpoint(
-        FUNDUS_CONFIG, checkpoint, fundus_root, osp.join(work_dir, 'test')
+    one, rows_one, _ = evaluate_checkpoint(
+        FUNDUS_CONFIG, checkpoint, fundus_root, osp.join(work_dir, 'test1')
     )
-    return dict(work_dir=work_dir, log=log, metrics=metrics, rows=rows)
+    two, rows_two, log_two = evaluate_checkpoint(
+        FUNDUS_CONFIG,
+        checkpoint,
+        fundus_root,
+        osp.join(work_dir, 'test2'),
+        nproc=2,
+    )
+    return dict(
+        work_dir=work_dir,
+        log=log,
+        checkpoint=checkpoint,
+        metrics=one,
+        rows=rows_one,
+        metrics_two=two,
+        rows_two=rows_two,
+        log_two=log_two,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -342,11 +349,14 @@ def test_plain_mmseg_config_train_then_test(tiny_config, tmp_path):
 
 
 def test_fundus_train_validate_test(fundus_run):
-    work_dir, log = fundus_run['work_dir'], fundus_run['log']
-    assert osp.basename(last_checkpoint(work_dir)) == f'iter_{TRAIN_ITERS}.pth'
+    log = fundus_run['log']
+    assert osp.basename(fundus_run['checkpoint']) == f'iter_{TRAIN_ITERS}.pth'
     assert f'Iter(train) [{TRAIN_ITERS}/{TRAIN_ITERS}]' in log
-    # Validation ran once, on the held-out Domain1 only.
-    assert re.search(r'Iter\(val\) \[2/2\].*Domain1/OD_Dice', log), log[-3000:]
+    # Validation ran once, on the held-out Domain1 only (its 2 test images,
+    # one per rank).
+    validations = re.findall(r'Iter\(val\) \[1/1\] +Domain1', log)
+    assert len(validations) == 1, log[-3000:]
+    assert 'Domain2/OD_Dice' not in log
     assert 'decode.loss_rdwt' in log
 
     metrics = fundus_run['metrics']
@@ -398,26 +408,12 @@ def test_prostate_train_validate_test(prostate_run):
     check_cases_against_metrics(rows, metrics, 'Prostate')
 
 
-def test_two_process_training_then_test_matches_one_process(
-    fundus_dist_run, fundus_root
-):
-    work_dir, log = fundus_dist_run
-    assert re.search(r'Iter\(val\).*Domain1/OD_Dice', log), log[-3000:]
-    checkpoint = last_checkpoint(work_dir)
-    assert osp.basename(checkpoint) == f'iter_{TRAIN_ITERS}.pth'
-
-    one, rows_one, _ = evaluate_checkpoint(
-        FUNDUS_CONFIG, checkpoint, fundus_root, osp.join(work_dir, 'test1')
-    )
-    two, rows_two, log = evaluate_checkpoint(
-        FUNDUS_CONFIG,
-        checkpoint,
-        fundus_root,
-        osp.join(work_dir, 'test2'),
-        nproc=2,
-    )
+def test_two_process_test_matches_one_process(fundus_run):
+    one, rows_one = fundus_run['metrics'], fundus_run['rows']
+    two, rows_two = fundus_run['metrics_two'], fundus_run['rows_two']
     # 8 test images on 2 ranks, 4 each: every image exactly once in the
     # results.
+    log = fundus_run['log_two']
     assert re.search(r'Iter\(test\) \[4/4\]', log), log[-3000:]
     assert not re.search(r'Iter\(test\) \[5/', log), log[-3000:]
     assert len(rows_two) == len(FUNDUS_DOMAINS) * FUNDUS_TEST_CASES
