@@ -10,12 +10,16 @@ live in ``tests/helpers.py``: conftest modules are not meant to be
 imported. A folder's own ``conftest.py`` keeps only what that folder uses.
 """
 
+import os.path as osp
+
 import pytest
 import torch
 from mmengine.registry import init_default_scope
 
 import mmseg_dfq  # noqa: F401
 from mmseg_dfq.testing.synthetic import make_fundus, make_prostate
+
+from .helpers import DIST_TRAIN, run_dist_script, train_args
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +61,27 @@ def prostate_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('data') / 'prostate')
     make_prostate(root, seed=0, cases=3, size=64, slices=(4, 6))
     return root
+
+
+@pytest.fixture(scope='session')
+def fundus_dist_run(tmp_path_factory, fundus_root):
+    """The suite's one 2-process training: ``tools/dist_train.sh``, gloo.
+
+    The deterministic run of :func:`tests.helpers.train_args` (6
+    iterations, checkpoints at 2, 4 and 6, validation at the end), started
+    by ``tools/dist_train.sh CONFIG 2`` as a user starts it. The compat
+    tests read its log and checkpoints, the end-to-end tests test its last
+    checkpoint with one and two processes, and the resume tests restart it
+    from ``iter_2.pth``.
+
+    Returns:
+        tuple[str, str]: Work dir and the output of the run.
+    """
+    root = tmp_path_factory.mktemp('fundus_dist')
+    work_dir = str(root / 'work')
+    args = train_args(fundus_root, work_dir)
+    out = run_dist_script(
+        DIST_TRAIN, [args[0]], 2, args[1:], bin_dir=str(root / 'bin')
+    )
+    assert osp.isfile(osp.join(work_dir, 'iter_2.pth')), out[-3000:]
+    return work_dir, out

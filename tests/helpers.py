@@ -15,6 +15,7 @@ import json
 import math
 import os
 import os.path as osp
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,8 @@ PROSTATE_CONFIG = osp.join(
 DATASET_CONFIG_DIR = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets')
 TRAIN = osp.join(REPO_ROOT, 'tools/train.py')
 TEST = osp.join(REPO_ROOT, 'tools/test.py')
+DIST_TRAIN = osp.join(REPO_ROOT, 'tools/dist_train.sh')
+DIST_TEST = osp.join(REPO_ROOT, 'tools/dist_test.sh')
 # Train iterations of the shared runs; one checkpoint every 2 iterations.
 TRAIN_ITERS = 6
 
@@ -137,6 +140,64 @@ def run_tool(script, args, nproc=1, timeout=300):
     return proc.stdout
 
 
+def run_dist_script(script, positional, nproc, args, bin_dir, timeout=300):
+    """Run ``tools/dist_train.sh`` or ``dist_test.sh`` as a user does.
+
+    The scripts call ``torchrun`` from ``PATH``: a ``torchrun`` in
+    ``bin_dir`` that runs ``python -m torch.distributed.run`` with this
+    interpreter comes first, so the workers import the same packages as the
+    tests whatever the install layout. The run gets a process group of its
+    own, so that a timeout also ends torchrun's workers.
+
+    Args:
+        script (str): :data:`DIST_TRAIN` or :data:`DIST_TEST`.
+        positional (list[str]): The script's arguments before the number of
+            processes (config; config and checkpoint).
+        nproc (int): Processes.
+        args (list[str]): Arguments passed on to the Python tool.
+        bin_dir (str): Directory for the ``torchrun`` shim (created).
+        timeout (float): Seconds before the run counts as hung.
+            Default: 300.
+
+    Returns:
+        str: stdout and stderr of the run, interleaved.
+    """
+    os.makedirs(bin_dir, exist_ok=True)
+    shim = osp.join(bin_dir, 'torchrun')
+    with open(shim, 'w') as f:
+        f.write(
+            f'#!/bin/sh\nexec {sys.executable} -m torch.distributed.run "$@"\n'
+        )
+    os.chmod(shim, 0o755)
+    env = tool_env()
+    env['PATH'] = os.pathsep.join((bin_dir, env.get('PATH', '')))
+    env['PORT'] = str(free_port())
+    cmd = ['bash', script, *map(str, positional), str(nproc), *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f'{" ".join(cmd)} ran over {timeout} s; output tail:\n'
+            f'{out[-4000:]}'
+        ) from None
+    assert proc.returncode == 0, (
+        f'{" ".join(cmd)} exited with {proc.returncode}; output tail:\n'
+        f'{out[-4000:]}'
+    )
+    return out
+
+
 def data_options(data_root):
     """``--cfg-options`` pointing all three dataloaders at ``data_root``."""
     return [
@@ -156,6 +217,46 @@ def train_options(data_root, max_iters=TRAIN_ITERS, val=True):
         'default_hooks.checkpoint.max_keep_ckpts=10',
         'default_hooks.logger.interval=1',
     ]
+
+
+def train_args(data_root, work_dir, resume=False, extra=()):
+    """Arguments of tools/train.py for the short deterministic fundus run.
+
+    6 iterations (:data:`TRAIN_ITERS`), batches of 3 (one image per source
+    domain), ``randomness.deterministic=True``, a checkpoint every 2
+    iterations and validation only at the end (mmengine validates at the
+    last iteration whatever the interval): the run that resumed runs must
+    reproduce bit for bit, and the shared 2-process run of
+    ``tests/conftest.py``.
+
+    Args:
+        data_root (str): Generated fundus data.
+        work_dir (str): Work dir of the run.
+        resume (bool): Add ``--resume``. Default: False.
+        extra (Sequence[str]): More ``--cfg-options``. Default: none.
+
+    Returns:
+        list[str]: Config path first, then the options.
+    """
+    args = [
+        FUNDUS_CONFIG,
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        *data_options(data_root),
+        f'train_cfg.max_iters={TRAIN_ITERS}',
+        f'train_cfg.val_interval={10 * TRAIN_ITERS}',
+        'train_dataloader.batch_size=3',
+        'train_dataloader.sampler.domain_counts=[1,1,1]',
+        'default_hooks.checkpoint.interval=2',
+        'default_hooks.checkpoint.max_keep_ckpts=20',
+        'default_hooks.logger.interval=1',
+        'randomness.deterministic=True',
+        *extra,
+    ]
+    if resume:
+        args.insert(1, '--resume')
+    return args
 
 
 def load_metrics(path):

@@ -2,7 +2,7 @@
 
 Fast path and overlays: TF32 settings put back after each test.
 Reliability: the uninterrupted reference run of
-:mod:`tests.test_engine.train_runs`, which the resumed runs must equal.
+:func:`tests.helpers.train_args`, which the resumed runs must equal.
 """
 
 import os.path as osp
@@ -10,8 +10,8 @@ import os.path as osp
 import pytest
 import torch
 
-from ..helpers import TRAIN
-from .train_runs import ITERS, finish, start, train_args
+from ..helpers import TRAIN, TRAIN_ITERS, train_args
+from .train_runs import finish, start
 
 
 def pytest_configure(config):
@@ -46,6 +46,6 @@ def reference_run(tmp_path_factory, fundus_root):
     )
     rc, out = finish(proc)
     assert rc == 0, out[-3000:]
-    for k in range(2, ITERS + 1, 2):
+    for k in range(2, TRAIN_ITERS + 1, 2):
         assert osp.isfile(osp.join(work_dir, f'iter_{k}.pth'))
     return work_dir

@@ -20,15 +20,15 @@ import torch
 
 from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
 
-from ..helpers import REPO_ROOT, TRAIN, assert_same_weights, run_tool
-from .train_runs import (
-    ITERS,
-    finish,
-    log_has,
-    start,
+from ..helpers import (
+    REPO_ROOT,
+    TRAIN,
+    TRAIN_ITERS,
+    assert_same_weights,
+    run_tool,
     train_args,
-    wait_for,
 )
+from .train_runs import finish, log_has, start, wait_for
 
 # Runs tools/train.py with a checkpoint writer that stops half-way through
 # the first large file, leaves a mark, and sleeps (to be killed there).
@@ -93,7 +93,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     proc.send_signal(signal.SIGTERM)
     rc, out = finish(proc)
     if rc == 0:  # finished before the signal arrived: nothing to check
-        assert f'Iter(train) [{ITERS}/{ITERS}]' in out, note
+        assert f'Iter(train) [{TRAIN_ITERS}/{TRAIN_ITERS}]' in out, note
     else:
         assert rc == PREEMPTED_EXIT_CODE, (note, out[-3000:])
         assert 'preempted: checkpoint' in out, note
@@ -101,12 +101,12 @@ def test_killed_and_resumed_equals_uninterrupted(
             saved = f.read().strip()
         assert loadable(saved), note
         step = int(osp.basename(saved)[len('iter_') : -len('.pth')])
-        assert f'Iter(train) [{step}/{ITERS}]' in out, note
-        assert f'Iter(train) [{step + 1}/{ITERS}]' not in out, note
+        assert f'Iter(train) [{step}/{TRAIN_ITERS}]' in out, note
+        assert f'Iter(train) [{step + 1}/{TRAIN_ITERS}]' not in out, note
 
         # 3. Resume with a slow writer; SIGKILL in the middle of a write
         # (only if a checkpoint is left to write after the preempted one).
-        if step < ITERS:
+        if step < TRAIN_ITERS:
             launcher = tmp_path / 'slow_train.py'
             launcher.write_text(SLOW_WRITER.format(train=TRAIN))
             mark = str(tmp_path / 'writing')
@@ -135,7 +135,7 @@ def test_killed_and_resumed_equals_uninterrupted(
     assert rc == 0, out[-3000:]
     assert 'Advance dataloader' not in out or 'loads no data' in out
     assert not glob.glob(osp.join(work_dir, '.*.tmp-*'))  # cleaned up
-    final = f'iter_{ITERS}.pth'
+    final = f'iter_{TRAIN_ITERS}.pth'
     assert_same_weights(
         osp.join(reference_run, final), osp.join(work_dir, final)
     )
@@ -164,8 +164,8 @@ def test_truncated_latest_checkpoint_falls_back(
     assert 'truncated or corrupt' in out
     assert 'resumed epoch: 0, iter: 2' in out
     assert_same_weights(
-        osp.join(reference_run, f'iter_{ITERS}.pth'),
-        osp.join(work_dir, f'iter_{ITERS}.pth'),
+        osp.join(reference_run, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(work_dir, f'iter_{TRAIN_ITERS}.pth'),
     )
 
 
@@ -190,19 +190,30 @@ def test_broken_explicit_checkpoint_is_one_error(tmp_path, fundus_root):
     assert 'Traceback' not in out
 
 
-def test_two_process_resume_equals_uninterrupted(tmp_path, fundus_root):
-    # DDP on CPU (gloo): per-rank RNG states and sampler streams.
-    full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-    run_tool(TRAIN, train_args(fundus_root, full), nproc=2)
+def test_two_process_resume_equals_uninterrupted(
+    tmp_path, fundus_root, fundus_dist_run
+):
+    # DDP on CPU (gloo): per-rank RNG states and sampler streams. The
+    # uninterrupted run is the suite's shared 2-process run (the same
+    # arguments); this one restarts it from its first checkpoint.
+    full, _ = fundus_dist_run
+    resumed = str(tmp_path / 'resumed')
     os.makedirs(resumed)
     shutil.copy(osp.join(full, 'iter_2.pth'), resumed)
     out = run_tool(
         TRAIN, train_args(fundus_root, resumed, resume=True), nproc=2
     )
-    assert 'resumed epoch: 0, iter: 2' in out
+    assert 'resumed epoch: 0, iter: 2' in out, out[-3000:]
+    assert 'iter_2.pth' in out  # the checkpoint it resumed from
+    # Iterations 1 and 2 are not run again; 3 to the end are.
+    assert 'Iter(train) [1/' not in out and 'Iter(train) [2/' not in out
+    for it in range(3, TRAIN_ITERS + 1):
+        assert f'Iter(train) [{it}/{TRAIN_ITERS}]' in out, it
+    with open(osp.join(resumed, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith(f'iter_{TRAIN_ITERS}.pth')
     assert_same_weights(
-        osp.join(full, f'iter_{ITERS}.pth'),
-        osp.join(resumed, f'iter_{ITERS}.pth'),
+        osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
     )
 
 
@@ -222,6 +233,6 @@ def test_segformer_resume_equals_uninterrupted(tmp_path, fundus_root):
     # The SegFormer model logs no RDWT loss.
     assert 'decode.loss_ce' in out and 'decode.loss_rdwt' not in out
     assert_same_weights(
-        osp.join(full, f'iter_{ITERS}.pth'),
-        osp.join(resumed, f'iter_{ITERS}.pth'),
+        osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
+        osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
     )

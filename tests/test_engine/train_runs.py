@@ -1,8 +1,8 @@
 """Background runs of ``tools/train.py`` for the reliability tests.
 
-Tiny fundus demo, CPU, 6 iterations, run as subprocesses (they get killed)
-with one thread each, ``randomness.deterministic=True``, batches of 3 (one
-image per source domain) and a checkpoint every 2 iterations.
+The runs of :func:`tests.helpers.train_args` (tiny fundus demo, CPU, 6
+iterations, deterministic), started as subprocesses that can be killed, with
+one thread each.
 
 A plain module rather than the folder's conftest: test modules import it.
 """
@@ -11,32 +11,7 @@ import subprocess
 import sys
 import time
 
-from ..helpers import FUNDUS_CONFIG, REPO_ROOT, data_options, tool_env
-
-ITERS = 6
-
-
-def train_args(data_root, work_dir, resume=False, extra=()):
-    """Arguments of tools/train.py for the short deterministic run."""
-    args = [
-        FUNDUS_CONFIG,
-        '--work-dir',
-        work_dir,
-        '--cfg-options',
-        *data_options(data_root),
-        f'train_cfg.max_iters={ITERS}',
-        f'train_cfg.val_interval={10 * ITERS}',
-        'train_dataloader.batch_size=3',
-        'train_dataloader.sampler.domain_counts=[1,1,1]',
-        'default_hooks.checkpoint.interval=2',
-        'default_hooks.checkpoint.max_keep_ckpts=20',
-        'default_hooks.logger.interval=1',
-        'randomness.deterministic=True',
-        *extra,
-    ]
-    if resume:
-        args.insert(1, '--resume')
-    return args
+from ..helpers import REPO_ROOT, tool_env
 
 
 def start(script, args, log_path):
