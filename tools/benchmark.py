@@ -61,6 +61,7 @@ Examples:
 """
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import os.path as osp
@@ -345,7 +346,9 @@ def rdwt_seconds(model, images, warmup, repeats, sync, compiled=False):
     Maps of the DFQ backbone's (pre-norm) output shapes stand in for the
     stage outputs; the cost of RDWT does not depend on their values. With
     ``compiled`` the norms and the loss go through ``torch.compile`` (its
-    default mode), as they do inside the fast path's compiled modules.
+    default mode; the fast path compiles them inside its modules with CUDA
+    graphs, ``mode='reduce-overhead'``), which fuses them as the fast path
+    does but still launches each kernel from the host.
     """
     import torch
 
@@ -705,7 +708,7 @@ def report(results, args):
                     f'train memory {mem_ratio:.2f}x'
                 )
         for variant in args.variants:
-            report_paths(by_key, backbone, variant, args)
+            report_paths(by_key, backbone, variant)
         report_rdwt(by_key, backbone, args)
         for r in results:
             if r['backbone'] == backbone and 'syncs' in r:
@@ -727,7 +730,7 @@ def report(results, args):
         print(GPU_TARGETS)
 
 
-def report_paths(by_key, backbone, variant, args):
+def report_paths(by_key, backbone, variant):
     """Fast/eager and bf16/fp32 ratios of one model's train step."""
     step = {
         (p, d): summarize(r['train'])[0]
@@ -892,7 +895,10 @@ def full_schedule(args):
         # A validation = its fixed cost (workers, metric) + images x the
         # median image time (the first images include warm-up).
         fixed = max(per_val - sum(val_iters), 0.0)
-        per_val = fixed + statistics.median(val_iters) * val_images
+        val_batch = runner.val_dataloader.batch_size or 1
+        per_val = fixed + statistics.median(val_iters) * math.ceil(
+            val_images / val_batch
+        )
     estimate = full_iters * mean_step + vals_full * per_val
     print(f'\n{environment(args.device)}')
     print(

@@ -32,10 +32,13 @@ import os
 import os.path as osp
 import sys
 from collections import Counter
+from typing import Optional
 
 import cv2
+import numpy as np
 import torch
 from mmengine.config import DictAction
+from mmseg.registry import DATASETS
 from tqdm import tqdm
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registration)
@@ -48,6 +51,7 @@ from mmseg_dfq.apis import (
     save_label_volume,
     volume_slice_overlay,
 )
+from mmseg_dfq.datasets import FundusDGDataset
 from mmseg_dfq.datasets.nifti import decode_nifti, read_nifti_header
 from mmseg_dfq.datasets.transforms import read_image_as_stored
 
@@ -152,17 +156,69 @@ def check_volume_size(path, min_size):
         )
 
 
-def write_fundus(inferencer, path, out_dir, overlay):
-    """Segment one image; write its mask (and overlay) PNG."""
+def mask_encoding(cfg) -> Optional[np.ndarray]:
+    """Stored value of each class in a written mask, as the data set stores
+    its masks.
+
+    Fundus masks use the release's grey levels; a data set with a
+    ``mask_values`` map (``MultiSiteDataset``) gets each class's first stored
+    value; otherwise the mask holds the class indices.
+
+    Args:
+        cfg (mmengine.Config): The model's config.
+
+    Returns:
+        np.ndarray | None: Look-up table class -> stored value, or None for
+        class indices.
+    """
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    dataset_cls = DATASETS.get(dataset.get('type', ''))
+    if isinstance(dataset_cls, type) and issubclass(
+        dataset_cls, FundusDGDataset
+    ):
+        return FUNDUS_GREY
+    values = dataset.get('mask_values')
+    if not values:
+        return None
+    lut = {}
+    for stored, label in sorted((int(k), int(v)) for k, v in values.items()):
+        lut.setdefault(label, stored)
+    table = np.zeros(max(lut) + 1, np.uint8)
+    for label, stored in lut.items():
+        table[label] = stored
+    return table
+
+
+def write_image_mask(inferencer, path, out_dir, overlay):
+    """Segment one image; write its mask (and overlay) PNG.
+
+    The mask is encoded as the model's data set stores masks
+    (:func:`mask_encoding`); the overlay uses the data set's palette.
+    """
     labels = inferencer.image(path)
     stem = file_stem(path)
     mask_path = osp.join(out_dir, f'{stem}_mask.png')
-    if not cv2.imwrite(mask_path, FUNDUS_GREY[labels]):
+    table = mask_encoding(inferencer.cfg)
+    if table is None:
+        encoded = labels.astype(np.uint8)
+    elif labels.size and labels.max() >= len(table):
+        raise ValueError(
+            f'{path}: predicted class {int(labels.max())} has no stored '
+            f"value in the data set's mask encoding {table.tolist()}"
+        )
+    else:
+        encoded = table[labels]
+    if not cv2.imwrite(mask_path, encoded):
         raise OSError(f'cannot write {mask_path}')
     if overlay:
         # As stored (EXIF orientation ignored), like the model's input.
         bgr = read_image_as_stored(path)
-        rgb = fundus_overlay(bgr[..., ::-1], labels)
+        palette = (inferencer.model.dataset_meta or {}).get('palette')
+        rgb = fundus_overlay(
+            bgr[..., ::-1],
+            labels,
+            colours=None if table is FUNDUS_GREY or not palette else palette,
+        )
         cv2.imwrite(osp.join(out_dir, f'{stem}_overlay.png'), rgb[..., ::-1])
 
 
@@ -224,7 +280,7 @@ def main():
                     inferencer, path, args.out, args.batch_size, args.overlay
                 )
             else:
-                write_fundus(
+                write_image_mask(
                     inferencer, path, args.out, args.overlay is not False
                 )
         except (OSError, ValueError, IndexError) as err:

@@ -158,14 +158,21 @@ def _get(cfg, path):
     return node
 
 
-def _domain_names(dataset_cfg, domains, where):
-    """Display names of domain indices via the dataset's declared domains."""
-    from mmseg.registry import DATASETS
-
+def _declared(dataset_cfg, key):
+    """One declared fact of a dataset config: its type's METAINFO with the
+    config's own ``metainfo`` on top (a MultiSiteDataset declares all of
+    them in the config)."""
     import mmseg_dfq  # noqa: F401  (registers the DG datasets)
 
     cls = DATASETS.get(dataset_cfg.get('type', ''))
-    names = getattr(cls, 'METAINFO', {}).get('domains')
+    meta = dict(getattr(cls, 'METAINFO', {}) or {})
+    meta.update(dataset_cfg.get('metainfo') or {})
+    return meta.get(key)
+
+
+def _domain_names(dataset_cfg, domains, where):
+    """Display names of domain indices via the dataset's declared domains."""
+    names = _declared(dataset_cfg, 'domains')
     out = []
     for d in domains:
         if isinstance(d, str):
@@ -466,10 +473,7 @@ def build_run(variant, split, seed, args, benchmark):
     )
     if not structures:
         with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
-            dataset_cls = DATASETS.get(
-                cfg.test_dataloader.dataset.get('type', '')
-            )
-        structures = getattr(dataset_cls, 'METAINFO', {}).get('structures')
+            structures = _declared(cfg.test_dataloader.dataset, 'structures')
     structures = list(structures or {})
     return dict(
         variant=variant['label'],

@@ -106,8 +106,17 @@ def flip_tta_pipeline(test_pipeline: Sequence[dict]) -> List[dict]:
     Returns:
         list[dict]: The TTA pipeline.
     """
+    from mmcv.transforms import BaseTransform
+    from mmseg.datasets.transforms import PackSegInputs
+    from mmseg.registry import TRANSFORMS
+
     steps = list(test_pipeline)
-    if not steps or 'Pack' not in str(steps[-1].get('type', '')):
+    last = TRANSFORMS.get(steps[-1].get('type', '')) if steps else None
+    if not (
+        isinstance(last, type)
+        and issubclass(last, BaseTransform)
+        and issubclass(last, PackSegInputs)
+    ):
         raise ValueError(
             'flip_tta_pipeline: the test pipeline must end with its packing '
             f'step, got {steps[-1] if steps else "an empty pipeline"}'

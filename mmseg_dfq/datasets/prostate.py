@@ -68,7 +68,6 @@ class ProstateDGDataset(DomainSplitDataset):
         # The authors': largest 6-connected 3D component, no hole filling.
         post_process=dict(largest_cc=True, fill_holes=False, connectivity=1),
     )
-    SPLITS = ('all', 'train', 'test')
     FILE_KIND = 'nifti'
 
     def __init__(

@@ -56,6 +56,9 @@ def _skips_on_device(wrapper) -> bool:
         and bool(optimizer.defaults.get('fused'))
         and getattr(optimizer, '_step_supports_amp_scaling', False)
         and getattr(wrapper, 'loss_scaler', None) is None
+        # With gradient accumulation a bad micro-batch's NaN gradients
+        # would reach a later step whose own flag is clear.
+        and getattr(wrapper, '_accumulative_counts', 1) == 1
     )
 
 
@@ -141,15 +144,19 @@ class _StepRecord:
 class NonFiniteLossHook(Hook):
     """Catch non-finite losses before they reach the weights or a file.
 
-    Before the optimizer step, a NaN/inf total loss skips the backward pass
-    and the step (all ranks together), so the weights stay finite. After
-    the iteration the hook either raises :class:`NonFiniteLossError`
-    naming the iteration, the non-finite loss terms and the batch's image
-    files (``action='raise'``), or logs a warning and counts the skipped
-    steps (``train/skipped_steps`` in the log; ``action='skip'``). Images
-    that hold NaN/inf themselves are named separately. Before
-    any checkpoint is written the model's floating-point weights and
-    buffers are checked: a non-finite model is never saved.
+    Before the optimizer step, a NaN/inf total loss skips the step (all
+    ranks together), so the weights stay finite: with a fused optimizer on
+    the device (the backward pass runs, the update does not; see
+    ``_FiniteStepGuard``), otherwise on the host, skipping the backward pass
+    too. After the iteration the hook either raises
+    :class:`NonFiniteLossError` naming the iteration, the non-finite loss
+    terms and the batch's image files (``action='raise'``), or logs a
+    warning and counts the skipped steps (``train/skipped_steps`` in the
+    log; ``action='skip'``). Behind ``FastPathHook``'s lagged log variables
+    each step is checked one iteration later (the last one after the loop).
+    Images that hold NaN/inf themselves are named separately. Before any
+    checkpoint is written the model's floating-point weights and buffers are
+    checked: a non-finite model is never saved.
 
     Args:
         action (str): 'raise' or 'skip'. Default: 'raise'.
@@ -298,6 +305,8 @@ class NonFiniteLossHook(Hook):
         )
         saved = (
             'a checkpoint saved since holds the weights from before it'
+            if self._lagged and skipped
+            else 'no checkpoint was written with non-finite weights'
             if self._lagged
             else 'no checkpoint was written for it'
         )

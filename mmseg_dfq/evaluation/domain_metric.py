@@ -14,11 +14,7 @@ from .cases import (
     pack_masks,
     read_sample_meta,
 )
-from .postprocess import (
-    PostProcess,
-    post_process_from_meta,
-    postprocess_connectivity,
-)
+from .postprocess import PostProcess, post_process_from_meta
 from .report import (
     DISTANCE_METRICS,
     case_unit,
@@ -28,8 +24,7 @@ from .report import (
 )
 from .surface import dice, surface_metrics
 
-# Re-exported: the inferencer imported it from here.
-__all__ = ['DomainMetric', 'postprocess_connectivity']
+__all__ = ['DomainMetric']
 
 _KNOWN_METRICS = ('Dice', 'ASD', 'ASSD', 'HD95')
 # Argument -> where the dataset declares it: (METAINFO key, sub-key).

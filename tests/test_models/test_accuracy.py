@@ -25,7 +25,10 @@ def test_pixel_accuracy_matches_mmseg(ignore_index):
 def test_pixel_accuracy_all_ignored_and_shape_errors():
     logits = torch.randn(1, 2, 3, 3)
     labels = torch.full((1, 3, 3), 255)
-    assert pixel_accuracy(logits, labels, 255).item() == 0.0
+    # As mmseg's: (0 + eps) * 100 / (0 + eps).
+    ref = accuracy(logits, labels, ignore_index=255)
+    assert pixel_accuracy(logits, labels, 255).item() == 100.0
+    assert abs(ref.item() - 100.0) < 1e-3
     with pytest.raises(ValueError, match='logits'):
         pixel_accuracy(logits, labels[0], 255)
 

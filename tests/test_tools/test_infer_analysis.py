@@ -474,3 +474,30 @@ def test_plot_domain_metrics(tmp_path):
         ok=False,
     )
     assert 'bad.json' in out and 'Dice' in out
+
+
+def test_written_masks_follow_the_data_set_encoding():
+    """Fundus grey levels, a multi-site mask_values map, else class ids."""
+    import importlib.util
+
+    from mmengine.config import Config
+
+    spec = importlib.util.spec_from_file_location(
+        '_infer_tool', osp.join(REPO, 'tools', 'infer.py')
+    )
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+
+    fundus = Config.fromfile(DEMO_CFG.format('fundus'))
+    assert infer.mask_encoding(fundus).tolist() == [255, 128, 0]
+    multisite = Config.fromfile(
+        osp.join(
+            REPO, 'configs', 'multisite', 'dfq_mit-tiny_demo_multisite-2d.py'
+        )
+    )
+    assert infer.mask_encoding(multisite).tolist() == [0, 255]
+    # Several stored values of one class: the first (smallest) is written.
+    multisite.test_dataloader.dataset.mask_values = {0: 0, 1: 1, 2: 1}
+    assert infer.mask_encoding(multisite).tolist() == [0, 1]
+    multisite.test_dataloader.dataset.pop('mask_values')
+    assert infer.mask_encoding(multisite) is None

@@ -28,8 +28,8 @@ def pixel_accuracy(
             None.
 
     Returns:
-        Tensor: A 1-element tensor on ``logits``' device, in percent; 0 when
-        no pixel is labelled (mmseg's ``eps`` terms give the same).
+        Tensor: A 1-element tensor on ``logits``' device, in percent; 100
+        when no pixel is labelled, as mmseg's ``eps`` terms give.
     """
     if logits.ndim != labels.ndim + 1 or logits.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -44,4 +44,5 @@ def pixel_accuracy(
         correct = correct & labelled
         total = labelled.sum()
     hits = correct.sum(dtype=torch.float32)
-    return (hits * 100.0 / total.clamp_min(1)).reshape(1)
+    acc = torch.where(total > 0, hits * 100.0 / total.clamp_min(1), 100.0)
+    return acc.reshape(1)
