@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from mmseg.datasets import BaseSegDataset
 
+from ..evaluation.postprocess import check_eval_mode, post_process_from_meta
 from .nifti import read_nifti_header
 
 DomainSpec = Union[int, str]
@@ -42,8 +43,6 @@ DATASET_FACT_KEYS = (
     'eval_mode',
     'post_process',
 )
-EVAL_MODES = ('2d', '3d')
-POST_PROCESS_KEYS = ('largest_cc', 'fill_holes', 'connectivity')
 
 
 def resolve_domains(
@@ -143,36 +142,18 @@ def check_dataset_facts(meta: dict, where: str) -> dict:
                 f'{structures[name]!r}'
             )
         norm_structures[str(name)] = tuple(int(v) for v in labels)
-    eval_mode = meta['eval_mode']
-    if eval_mode not in EVAL_MODES:
-        raise ValueError(
-            f'{where}: metainfo eval_mode must be one of {EVAL_MODES}, got '
-            f'{eval_mode!r}'
-        )
-    post = meta['post_process']
-    if not isinstance(post, dict) or set(post) != set(POST_PROCESS_KEYS):
-        raise ValueError(
-            f'{where}: metainfo post_process must be a dict with exactly '
-            f'{list(POST_PROCESS_KEYS)}, got {post!r}'
-        )
-    ndim = 2 if eval_mode == '2d' else 3
-    conn = post['connectivity']
-    if isinstance(conn, bool) or conn not in range(1, ndim + 1):
-        raise ValueError(
-            f'{where}: post_process connectivity must be 1..{ndim} in '
-            f'{eval_mode!r} mode (1 = face neighbours, {ndim} = full), got '
-            f'{conn!r}'
-        )
+    eval_mode = check_eval_mode(
+        meta['eval_mode'], f'{where}: metainfo eval_mode'
+    )
+    post = post_process_from_meta(
+        meta['post_process'], eval_mode, f'{where}: metainfo'
+    )
     out = dict(
         classes=classes,
         domains=domains,
         structures=norm_structures,
         eval_mode=eval_mode,
-        post_process=dict(
-            largest_cc=bool(post['largest_cc']),
-            fill_holes=bool(post['fill_holes']),
-            connectivity=int(conn),
-        ),
+        post_process=post,
     )
     return out
 

@@ -14,7 +14,7 @@ from .cases import (
     pack_masks,
     read_sample_meta,
 )
-from .postprocess import PostProcess, post_process_from_meta
+from .postprocess import PostProcess, check_eval_mode, post_process_from_meta
 from .report import (
     DISTANCE_METRICS,
     case_unit,
@@ -63,11 +63,7 @@ def _check_structures(structures, where: str) -> 'OrderedDict[str, list]':
 
 
 def _check_mode(mode, where: str) -> str:
-    if mode not in ('2d', '3d'):
-        raise ValueError(
-            f"DomainMetric: mode ({where}) must be '2d' or '3d', got {mode!r}"
-        )
-    return mode
+    return check_eval_mode(mode, f'DomainMetric: mode ({where})')
 
 
 @METRICS.register_module()

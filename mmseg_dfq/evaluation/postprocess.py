@@ -33,6 +33,24 @@ __all__ = [
 
 # Keys of a dataset's METAINFO['post_process'].
 POST_PROCESS_KEYS = ('largest_cc', 'fill_holes', 'connectivity')
+# A case is an image ('2d') or a volume assembled from its slices ('3d').
+EVAL_MODES = ('2d', '3d')
+
+
+def check_eval_mode(mode, where: str) -> str:
+    """``mode`` if it is one of :data:`EVAL_MODES`, else a ValueError.
+
+    Args:
+        mode: The evaluation mode to check.
+        where (str): What holds it, named in the error (e.g.
+            ``'MyDataset: metainfo eval_mode'``).
+
+    Returns:
+        str: ``mode``.
+    """
+    if mode not in EVAL_MODES:
+        raise ValueError(f'{where} must be one of {EVAL_MODES}, got {mode!r}')
+    return mode
 
 
 def largest_connected_component(mask, connectivity: int = 1) -> np.ndarray:
@@ -110,8 +128,7 @@ def postprocess_connectivity(
     Returns:
         int: The connectivity, for ``generate_binary_structure``.
     """
-    if mode not in ('2d', '3d'):
-        raise ValueError(f"mode must be '2d' or '3d', got {mode!r}")
+    check_eval_mode(mode, 'postprocess_connectivity: mode')
     ndim = 2 if mode == '2d' else 3
     if connectivity is None:
         return 2 if mode == '2d' else 1
@@ -168,40 +185,51 @@ class PostProcess:
 
 
 def post_process_from_meta(post_process, mode: str, where: str) -> dict:
-    """Check a dataset's ``METAINFO['post_process']``.
+    """Check a dataset's ``METAINFO['post_process']`` (the one checker of
+    this fact: the datasets and the metric both call it).
 
     Args:
         post_process (dict): ``dict(largest_cc=bool, fill_holes=bool,
             connectivity=int)``; connectivity is scipy's rank (1 = face
-            neighbours, up to the number of dimensions of a case).
+            neighbours, up to the number of dimensions of a case). The
+            switches may also be 0 / 1 (a config may write them so).
         mode (str): ``'2d'`` or ``'3d'`` (the valid connectivities).
         where (str): What holds it, for the error messages.
 
     Returns:
-        dict: The three keys, checked.
+        dict: The three keys, checked (switches as bools).
+
+    Raises:
+        ValueError: Naming ``where`` and what is wrong.
     """
     if not isinstance(post_process, dict):
-        raise TypeError(
-            f"{where}: 'post_process' must be a dict with the keys "
-            f'{POST_PROCESS_KEYS}, got {post_process!r}'
+        raise ValueError(
+            f"{where}: 'post_process' must be a dict with exactly the keys "
+            f'{list(POST_PROCESS_KEYS)}, got {post_process!r}'
         )
     missing = [k for k in POST_PROCESS_KEYS if k not in post_process]
     unknown = sorted(set(post_process) - set(POST_PROCESS_KEYS))
     if missing or unknown:
-        raise KeyError(
+        raise ValueError(
             f"{where}: 'post_process' needs exactly the keys "
-            f'{POST_PROCESS_KEYS}; missing {missing}, unknown {unknown}'
+            f'{list(POST_PROCESS_KEYS)}; missing {missing}, unknown {unknown}'
         )
+    switches = {}
     for key in ('largest_cc', 'fill_holes'):
-        if not isinstance(post_process[key], (bool, np.bool_)):
-            raise TypeError(
+        value = post_process[key]
+        if not (
+            isinstance(value, (bool, np.bool_))
+            or (isinstance(value, (int, np.integer)) and value in (0, 1))
+        ):
+            raise ValueError(
                 f"{where}: post_process['{key}'] must be True or False, got "
-                f'{post_process[key]!r}'
+                f'{value!r}'
             )
-    return dict(
-        largest_cc=bool(post_process['largest_cc']),
-        fill_holes=bool(post_process['fill_holes']),
-        connectivity=postprocess_connectivity(
+        switches[key] = bool(value)
+    try:
+        connectivity = postprocess_connectivity(
             mode, post_process['connectivity']
-        ),
-    )
+        )
+    except ValueError as err:
+        raise ValueError(f'{where}: post_process {err}') from None
+    return dict(**switches, connectivity=connectivity)

@@ -96,17 +96,25 @@ def test_post_process_from_meta_checks_the_dataset_facts():
     assert post_process_from_meta(fundus, '2d', 'X') == fundus
     prostate = dict(largest_cc=True, fill_holes=False, connectivity=1)
     assert post_process_from_meta(prostate, '3d', 'X') == prostate
-    with pytest.raises(KeyError, match=r"Fundus.*missing \['connectivity'\]"):
+    with pytest.raises(
+        ValueError, match=r"Fundus.*missing \['connectivity'\]"
+    ):
         post_process_from_meta(
             dict(largest_cc=True, fill_holes=True), '2d', 'Fundus'
         )
-    with pytest.raises(KeyError, match=r"unknown \['holes'\]"):
+    with pytest.raises(ValueError, match=r"unknown \['holes'\]"):
         post_process_from_meta(dict(fundus, holes=1), '2d', 'X')
-    with pytest.raises(TypeError, match='fill_holes'):
+    with pytest.raises(ValueError, match='fill_holes'):
         post_process_from_meta(dict(fundus, fill_holes='yes'), '2d', 'X')
+    # 0 / 1 are accepted as switches (a config may write them so).
+    assert post_process_from_meta(
+        dict(fundus, largest_cc=1, fill_holes=0), '2d', 'X'
+    ) == dict(fundus, fill_holes=False)
+    with pytest.raises(ValueError, match='largest_cc'):
+        post_process_from_meta(dict(fundus, largest_cc=2), '2d', 'X')
     with pytest.raises(ValueError, match="1..2 in '2d'"):
         post_process_from_meta(dict(fundus, connectivity=3), '2d', 'X')
-    with pytest.raises(TypeError, match='must be a dict'):
+    with pytest.raises(ValueError, match='must be a dict'):
         post_process_from_meta(True, '2d', 'X')
     # Without a dataset fact: the authors' connectivity per mode.
     assert postprocess_connectivity('2d') == 2
