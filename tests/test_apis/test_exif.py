@@ -151,7 +151,7 @@ def test_inference_outputs_keep_stored_shape(tall_jpeg, fundus_ckpt, tmp_path):
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    tool.write_fundus(ours, tall_jpeg, str(tmp_path), overlay=True)
+    tool.write_image_mask(ours, tall_jpeg, str(tmp_path), overlay=True)
     mask = cv2.imread(str(tmp_path / 'tagged_mask.png'), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (48, 64)
     overlay = cv2.imread(str(tmp_path / 'tagged_overlay.png'))
