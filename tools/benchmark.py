@@ -165,7 +165,16 @@ def parse_args():
     parser.add_argument(
         '--profile',
         action='store_true',
-        help='print the top operators of one DFQ train step per backbone',
+        help='print the top operators of one DFQ train step per backbone; '
+        'with --full-schedule, profile PROFILE_ITERS Runner iterations after '
+        '--skip-iters: device busy time per iteration against its wall time '
+        '(host- or device-bound) and the top operators',
+    )
+    parser.add_argument(
+        '--profile-iters',
+        type=int,
+        default=20,
+        help='iterations --full-schedule --profile records (default: 20)',
     )
     parser.add_argument(
         '--sync-check',
@@ -796,6 +805,75 @@ class ScheduleTimer(Hook):
         self.val_seconds.append(time.perf_counter() - self._start)
 
 
+class ScheduleProfiler(Hook):
+    """Profiles ``n`` Runner iterations from iteration ``start`` on.
+
+    Reports the device's busy time per iteration (the sum of the kernels'
+    self times) against the iteration's wall time: a step whose wall time
+    is well above its busy time waits for the host (Python, launches, data),
+    one whose busy time fills it is device-bound. Then the top operators by
+    self device time (CUDA) or self CPU time.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, start: int, n: int, cuda: bool):
+        self.start, self.n, self.cuda = start, n, cuda
+        self.prof = None
+        self.report = None
+        self._t0 = None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.start and self.prof is None:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU]
+            if self.cuda:
+                torch.cuda.synchronize()
+                activities.append(ProfilerActivity.CUDA)
+            self.prof = profile(activities=activities)
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ):
+        if self.prof is None or self.report is not None:
+            return
+        if runner.iter + 1 < self.start + self.n:
+            return
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - self._t0) / self.n
+        self.prof.__exit__(None, None, None)
+        events = self.prof.key_averages()
+        lines = [
+            f'  profiled {self.n} iterations from {self.start}: wall '
+            f'{wall * 1e3:.1f} ms/it (data loading included)'
+        ]
+        if self.cuda:
+
+            def device_us(e):
+                return getattr(e, 'self_device_time_total', None) or getattr(
+                    e, 'self_cuda_time_total', 0
+                )
+
+            busy = sum(device_us(e) for e in events) / 1e3 / self.n
+            lines.append(
+                f'  device busy {busy:.1f} ms/it = '
+                f'{100 * busy / 1e3 / wall:.0f}% of the wall time (the rest '
+                'the GPU waits for the host)'
+            )
+            key = 'self_cuda_time_total'
+        else:
+            key = 'self_cpu_time_total'
+        lines.append(events.table(sort_by=key, row_limit=20))
+        self.report = '\n'.join(lines)
+
+
 def full_schedule(args):
     """Run a config through the Runner and report its iteration rate."""
     import tempfile
@@ -866,6 +944,12 @@ def full_schedule(args):
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
     runner.register_hook(timer)
+    profiler = None
+    if args.profile:
+        profiler = ScheduleProfiler(
+            args.skip_iters, args.profile_iters, args.device == 'cuda'
+        )
+        runner.register_hook(profiler)
     start = time.perf_counter()
     runner.train()
     wall = time.perf_counter() - start
@@ -919,6 +1003,8 @@ def full_schedule(args):
         'target for the '
         'MiT-b2 fundus schedule: <= 6 min per split on one H100/H200)'
     )
+    if profiler is not None:
+        print(profiler.report or '  (the schedule ended before the profile)')
     if tmp is not None:
         tmp.cleanup()
 

@@ -10,7 +10,7 @@
 #                     (train ms, img/s, peak memory, RDWT share, host syncs)
 #   3. schedule.txt   dfq_mit-b2_fundus_d1_fast.py through the Runner on
 #                     generated 800 px fundus PNGs: it/s, data-loading share,
-#                     the whole schedule's time
+#                     the whole schedule's time, device busy vs wall time
 #   4. losscheck.txt  50 steps eager vs fast from the same weights and batch
 #   5. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
 #   6. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
@@ -69,7 +69,7 @@ step train 120 $py tools/benchmark.py --device cuda --backbones b2 \
 [ -n "$gen" ] && wait "$gen"
 step schedule 90 $py tools/benchmark.py --device cuda --full-schedule \
     configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 400 \
-    --skip-iters 100 --epoch-iters 53 --val-images 51 \
+    --skip-iters 100 --epoch-iters 53 --val-images 51 --profile \
     --cfg-options model.backbone.init_cfg=None \
     train_dataloader.dataset.data_root="$data" \
     val_dataloader.dataset.data_root="$data" \
