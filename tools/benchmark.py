@@ -870,7 +870,11 @@ class ScheduleProfiler(Hook):
             key = 'self_cuda_time_total'
         else:
             key = 'self_cpu_time_total'
-        lines.append(events.table(sort_by=key, row_limit=20))
+        try:
+            lines.append(events.table(sort_by=key, row_limit=20))
+        except (AttributeError, KeyError, ValueError) as err:
+            # The measurement above stands; only the table is lost.
+            lines.append(f'  (no operator table: {err})')
         self.report = '\n'.join(lines)
 
 
