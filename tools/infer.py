@@ -52,6 +52,7 @@ from mmseg_dfq.apis import (
     volume_slice_overlay,
 )
 from mmseg_dfq.datasets import FundusDGDataset
+from mmseg_dfq.datasets.mask_values import encoding_table
 from mmseg_dfq.datasets.nifti import decode_nifti, read_nifti_header
 from mmseg_dfq.datasets.transforms import read_image_as_stored
 
@@ -178,15 +179,9 @@ def mask_encoding(cfg) -> Optional[np.ndarray]:
     ):
         return FUNDUS_GREY
     values = dataset.get('mask_values')
-    if not values:
-        return None
-    lut = {}
-    for stored, label in sorted((int(k), int(v)) for k, v in values.items()):
-        lut.setdefault(label, stored)
-    table = np.zeros(max(lut) + 1, np.uint8)
-    for label, stored in lut.items():
-        table[label] = stored
-    return table
+    return (
+        encoding_table(values, 'test_dataloader.dataset') if values else None
+    )
 
 
 def write_image_mask(inferencer, path, out_dir, overlay):

@@ -97,3 +97,29 @@ def map_mask_values(
     keys = np.array(allowed, dtype=np.int64)
     classes = np.array([mask_values[v] for v in allowed], dtype=np.uint8)
     return classes[np.searchsorted(keys, seg_int)]
+
+
+def encoding_table(mask_values, where: str = 'mask_values') -> np.ndarray:
+    """The inverse map, for writing predictions as the data set stores them.
+
+    Each class gets its smallest stored value (a map may send several
+    stored values to one class); the ignore index is never written.
+
+    Args:
+        mask_values (dict): Stored value -> class index (checked by
+            :func:`check_mask_values`).
+        where (str): Who gave the map, named in errors.
+
+    Returns:
+        np.ndarray: uint8 table, class index -> stored value.
+    """
+    first = {}
+    for stored, cls in sorted(
+        check_mask_values(mask_values, None, where).items()
+    ):
+        if cls != IGNORE_INDEX:
+            first.setdefault(cls, stored)
+    table = np.zeros(max(first) + 1, np.uint8)
+    for cls, stored in first.items():
+        table[cls] = stored
+    return table
