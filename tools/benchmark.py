@@ -50,7 +50,11 @@ draws its own random numbers) and prints the relative difference of the
 losses. ``--full-schedule CONFIG`` runs a config through the Runner
 (``--schedule-iters`` iterations, data loading and validation included) and
 reports iterations per second, the data-loading share and the time the
-config's whole schedule would take.
+config's whole schedule would take. ``--loader CONFIG`` times the main
+process's share of CONFIG's training batches, the dataloader workers kept
+ahead: receiving a batch from them and pre-processing it on ``--device``,
+with mmseg's ``pseudo_collate`` + ``SegDataPreProcessor`` and with
+``stack_seg_collate`` + ``BatchSegDataPreProcessor``.
 
 Examples:
     python tools/benchmark.py --device cpu --backbones b0 b2 --repeats 3
@@ -58,6 +62,9 @@ Examples:
         --variants dfq dfqhead segformer-768 --loss-check 50
     python tools/benchmark.py --device cuda --full-schedule \\
         configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 500
+    python tools/benchmark.py --loader \\
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --cfg-options \\
+        train_dataloader.dataset.data_root=DIR
 """
 
 import argparse
@@ -225,6 +232,20 @@ def parse_args():
         "(default: the val dataloader's data set size)",
     )
     parser.add_argument(
+        '--loader',
+        metavar='CONFIG',
+        help="only time the main process's side of CONFIG's train batches "
+        '(receive from the workers, pre-process on --device) for the '
+        'per-image and the stacked data paths',
+    )
+    parser.add_argument(
+        '--loader-gap',
+        type=float,
+        default=0.3,
+        help='seconds --loader waits before each batch, so that the workers '
+        'are ahead (a stand-in for the training step; default: 0.3)',
+    )
+    parser.add_argument(
         '--paint',
         type=int,
         default=0,
@@ -241,7 +262,7 @@ def parse_args():
         '--cfg-options',
         nargs='+',
         action=DictAction,
-        help='overrides of the --full-schedule config, e.g. '
+        help='overrides of the --full-schedule / --loader config, e.g. '
         'train_dataloader.dataset.data_root=DIR',
     )
     args = parser.parse_args()
@@ -1013,6 +1034,102 @@ def full_schedule(args):
         tmp.cleanup()
 
 
+LOADER_PATHS = {
+    'per image (mmseg)': ('pseudo_collate', 'SegDataPreProcessor'),
+    'stacked': ('stack_seg_collate', 'BatchSegDataPreProcessor'),
+}
+
+
+def loader_times(args):
+    """Main-process milliseconds per training batch of a config, per path.
+
+    For each data path, the config's train dataloader (its data set,
+    pipeline, sampler, workers and pinning) is built with that path's
+    collate function, and its data preprocessor with that path's type.
+    Before each batch the loop sleeps ``--loader-gap`` seconds while the
+    workers fill their queue, then times taking the batch (unpickling what
+    the workers sent, pinning) and pre-processing it on the device.
+
+    Returns:
+        dict: Path name -> (receive times, preprocess times) in seconds.
+    """
+    import copy
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    from mmseg.registry import MODELS
+
+    import mmseg_dfq  # noqa: F401
+    from mmseg_dfq.compat import adapt_cfg_to_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = Config.fromfile(args.loader)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    adapt_cfg_to_device(cfg)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    device = torch.device(args.device)
+    results = {}
+    for name, (collate, preprocessor) in LOADER_PATHS.items():
+        loader_cfg = copy.deepcopy(cfg.train_dataloader)
+        loader_cfg['collate_fn'] = dict(type=collate)
+        if args.device == 'cpu':
+            loader_cfg['pin_memory'] = False
+        # Batches past an epoch's end without a restart (which would be
+        # timed as a slow batch).
+        sampler = loader_cfg.get('sampler') or {}
+        if sampler.get('type') == 'DomainMixSampler':
+            sampler['infinite'] = True
+        elif sampler.get('type') == 'DefaultSampler':
+            sampler['type'] = 'InfiniteSampler'
+        pre_cfg = copy.deepcopy(cfg.model.data_preprocessor)
+        pre_cfg['type'] = preprocessor
+        pre = MODELS.build(pre_cfg).to(device)
+        pre._non_blocking = bool(loader_cfg.get('pin_memory'))
+        loader = Runner.build_dataloader(loader_cfg, seed=0)
+        batches = iter(loader)
+        # The first batches start the workers and fill their caches.
+        for _ in range(max(args.warmup, 1)):
+            pre(next(batches), True)
+        receive, process = [], []
+        for _ in range(args.repeats):
+            time.sleep(args.loader_gap)
+            start = time.perf_counter()
+            batch = next(batches)
+            got = time.perf_counter()
+            pre(batch, True)
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            done = time.perf_counter()
+            receive.append(got - start)
+            process.append(done - got)
+        del batches, loader
+        results[name] = (receive, process)
+    return results
+
+
+def report_loader(results, args):
+    """Print loader_times' figures."""
+    print(environment(args.device))
+    print(
+        f'{args.loader}: main-process ms per training batch, workers '
+        f'ahead ({args.repeats} batches after a {args.loader_gap} s wait '
+        'each)'
+    )
+    for name, (receive, process) in results.items():
+        r, r_iqr = summarize(receive)
+        p, p_iqr = summarize(process)
+        print(
+            f'  {name:18s} receive {r * 1e3:6.2f} [{r_iqr * 1e3:.2f}]  '
+            f'pre-process on {args.device} {p * 1e3:6.2f} [{p_iqr * 1e3:.2f}]'
+        )
+
+
 def paint_times(side, repeats):
     """Seconds per image of mmseg's visualiser and of the overlay writer."""
     import importlib
@@ -1090,6 +1207,11 @@ def main():
 
         if not torch.cuda.is_available():
             raise SystemExit('benchmark.py: --device cuda but no CUDA device')
+    if args.loader:
+        if not osp.isfile(args.loader):
+            raise SystemExit(f'benchmark.py: config {args.loader!r} not found')
+        report_loader(loader_times(args), args)
+        return
     if args.full_schedule:
         if not osp.isfile(args.full_schedule):
             raise SystemExit(

@@ -7,9 +7,9 @@
 # - ChannelsLastDistributedDataParallel: channels-last before DDP builds its
 #   buckets (no "Grad strides do not match bucket view strides" copies).
 # The keys a full config already defines (optimizer, dataloaders, the
-# reliability hooks in custom_hooks) cannot be set by a second base (mmengine
-# refuses a key defined in two bases), so they are given as fast_* values
-# that the config merges with {{_base_.fast_*}}.
+# model's data preprocessor, the reliability hooks in custom_hooks) cannot be
+# set by a second base (mmengine refuses a key defined in two bases), so they
+# are given as fast_* values that the config merges with {{_base_.fast_*}}.
 # The full config loads mmseg_dfq (custom_imports), which registers the hook.
 fast_path_hook = dict(
     type='FastPathHook',
@@ -25,15 +25,22 @@ model_wrapper_cfg = dict(
 fast_optim_wrapper = dict(optimizer=dict(fused=True))
 # A 16-core, 1-GPU host: 10 decoding workers, pinned batches for async copies,
 # 4 batches queued per worker. Lower num_workers per GPU on multi-GPU hosts.
+# stack_seg_collate stacks each batch's images and masks in the workers (two
+# tensors to receive and pin instead of two per image), and
+# BatchSegDataPreProcessor (fast_data_preprocessor, for the model) moves and
+# normalises them as whole batches; the same values as mmseg's defaults.
 fast_train_dataloader = dict(
     num_workers=10,
     pin_memory=True,
     persistent_workers=True,
     prefetch_factor=4,
+    collate_fn=dict(type='stack_seg_collate'),
 )
 fast_eval_dataloader = dict(
     num_workers=4,
     pin_memory=True,
     persistent_workers=True,
     prefetch_factor=4,
+    collate_fn=dict(type='stack_seg_collate'),
 )
+fast_data_preprocessor = dict(type='BatchSegDataPreProcessor')

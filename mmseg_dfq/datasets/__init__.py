@@ -2,6 +2,7 @@
 
 from .augment import RandomAnisotropicResize
 from .base import DomainSplitDataset
+from .collate import stack_seg_collate, tensors_agree
 from .fundus import FundusDGDataset
 from .fundus_codec import FUNDUS_GREY, decode_fundus_mask, encode_fundus_labels
 from .multisite import MultiSiteDataset
@@ -45,4 +46,6 @@ __all__ = [
     'check_domain_mix_batch_size',
     'decode_fundus_mask',
     'encode_fundus_labels',
+    'stack_seg_collate',
+    'tensors_agree',
 ]

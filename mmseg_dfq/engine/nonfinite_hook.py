@@ -201,7 +201,11 @@ class NonFiniteLossHook(Hook):
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None):
         """Copy the model's buffers, to undo a non-finite forward pass."""
-        inputs = (data_batch or {}).get('inputs') or []
+        # A list of images (pseudo_collate) or a (B, C, H, W) batch
+        # (stack_seg_collate); iterating either gives the images.
+        inputs = (data_batch or {}).get('inputs')
+        if inputs is None:
+            inputs = []
         self._current = _StepRecord(
             runner.iter + 1, batch_files(data_batch), inputs
         )

@@ -400,3 +400,38 @@ def test_set_tf32_uses_one_api():
     finally:
         matmul.fp32_precision = before[0]
         torch.backends.cudnn.conv.fp32_precision = before[1]
+
+
+def _train_losses(tmp_path, fundus_root, batched):
+    cfg = Config.fromfile(FUNDUS_CONFIG)
+    cfg.work_dir = str(tmp_path / ('batched' if batched else 'mmseg'))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = fundus_root
+    cfg.train_dataloader.num_workers = 1
+    cfg.train_dataloader.persistent_workers = False
+    cfg.train_cfg.max_iters = 3
+    cfg.train_cfg.val_interval = 100
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = 100
+    cfg.randomness = dict(seed=0)
+    if batched:
+        cfg.train_dataloader.collate_fn = dict(type='stack_seg_collate')
+        cfg.model.data_preprocessor.type = 'BatchSegDataPreProcessor'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    hub = runner.message_hub
+    return {
+        key: list(hub.get_scalar(key).data[0])
+        for key in hub.log_scalars
+        if key.startswith('train/loss')
+    }
+
+
+def test_batched_data_path_trains_as_mmseg(tmp_path, fundus_root):
+    """stack_seg_collate + BatchSegDataPreProcessor (the fast path's data
+    path) through the Runner, a dataloader worker included: the same
+    losses, bit for bit, as mmseg's pseudo_collate + SegDataPreProcessor."""
+    expected = _train_losses(tmp_path, fundus_root, batched=False)
+    got = _train_losses(tmp_path, fundus_root, batched=True)
+    assert expected and len(expected['train/loss']) == 3
+    assert got == expected

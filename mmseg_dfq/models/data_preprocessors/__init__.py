@@ -1,3 +1,4 @@
+from .batch import BatchSegDataPreProcessor
 from .ram import (
     RAMSegDataPreProcessor,
     low_freq_amplitude_mix,
@@ -5,6 +6,7 @@ from .ram import (
 )
 
 __all__ = [
+    'BatchSegDataPreProcessor',
     'RAMSegDataPreProcessor',
     'low_freq_amplitude_mix',
     'low_freq_window',

@@ -1,0 +1,92 @@
+"""stack_seg_collate: pseudo_collate's batch, stacked where shapes agree."""
+
+import pytest
+import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import FUNCTIONS
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+from torch.utils.data import DataLoader
+
+from mmseg_dfq.datasets import stack_seg_collate
+
+
+def item(h, w, mask_hw=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sample = SegDataSample()
+    sample.set_metainfo(dict(img_path=f'{seed}.png', img_shape=(h, w)))
+    mh, mw = mask_hw or (h, w)
+    sample.gt_sem_seg = PixelData(
+        data=torch.randint(0, 3, (1, mh, mw), generator=g, dtype=torch.uint8)
+    )
+    image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+    return dict(inputs=image, data_samples=sample)
+
+
+def test_registered_for_configs():
+    assert FUNCTIONS.get('stack_seg_collate') is stack_seg_collate
+
+
+def test_stacks_images_and_masks():
+    items = [item(16, 24, seed=i) for i in range(3)]
+    expected = pseudo_collate([dict(d) for d in items])
+    images = [x.clone() for x in expected['inputs']]
+    masks = [s.gt_sem_seg.data.clone() for s in expected['data_samples']]
+    got = stack_seg_collate(items)
+    assert got.keys() == expected.keys()
+    assert got['inputs'].shape == (3, 3, 16, 24)
+    assert all(torch.equal(a, b) for a, b in zip(got['inputs'], images))
+    views = [s.gt_sem_seg.data for s in got['data_samples']]
+    assert all(torch.equal(a, b) for a, b in zip(views, masks))
+    # One storage: one shared-memory transfer from a worker.
+    assert len({v.untyped_storage().data_ptr() for v in views}) == 1
+    assert [s.img_path for s in got['data_samples']] == [
+        '0.png',
+        '1.png',
+        '2.png',
+    ]
+
+
+def test_shapes_that_differ_stay_lists():
+    items = [item(16, 24, seed=0), item(20, 24, seed=1)]
+    got = stack_seg_collate(items)
+    assert isinstance(got['inputs'], list) and len(got['inputs']) == 2
+    # Same images, masks of other sizes (validation): masks stay apart.
+    items = [item(16, 24, (40, 50), seed=0), item(16, 24, (30, 50), seed=1)]
+    got = stack_seg_collate(items)
+    assert got['inputs'].shape == (2, 3, 16, 24)
+    a, b = (s.gt_sem_seg.data for s in got['data_samples'])
+    assert a.shape == (1, 40, 50) and b.shape == (1, 30, 50)
+    assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+
+
+def test_other_batches_are_pseudo_collated():
+    assert stack_seg_collate([1, 2]) == pseudo_collate([1, 2])
+    items = [dict(inputs='a'), dict(inputs='b')]
+    assert stack_seg_collate(items) == {'inputs': ['a', 'b']}
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return item(16, 24, seed=i)
+
+
+@pytest.mark.parametrize('collate', [pseudo_collate, stack_seg_collate])
+def test_through_worker_processes(collate):
+    """A worker pickles the batch to the main process: same values."""
+    loader = DataLoader(
+        _Items(), batch_size=4, num_workers=1, collate_fn=collate
+    )
+    batches = list(loader)
+    assert len(batches) == 2
+    for k, batch in enumerate(batches):
+        for i in range(4):
+            ref = item(16, 24, seed=4 * k + i)
+            assert torch.equal(batch['inputs'][i], ref['inputs'])
+            assert torch.equal(
+                batch['data_samples'][i].gt_sem_seg.data,
+                ref['data_samples'].gt_sem_seg.data,
+            )
