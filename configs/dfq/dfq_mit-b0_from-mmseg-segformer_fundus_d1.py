@@ -6,8 +6,9 @@
 #   2. model.backbone.type = 'RDWTMixVisionTransformer' (same weights, so
 #      mmseg's MiT checkpoints load unchanged)
 #   3. model.decode_head = dict(_delete_=True, type='DFQHead', ...,
-#      loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4)) (the head of
-#      configs/_base_/models/dfq_head_only.py)
+#      loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4, normalize=False))
+#      (the head of configs/_base_/models/dfq_head_only.py; normalize=False:
+#      the loss takes the maps the backbone normalised, as in 2)
 # The result is the model of configs/_base_/models/dfq_mit-b0.py (tested).
 # Leaving out 2 or the loss of 3 trains a half DFQ: building such a model
 # warns (RDWTCompositionWarning) and names the key to set.

@@ -21,7 +21,10 @@ composition while the first DFQ part is built, whichever part that is. It
 warns once per segmentor (:class:`RDWTCompositionWarning`, naming the key
 to set) and does nothing for a part built on its own. A producer and a
 loss whose RDWT layouts differ (``rdwt_layout`` on the backbone / neck,
-``RDWTLoss(layout=...)``) raise a ``ValueError`` naming both keys.
+``RDWTLoss(layout=...)``) raise a ``ValueError`` naming both keys. So
+does ``RDWTLoss(normalize=False)`` (the covariance of the maps as they come,
+the authors' computation on their encoder's normalised maps) unless the
+producer right before the head normalised every level the loss sees.
 """
 
 import inspect
@@ -89,7 +92,16 @@ def _name(cfg) -> str:
 
 
 def _default(cls, arg):
-    return inspect.signature(cls.__init__).parameters[arg].default
+    """Default of ``arg`` in the first ``__init__`` of ``cls``'s MRO naming it.
+
+    Subclasses that pass ``**kwargs`` on (``RDWTMixVisionTransformer`` to
+    MiT's ``out_indices``) keep their parent's default.
+    """
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters
+        if arg in params:
+            return params[arg].default
+    raise KeyError(f'{cls.__name__}.__init__ has no argument {arg!r}')
 
 
 def _rdwt_backbone(cfg) -> bool:
@@ -232,13 +244,170 @@ def _layout_mismatch(backbone, neck, decode_head) -> Optional[str]:
     return None
 
 
+def _level_count(backbone) -> Optional[int]:
+    """How many maps a backbone config returns, or None if unknown.
+
+    From its ``out_indices`` (the config's, else the class default): a
+    sequence gives one map per entry; an int one map (mmseg's and
+    mmpretrain's ViTs, mmpretrain's ConvNeXt).
+    """
+    cls = _cls(backbone)
+    if cls is None:
+        return None
+    try:
+        outs = backbone.get('out_indices', _default(cls, 'out_indices'))
+    except KeyError:
+        return None
+    if isinstance(outs, int):
+        return 1
+    if isinstance(outs, (list, tuple)):
+        return len(outs)
+    return None
+
+
+def _raw_levels(head, n: Optional[int]):
+    """The input positions the RDWT loss of ``head`` sees, or None.
+
+    ``DFQHead.loss`` takes ``inputs[i] for i in rdwt_in_index`` of the maps
+    the head receives (all of them for None), so these are positions in the
+    backbone's (or last neck's) outputs. Negative positions are wrapped
+    when ``n``, the number of maps, is known. None: unknown (all of an
+    unknown number, or a negative position with ``n`` unknown).
+    """
+    from .decode_heads.dfq_head import DFQHead
+
+    index = head.get('rdwt_in_index', _default(DFQHead, 'rdwt_in_index'))
+    if index is None:
+        return None if n is None else list(range(n))
+    levels = [int(i) for i in index]
+    if n is not None:
+        return [i % n if -n <= i < n else i for i in levels]
+    return levels if all(i >= 0 for i in levels) else None
+
+
+def _unnormalised(backbone, neck, decode_head) -> Optional[str]:
+    """Describe an ``RDWTLoss(normalize=False)`` on maps left unnormalised.
+
+    ``normalize=False`` takes the covariance of the maps as they come, so
+    every level the loss sees must be one the producer right before the
+    head instance-normalised: with no neck, a backbone stage in
+    ``rdwt_stages`` (positions map to stages through ``out_indices``); with
+    an ``RDWTNeck`` last, a level in its ``in_index`` (None: all).
+    """
+    from .backbones.mit_rdwt import RDWTMixVisionTransformer
+    from .losses.rdwt_loss import RDWTLoss
+    from .necks.rdwt_neck import RDWTNeck
+
+    has_neck = neck is not None and neck != []
+    necks = list(neck) if isinstance(neck, (list, tuple)) else [neck]
+    last = necks[-1] if has_neck else None
+    raw_key = 'model.decode_head.loss_rdwt.normalize=True'
+    for head in _rdwt_loss_heads(decode_head):
+        loss = head['loss_rdwt']
+        loss_cls = _cls(loss)
+        if loss_cls is None or not issubclass(loss_cls, RDWTLoss):
+            continue
+        if loss.get('normalize', _default(loss_cls, 'normalize')):
+            continue
+        prefix = (
+            'model.decode_head.loss_rdwt.normalize=False takes the maps the '
+            'RDWT loss sees as instance-normalised already, but '
+        )
+        seen = head.get('rdwt_in_index')
+        seen_key = (
+            'model.decode_head.rdwt_in_index='
+            f'{None if seen is None else tuple(seen)}'
+        )
+        neck_cls = _cls(last) if has_neck else None
+        back_cls = _cls(backbone)
+        if neck_cls is not None and issubclass(neck_cls, RDWTNeck):
+            done = last.get('in_index', _default(neck_cls, 'in_index'))
+            neck_key = (
+                'model.neck[-1].in_index'
+                if isinstance(neck, (list, tuple))
+                else 'model.neck.in_index'
+            )
+            if done is None:
+                continue
+            n = _level_count(backbone) if len(necks) == 1 else None
+            levels = _raw_levels(head, n)
+            if n is not None:
+                done = [i % n if -n <= i < n else i for i in done]
+            if levels is None or any(i < 0 for i in done):
+                return (
+                    f'{prefix}the configs do not tell which levels the '
+                    f'neck {_name(last)} ({neck_key}={tuple(done)}) and the '
+                    f'loss ({seen_key}) mean. Set {neck_key}=None or list '
+                    f'the levels in both, or set {raw_key}.'
+                )
+            missing = sorted(set(levels) - set(done))
+            if missing:
+                return (
+                    f'{prefix}level(s) {missing} that it sees '
+                    f"({seen_key}) are not in the RDWTNeck's "
+                    f'{neck_key}={tuple(done)}. Set {neck_key}=None (all '
+                    f'levels) or to include them, or set {raw_key}.'
+                )
+            continue
+        if (
+            not has_neck
+            and back_cls is not None
+            and issubclass(back_cls, RDWTMixVisionTransformer)
+        ):
+            outs = tuple(
+                backbone.get('out_indices', _default(back_cls, 'out_indices'))
+            )
+            stages = tuple(
+                backbone.get('rdwt_stages', _default(back_cls, 'rdwt_stages'))
+            )
+            levels = _raw_levels(head, len(outs))
+            bad = [i for i in levels if not 0 <= i < len(outs)]
+            if bad:
+                return (
+                    f'{prefix}{seen_key} names output(s) {bad} of a backbone '
+                    f'with {len(outs)} (model.backbone.out_indices={outs}).'
+                )
+            missing = sorted({outs[i] for i in levels} - set(stages))
+            if missing:
+                wanted = tuple(sorted(set(stages) | set(missing)))
+                return (
+                    f'{prefix}backbone stage(s) {missing} (through '
+                    f'model.backbone.out_indices={outs} and {seen_key}) are '
+                    f'not in model.backbone.rdwt_stages={stages}. Set '
+                    f'model.backbone.rdwt_stages={wanted}, or '
+                    'model.decode_head.rdwt_in_index to the normalised '
+                    f'stages only, or {raw_key}.'
+                )
+            continue
+        if has_neck and _rdwt_backbone(backbone):
+            where = (
+                f'the neck {_name(last)} between the RDWT backbone and the '
+                'head does not instance-normalise its outputs'
+            )
+        else:
+            where = (
+                f'nothing before the head normalises them (backbone '
+                f'{_name(backbone)}'
+                + (f', neck {_name(last)}' if has_neck else ', no neck')
+                + ')'
+            )
+        return (
+            f'{prefix}{where}. Set {raw_key}, or make the last stage before '
+            "the head an RDWT producer (model.neck=dict(type='RDWTNeck'), "
+            "or model.backbone.type='RDWTMixVisionTransformer' with no "
+            'neck).'
+        )
+    return None
+
+
 def check_rdwt_composition(part) -> None:
     """Warn once if the segmentor building ``part`` is half DFQ.
 
     Called at the end of the ``__init__`` of every DFQ model part. Outside
     a segmentor (a part built on its own) it does nothing. An RDWT producer
     and an RDWT loss with different layouts (``'channels'`` /
-    ``'authors'``) are an error, not a warning.
+    ``'authors'``), and an ``RDWTLoss(normalize=False)`` on levels the
+    producer before the head did not normalise, are errors, not warnings.
 
     Args:
         part (nn.Module): The part being built (used for the message only).
@@ -252,6 +421,11 @@ def check_rdwt_composition(part) -> None:
     )
     if mismatch is not None:
         raise ValueError(f'{type(segmentor).__name__}: {mismatch}')
+    unnormalised = _unnormalised(
+        local.get('backbone'), local.get('neck'), local.get('decode_head')
+    )
+    if unnormalised is not None:
+        raise ValueError(f'{type(segmentor).__name__}: {unnormalised}')
     problem = _problem(
         local.get('backbone'), local.get('neck'), local.get('decode_head')
     )

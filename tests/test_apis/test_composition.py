@@ -71,6 +71,10 @@ def plain_mit():
     )
 
 
+# The loss normalising its maps itself (RDWTLoss's default), for the half
+# compositions that only warn.
+RENORMALISE = dict(loss_rdwt=dict(normalize=True))
+
 HALF = {
     # RDWT backbone under mmseg's SegformerHead: no loss consumer.
     'rdwt-mit+segformer-head': (
@@ -82,9 +86,10 @@ HALF = {
         {'decode_head.loss_rdwt': None},
         'model.decode_head.loss_rdwt=dict(',
     ),
-    # The loss on a plain MiT: no RDWT statistics.
+    # The loss on a plain MiT: no RDWT statistics. (normalize=True: the
+    # DFQ base's normalize=False is an error there, see below.)
     'plain-mit+dfq-loss': (
-        dict(backbone=plain_mit()),
+        dict(backbone=plain_mit(), decode_head=RENORMALISE),
         "model.backbone.type='RDWTMixVisionTransformer'",
     ),
     # An FPN between the RDWT backbone and the loss.
@@ -96,7 +101,9 @@ HALF = {
                 out_channels=16,
                 num_outs=4,
             ),
-            decode_head=dict(in_channels=[16] * 4, num_heads=(2, 2, 2)),
+            decode_head=dict(
+                in_channels=[16] * 4, num_heads=(2, 2, 2), **RENORMALISE
+            ),
         ),
         "model.neck=dict(type='RDWTNeck')",
     ),
@@ -207,3 +214,109 @@ def test_example_config_is_dfq_from_mmseg_segformer():
     assert 'decode.loss_rdwt' in losses
     assert torch.isfinite(losses['decode.loss_rdwt'])
     assert losses['decode.loss_rdwt'] > 0
+
+
+def fpn(**kwargs):
+    return dict(
+        type='FPN',
+        in_channels=TINY_CHANNELS,
+        out_channels=16,
+        num_outs=4,
+        **kwargs,
+    )
+
+
+# RDWTLoss(normalize=False) (the DFQ bases' setting) on a level the
+# producer before the head did not normalise: the build fails, naming the
+# key to set. Each case: the changes, a fragment of the message, and a
+# further change that makes it valid again.
+UNNORMALISED = {
+    # Stage 3 is not whitened but the loss sees all four outputs.
+    'stage-subset': (
+        {'backbone.rdwt_stages': (0, 1, 2)},
+        'model.backbone.rdwt_stages=(0, 1, 2, 3)',
+        {'decode_head.rdwt_in_index': [0, 1, 2]},
+    ),
+    # rdwt_in_index points at the un-whitened stage 2.
+    'rdwt_in_index-on-plain-stage': (
+        {'backbone.rdwt_stages': (0, 1), 'decode_head.rdwt_in_index': [1, 2]},
+        'stage(s) [2]',
+        {'backbone.rdwt_stages': (0, 1, 2)},
+    ),
+    # Positions go through out_indices: output 2 of (1, 2, 3) is stage 3.
+    'through-out_indices': (
+        {
+            'backbone.out_indices': (1, 2, 3),
+            'backbone.rdwt_stages': (0, 1, 2),
+            'decode_head.in_channels': TINY_CHANNELS[1:],
+            'decode_head.in_index': [0, 1, 2],
+            'decode_head.num_heads': (5, 8),
+        },
+        'stage(s) [3]',
+        {'backbone.rdwt_stages': (1, 2, 3)},
+    ),
+    # A plain neck between the RDWT backbone and the head.
+    'plain-neck-between': (
+        dict(
+            neck=fpn(),
+            decode_head=dict(in_channels=[16] * 4, num_heads=(2, 2, 2)),
+        ),
+        'model.decode_head.loss_rdwt.normalize=True',
+        {'decode_head.loss_rdwt.normalize': True},
+    ),
+    # No producer at all.
+    'plain-mit': (
+        dict(backbone=plain_mit()),
+        'model.decode_head.loss_rdwt.normalize=True',
+        {'neck': dict(type='RDWTNeck')},
+    ),
+    # RDWTNeck normalising three of the four levels the loss sees.
+    'rdwt-neck-subset': (
+        dict(
+            backbone=plain_mit(),
+            neck=dict(type='RDWTNeck', in_index=[0, 1, 2]),
+        ),
+        'model.neck.in_index=(0, 1, 2)',
+        {'decode_head.rdwt_in_index': [0, 1, 2]},
+    ),
+    # After FPN + RDWTNeck(in_index) the number of levels is not in the
+    # configs, so "all of them" cannot be checked.
+    'rdwt-neck-subset-after-fpn': (
+        dict(
+            neck=[fpn(), dict(type='RDWTNeck', in_index=[0, 1])],
+            decode_head=dict(in_channels=[16] * 4, num_heads=(2, 2, 2)),
+        ),
+        'do not tell',
+        {'decode_head.rdwt_in_index': [0, 1]},
+    ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(UNNORMALISED))
+def test_unnormalised_loss_levels_are_an_error(case):
+    changes, key, fix = UNNORMALISED[case]
+    cfg = model_cfg(**changes)
+    assert cfg.decode_head.loss_rdwt.normalize is False
+    with pytest.raises(ValueError, match='normalize=False') as error:
+        MODELS.build(cfg)
+    assert key in str(error.value), str(error.value)
+    fixed = model_cfg(**{**changes, **fix})
+    model, _ = build(fixed)
+    losses = model.loss(
+        torch.randn(2, 3, 64, 64),
+        [
+            SegDataSample(
+                gt_sem_seg=PixelData(data=torch.randint(0, 3, (1, 64, 64))),
+                metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)),
+            )
+            for _ in range(2)
+        ],
+    )
+    assert torch.isfinite(losses['decode.loss_rdwt'])
+
+
+def test_dfq_config_takes_the_backbone_maps_as_they_are():
+    model, found = build(model_cfg())
+    assert found == []
+    assert model.decode_head.loss_rdwt.normalize is False
+    assert model.backbone.rdwt_stages == (0, 1, 2, 3)

@@ -13,7 +13,9 @@ from mmseg_dfq.models.utils import (
 
 from .dfq_parts import (
     B0,
+    build_base,
     feats_for,
+    make_samples,
     numpy_rdwt,
 )
 
@@ -91,6 +93,137 @@ def test_rdwt_layouts_group_different_values():
     assert (by_channel - by_strip).abs().max() > 0.1
     with pytest.raises(ValueError, match='layout'):
         RDWTLoss(layout='tokens')
+
+
+def numpy_normalised(feat, layout, eps=1e-5):
+    """A map instance-normalised per group in NumPy (float64 -> float32)."""
+    x = feat.double().numpy()
+    b, c, h, w = x.shape
+    if layout == 'authors':
+        x = x.transpose(0, 2, 3, 1)
+    g = x.reshape(b, c, h * w)
+    g = (g - g.mean(-1, keepdims=True)) / np.sqrt(
+        g.var(-1, keepdims=True) + eps
+    )
+    if layout == 'authors':
+        g = g.reshape(b, h, w, c).transpose(0, 3, 1, 2)
+    return torch.from_numpy(
+        np.ascontiguousarray(g.reshape(b, c, h, w))
+    ).float()
+
+
+def numpy_covariance_terms(feats, layout, eps=1e-5):
+    """Mean over levels of mean_b sum_{j<k} |S_jk| and of the diagonal of
+    S + eps I, S = X X^T / (HW - 1) of the maps as given (no normalising).
+    """
+    off = diagonal = 0.0
+    for feat in feats:
+        x = feat.double().numpy()
+        b, c, h, w = x.shape
+        if layout == 'authors':
+            x = x.transpose(0, 2, 3, 1)
+        x = x.reshape(b, c, h * w)
+        cov = np.einsum('bcn,bdn->bcd', x, x) / (h * w - 1)
+        rows, cols = np.triu_indices(c, k=1)
+        off += np.abs(cov[:, rows, cols]).sum(-1).mean()
+        diagonal += (
+            np.abs(np.diagonal(cov, axis1=1, axis2=2) + eps).sum(-1).mean()
+        )
+    return off / len(feats), diagonal / len(feats)
+
+
+@pytest.mark.parametrize('layout', ['channels', 'authors'])
+def test_rdwt_loss_unnormalised_takes_the_maps_as_they_are(layout):
+    # Maps as an RDWT producer hands them on: normalised (here in NumPy).
+    raw = [f * 2 + 0.5 for f in feats_for(B0, h=64, w=96)]
+    maps = [numpy_normalised(f, layout) for f in raw]
+    off, diagonal = numpy_covariance_terms(maps, layout)
+    plain = RDWTLoss(loss_weight=0.5, layout=layout, normalize=False)
+    np.testing.assert_allclose(float(plain(maps)), 0.5 * off, rtol=1e-5)
+    with_diag = RDWTLoss(
+        loss_weight=0.5, layout=layout, normalize=False, with_diagonal=True
+    )
+    np.testing.assert_allclose(
+        float(with_diag(maps)), 0.5 * (off + diagonal), rtol=1e-5
+    )
+    # normalize=True normalises them a second time: a relative change of
+    # ~eps * (1 / var - 1), -7.5e-6 at var 4 (-5.4e-6 measured), no more.
+    again = float(RDWTLoss(loss_weight=0.5, layout=layout)(maps))
+    relative = again / float(plain(maps)) - 1
+    assert 1e-6 < abs(relative) < 3e-5, relative
+    # And normalize=True on the raw maps is the same (first) normalisation.
+    np.testing.assert_allclose(
+        float(RDWTLoss(loss_weight=0.5, layout=layout)(raw)),
+        0.5 * off,
+        rtol=1e-5,
+    )
+
+
+def test_rdwt_loss_unnormalised_does_no_instance_norm(monkeypatch):
+    import mmseg_dfq.models.losses.rdwt_loss as module
+
+    maps = [numpy_normalised(f, 'channels') for f in feats_for([8, 16])]
+    expected = float(RDWTLoss(normalize=False)(maps))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('instance_norm called with normalize=False')
+
+    monkeypatch.setattr(module, 'instance_norm', refuse)
+    loss = RDWTLoss(normalize=False)
+    assert float(loss(maps)) == expected
+    with pytest.raises(AssertionError, match='normalize=False'):
+        RDWTLoss()(maps)
+    # Low-precision maps still give a float32 covariance and value.
+    half = [m.to(torch.bfloat16).requires_grad_(True) for m in maps]
+    value = loss(half)
+    assert value.dtype == torch.float32
+    np.testing.assert_allclose(float(value), expected, rtol=2e-2)
+    value.backward()
+    assert all(m.grad.dtype == torch.bfloat16 for m in half)
+    assert all(torch.isfinite(m.grad.float()).all() for m in half)
+
+
+def rdwt_backbone_grads(model, image, samples, normalize, eps):
+    """Gradient of the RDWT loss alone w.r.t. the backbone's parameters."""
+    model.backbone.rdwt_eps = eps
+    model.decode_head.loss_rdwt.eps = eps
+    model.decode_head.loss_rdwt.normalize = normalize
+    model.zero_grad()
+    model.loss(image, samples)['decode.loss_rdwt'].backward()
+    return torch.cat(
+        [
+            p.grad.flatten()
+            for p in model.backbone.parameters()
+            if p.grad is not None
+        ]
+    )
+
+
+def test_dfq_model_gradient_same_without_second_normalisation():
+    """normalize=False (the DFQ base) vs True on the same DFQ model.
+
+    The backbone's instance-norm backward removes the per-group mean and
+    the component along the normalised map, just what the loss's second
+    norm would remove, so the two gradients differ only by the eps terms:
+    relative ~eps / var. On this MiT-b0 at 64 x 96 the least-varying stage-4
+    group (2 x 3 values) has var ~0.06 before the norm (eps / var ~2e-4);
+    we measured 6.3e-4 max-relative at eps 1e-5, and 6.3e-5 at 1e-6, i.e.
+    linear in eps (float32 rounding sits below 1e-6). The test asserts
+    < 2e-3 and that a 10x smaller eps shrinks the gap at least 5x.
+    """
+    torch.manual_seed(0)
+    model = build_base('dfq_mit-b0.py').eval()
+    assert model.decode_head.loss_rdwt.normalize is False
+    image = torch.randn(2, 3, 64, 96) * 2 + 0.3
+    samples = make_samples(2, 64, 96, 3)
+    gaps = []
+    for eps in (1e-5, 1e-6):
+        once = rdwt_backbone_grads(model, image, samples, False, eps)
+        twice = rdwt_backbone_grads(model, image, samples, True, eps)
+        assert once.abs().max() > 0
+        gaps.append(((once - twice).abs().max() / twice.abs().max()).item())
+    assert gaps[0] < 2e-3, gaps
+    assert gaps[1] < gaps[0] / 5, gaps
 
 
 def hadamard(n):

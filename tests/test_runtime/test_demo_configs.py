@@ -85,6 +85,7 @@ def _dfq_demo():
             loss_weight=1e-4,
             reduction='mean',
             layout='channels',
+            normalize=False,
         ),
     )
     return model
@@ -129,7 +130,7 @@ DFQ_HEAD = dict(
     num_classes=3,
     norm_cfg=SYNC_BN,
     align_corners=False,
-    loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4),
+    loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4, normalize=False),
     loss_decode=LOSSES,
 )
 

@@ -10,6 +10,11 @@
 #       num_heads=...))
 # (`_delete_` drops the other model's head; `_base_.dfq_head` is mmengine's
 # reference to a base variable).
+# The config also makes an RDWT producer the last stage before the head
+# (RDWTMixVisionTransformer, or RDWTNeck), so the loss takes the covariance
+# of its already instance-normalised maps as they come (normalize=False, as
+# the authors do). On features nothing normalised the build refuses it and
+# names model.decode_head.loss_rdwt.normalize=True.
 custom_imports = dict(imports=['mmseg_dfq'], allow_failed_imports=False)
 dfq_head = dict(
     type='DFQHead',
@@ -19,7 +24,7 @@ dfq_head = dict(
     num_classes=3,
     norm_cfg=dict(type='SyncBN', requires_grad=True),
     align_corners=False,
-    loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4),
+    loss_rdwt=dict(type='RDWTLoss', loss_weight=1e-4, normalize=False),
     loss_decode=[
         dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
         dict(type='ClassDiceLoss', loss_weight=1.0),

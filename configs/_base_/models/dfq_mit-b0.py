@@ -6,6 +6,12 @@
 # published layout is rdwt_layout='authors' on the backbone AND
 # layout='authors' on the loss (see configs/dfq/*_authors.py and the
 # departures table in docs/design.md).
+# normalize=False: the loss takes the covariance of the maps the backbone
+# already instance-normalised, as the authors do (normalising them again
+# would cost an instance norm per stage and move the value by ~1e-5). The
+# bases that replace the backbone with an RDWTNeck over all levels
+# (dfq_convnext-t.py, dfq_vit-s14-dinov2.py) keep it; the build refuses it
+# where a level the loss sees was not normalised.
 _base_ = './dfqhead_mit-b0.py'
 model = dict(
     backbone=dict(
@@ -19,6 +25,7 @@ model = dict(
             loss_weight=1e-4,
             reduction='mean',
             layout='channels',
+            normalize=False,
         )
     ),
 )
