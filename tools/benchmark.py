@@ -373,12 +373,19 @@ def build_model(backbone, variant, num_classes, no_drop=False):
 def rdwt_seconds(model, images, warmup, repeats, sync, compiled=False):
     """Time the RDWT work alone: instance norms + loss, forward + backward.
 
-    Maps of the DFQ backbone's (pre-norm) output shapes stand in for the
-    stage outputs; the cost of RDWT does not depend on their values. With
-    ``compiled`` the norms and the loss go through ``torch.compile`` (its
-    default mode; the fast path compiles them inside its modules with CUDA
-    graphs, ``mode='reduce-overhead'``), which fuses them as the fast path
-    does but still launches each kernel from the host.
+    Maps of the DFQ backbone's (pre-norm) output shapes, channels-last as
+    the backbone hands them over, stand in for the stage outputs; the cost
+    of RDWT does not depend on their values. The loss has the model's
+    settings (layout, ``normalize``...). With ``compiled`` the norms and the
+    loss go through ``torch.compile`` as the fast path compiles them: with
+    CUDA graphs (``mode='reduce-overhead'``) on CUDA, inductor's default
+    mode elsewhere.
+
+    Returns:
+        tuple[list[float], float | None]: Wall seconds per call (host
+        launch and synchronisation included: an isolated small graph is
+        host-bound), and on CUDA the device's busy seconds per call (the
+        kernels' own time, what RDWT adds to a device-bound step).
     """
     import torch
 
@@ -386,32 +393,90 @@ def rdwt_seconds(model, images, warmup, repeats, sync, compiled=False):
 
     with torch.no_grad():
         shapes = [f.shape for f in model.backbone(images)]
-    eps = model.backbone.rdwt_eps
+    backbone = model.backbone
     head_loss = model.decode_head.loss_rdwt
     loss_fn = RDWTLoss(
         loss_weight=head_loss.loss_weight,
         stage_weights=head_loss.stage_weights,
+        reduction=head_loss.reduction,
+        layout=head_loss.layout,
+        with_diagonal=head_loss.with_diagonal,
+        normalize=head_loss.normalize,
         eps=head_loss.eps,
     )
     feats = [
-        torch.randn(s, device=images.device, requires_grad=True)
+        torch.randn(s, device=images.device)
+        .contiguous(memory_format=torch.channels_last)
+        .requires_grad_()
         for s in shapes
     ]
 
     def forward(maps):
-        normed = [instance_norm(f, eps) for f in maps]
+        normed = [
+            instance_norm(f, backbone.rdwt_eps, backbone.rdwt_layout)
+            for f in maps
+        ]
         # The whitened maps also carry the segmentation gradient back.
         return loss_fn(normed) + sum(n.sum() for n in normed) * 0
 
+    cuda = images.device.type == 'cuda'
+    mark_step = lambda: None  # noqa: E731
     if compiled:
-        forward = torch.compile(forward)
+        if cuda:
+            forward = torch.compile(forward, mode='reduce-overhead')
+            mark_step = torch.compiler.cudagraph_mark_step_begin
+        else:
+            forward = torch.compile(forward)
 
     def step():
+        mark_step()
         forward(feats).backward()
         for f in feats:
             f.grad = None
 
-    return timed(step, warmup, repeats, sync)[0]
+    wall = timed(step, warmup, repeats, sync)[0]
+    return wall, device_seconds(step, repeats) if cuda else None
+
+
+def device_busy_us(events):
+    """Busy time of the device in profiler events, in microseconds.
+
+    Counts the device-side events only, as torch's own profiler table
+    footer does: a CPU operator's self device time repeats the time of the
+    kernels it launched, so summing every event would count them twice.
+
+    Args:
+        events: ``prof.events()`` or ``prof.key_averages()``.
+
+    Returns:
+        float: The summed self device time of the kernels and copies.
+    """
+    from torch.autograd import DeviceType
+
+    total = 0.0
+    for e in events:
+        if e.device_type == DeviceType.CUDA and not getattr(
+            e, 'is_user_annotation', False
+        ):
+            total += getattr(e, 'self_device_time_total', None) or getattr(
+                e, 'self_cuda_time_total', 0
+            )
+    return total
+
+
+def device_seconds(fn, calls):
+    """The device's busy seconds per call of ``fn`` (CUDA, profiled)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(
+        activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    ) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return device_busy_us(prof.key_averages()) / 1e6 / calls
 
 
 def make_batch(args, device):
@@ -552,6 +617,11 @@ def run_one(job):
     )
     if cuda:
         result['train_mem'] = torch.cuda.max_memory_allocated(device)
+        # Busy time of the device within the step: a wall time well above
+        # it is host overhead (launches, Python) the GPU waits for.
+        result['train_device'] = device_seconds(
+            train_step, min(args.repeats, 10)
+        )
     else:
         result['train_mem'] = peak_rss() - base_rss
 
@@ -713,6 +783,16 @@ def report(results, args):
             f'{mib(r["train_mem"]):>10.0f} {mib(r["infer_mem"]):>10.0f} '
             f'{first:>9.1f}'
         )
+    for r in results:
+        if r.get('train_device') is not None:
+            t = summarize(r['train'])[0]
+            busy = r['train_device']
+            print(
+                f'  {r["backbone"]} {r["variant"]} {r["path"]} {r["dtype"]}: '
+                f'device busy {busy * 1e3:.1f} ms of the {t * 1e3:.1f} ms '
+                f'train step ({100 * busy / t:.0f}%; the rest the GPU waits '
+                'for the host)'
+            )
     print()
     base = (args.paths[0], args.dtypes[0])
     for backbone in args.backbones:
@@ -790,12 +870,24 @@ def report_rdwt(by_key, backbone, args):
             step = summarize(dfq['train'])[0]
             parts = []
             if 'rdwt' in dfq:
-                rdwt = summarize(dfq['rdwt'])[0]
-                how = 'compiled' if path == 'fast' else 'eager'
+                wall, busy = dfq['rdwt']
+                rdwt = summarize(wall)[0]
+                how = 'eager'
+                if path == 'fast':
+                    how = (
+                        'compiled, CUDA graphs'
+                        if args.device == 'cuda'
+                        else 'compiled'
+                    )
                 parts.append(
-                    f'norms + loss alone ({how}) {rdwt * 1e3:.1f} ms = '
+                    f'norms + loss alone ({how}) {rdwt * 1e3:.2f} ms wall = '
                     f'{100 * rdwt / step:.1f}%'
                 )
+                if busy is not None:
+                    parts.append(
+                        f'their device time {busy * 1e3:.2f} ms = '
+                        f'{100 * busy / step:.1f}% of the step'
+                    )
             ablation = by_key.get((backbone, 'dfqhead', path, dtype))
             if ablation is not None:
                 diff = step - summarize(ablation['train'])[0]
@@ -876,13 +968,7 @@ class ScheduleProfiler(Hook):
             f'{wall * 1e3:.1f} ms/it (data loading included)'
         ]
         if self.cuda:
-
-            def device_us(e):
-                return getattr(e, 'self_device_time_total', None) or getattr(
-                    e, 'self_cuda_time_total', 0
-                )
-
-            busy = sum(device_us(e) for e in events) / 1e3 / self.n
+            busy = device_busy_us(events) / 1e3 / self.n
             lines.append(
                 f'  device busy {busy:.1f} ms/it = '
                 f'{100 * busy / 1e3 / wall:.0f}% of the wall time (the rest '

@@ -12,8 +12,13 @@
 #                     generated 800 px fundus PNGs: it/s, data-loading share,
 #                     the whole schedule's time, device busy vs wall time
 #   4. losscheck.txt  50 steps eager vs fast from the same weights and batch
-#   5. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
-#   6. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
+#   5. loader.txt     main-process ms per batch: receive + pre-process, per
+#                     image (mmseg) vs stacked (stack_seg_collate +
+#                     BatchSegDataPreProcessor)
+#   6. schedule_mmseg_data.txt  step 3 with mmseg's pseudo_collate +
+#                     SegDataPreProcessor (what the stacked path saves)
+#   7. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
+#   8. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
 set -u
 out=${1:?usage: bash tools/benchmark_gpu.sh OUT_DIR [SECONDS]}
 budget=${2:-1800}
@@ -28,7 +33,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train schedule losscheck ablation paint} " in
+    case " ${STEPS:-train schedule losscheck loader schedule_mmseg_data ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -67,17 +72,31 @@ step train 120 $py tools/benchmark.py --device cuda --backbones b2 \
     --dtypes fp32 bf16 --warmup 5 --repeats 30 --sync-check
 
 [ -n "$gen" ] && wait "$gen"
-step schedule 90 $py tools/benchmark.py --device cuda --full-schedule \
-    configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 400 \
-    --skip-iters 100 --epoch-iters 53 --val-images 51 --profile \
-    --cfg-options model.backbone.init_cfg=None \
-    train_dataloader.dataset.data_root="$data" \
-    val_dataloader.dataset.data_root="$data" \
-    test_dataloader.dataset.data_root="$data" ${SCHEDULE_OPTIONS:-}
+schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
+    local name=$1 min=$2
+    shift 2
+    step "$name" "$min" $py tools/benchmark.py --device cuda --full-schedule \
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 400 \
+        --skip-iters 100 --epoch-iters 53 --val-images 51 --profile \
+        --cfg-options model.backbone.init_cfg=None \
+        train_dataloader.dataset.data_root="$data" \
+        val_dataloader.dataset.data_root="$data" \
+        test_dataloader.dataset.data_root="$data" "$@" ${SCHEDULE_OPTIONS:-}
+}
+schedule schedule 90
 
 step losscheck 60 $py tools/benchmark.py --device cuda --backbones b2 \
     --batch 16 --size 256 --variants dfq --dtypes fp32 --loss-check 50 \
     --paths eager --repeats 3 --warmup 2 --sync-check
+
+step loader 40 $py tools/benchmark.py --device cuda --loader \
+    configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 --repeats 30 \
+    --loader-gap 0.1 --cfg-options model.backbone.init_cfg=None \
+    train_dataloader.dataset.data_root="$data"
+
+schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
+    val_dataloader.collate_fn.type=pseudo_collate \
+    model.data_preprocessor.type=SegDataPreProcessor
 
 step ablation 30 $py tools/benchmark.py --device cuda --backbones b2 \
     --batch 16 --size 256 --variants dfqhead segformer-768 \

@@ -82,3 +82,29 @@ def test_unknown_size_is_refused(monkeypatch):
     monkeypatch.setattr('sys.argv', ['benchmark.py', '--backbones', 'b9'])
     with pytest.raises(SystemExit):
         benchmark.parse_args()
+
+
+def test_device_busy_time_counts_each_kernel_once():
+    """The profiler lists a kernel twice: as a device event and inside the
+    CPU operator that launched it. Busy time counts device events only,
+    as torch's own table footer does, and leaves annotations out."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    benchmark = _load_benchmark()
+
+    def event(device, us, annotation=False):
+        return SimpleNamespace(
+            device_type=device,
+            self_device_time_total=us,
+            is_user_annotation=annotation,
+        )
+
+    events = [
+        event(DeviceType.CPU, 30.0),  # aten::conv2d, its kernel's time
+        event(DeviceType.CUDA, 30.0),  # the kernel
+        event(DeviceType.CUDA, 12.5),  # a kernel of a CUDA-graph replay
+        event(DeviceType.CUDA, 99.0, annotation=True),  # record_function
+    ]
+    assert benchmark.device_busy_us(events) == 42.5
