@@ -35,19 +35,49 @@ def test_backbone_without_rdwt_equals_mmseg_mit():
     torch.manual_seed(0)
     ref = MixVisionTransformer(**MIT_B0).eval()
     torch.manual_seed(1)
-    ours = RDWTMixVisionTransformer(rdwt_stages=(), **MIT_B0).eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    exact = RDWTMixVisionTransformer(
+        rdwt_stages=(), fused_attention=False, **MIT_B0
+    ).eval()
+    fused = RDWTMixVisionTransformer(rdwt_stages=(), **MIT_B0).eval()
+    exact.load_state_dict(ref.state_dict(), strict=True)
+    fused.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        for a, b in zip(ref(x), ours(x)):
+        for a, b, c in zip(ref(x), exact(x), fused(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+            # torch's fused attention: the same attention, to rounding.
+            torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+
+
+def test_fused_attention_trains_as_mmseg_attention():
+    """need_weights=False (torch's fused attention) is the same attention:
+    in float64, where rounding cannot hide a difference, the gradients of
+    all parameters equal those through mmseg's explicit attention. (In
+    float32 the RDWT norms of this test's 2 x 3 px stage-4 maps amplify the
+    two paths' rounding differences.)"""
+    torch.manual_seed(0)
+    ref = RDWTMixVisionTransformer(fused_attention=False, **MIT_B0)
+    fused = RDWTMixVisionTransformer(**MIT_B0)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    grads = []
+    for model in (ref, fused):
+        model.double().train()
+        sum((o * o).mean() for o in model(x)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    diff = (grads[1] - grads[0]).norm() / grads[0].norm()
+    assert diff < 1e-9
 
 
 def test_backbone_whitens_selected_stages_and_feeds_them_on():
     torch.manual_seed(0)
     ref = MixVisionTransformer(**MIT_B0).eval()
-    last = RDWTMixVisionTransformer(rdwt_stages=(3,), **MIT_B0).eval()
-    first = RDWTMixVisionTransformer(rdwt_stages=(0,), **MIT_B0).eval()
+    last = RDWTMixVisionTransformer(
+        rdwt_stages=(3,), fused_attention=False, **MIT_B0
+    ).eval()
+    first = RDWTMixVisionTransformer(
+        rdwt_stages=(0,), fused_attention=False, **MIT_B0
+    ).eval()
     last.load_state_dict(ref.state_dict())
     first.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 64, 96)
