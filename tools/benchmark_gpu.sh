@@ -19,6 +19,9 @@
 #                     SegDataPreProcessor (what the stacked path saves)
 #   7. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
 #   8. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
+# SMOKE=1 runs every step on the CPU at toy sizes (MiT-b0, batch 2, 64 px,
+# a few iterations, the Runner's compile switched off): a check that the
+# commands run, for the machine without a GPU before the GPU call.
 set -u
 out=${1:?usage: bash tools/benchmark_gpu.sh OUT_DIR [SECONDS]}
 budget=${2:-1800}
@@ -27,6 +30,17 @@ start=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 py=${PYTHON:-python3}
 data=${DATA_ROOT:-/tmp/mmseg_dfq_gpu_data/fundus}
+if [ -n "${SMOKE:-}" ]; then
+    dev=cpu size=64 batch=2 warmup=1 repeats=2 b=b0 losssteps=2
+    sched="--schedule-iters 4 --skip-iters 2 --profile-iters 1"
+    smoke_options="custom_hooks.3.compile=False model.backbone.init_cfg=None"
+    px=64 cases=4
+else
+    dev=cuda size=256 batch=16 warmup=5 repeats=30 b=b2 losssteps=50
+    sched="--schedule-iters 400 --skip-iters 100"
+    smoke_options="model.backbone.init_cfg=None"
+    px=800 cases=${CASES:-12}
+fi
 
 left() { echo $((budget - ($(date +%s) - start))); }
 
@@ -52,56 +66,56 @@ step() { # step NAME MIN_SECONDS COMMAND...
 }
 
 {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    [ "$dev" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     nproc
-    $py -c 'import torch, mmseg, mmengine, mmseg_dfq; print("torch", torch.__version__, "cuda", torch.version.cuda, "|", torch.cuda.get_device_name(), "| mmseg", mmseg.__version__, "mmengine", mmengine.__version__)'
+    $py -c 'import torch, mmseg, mmengine, mmseg_dfq; print("torch", torch.__version__, "cuda", torch.version.cuda, "|", torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU", "| mmseg", mmseg.__version__, "mmengine", mmengine.__version__)'
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
 # 800 px fundus PNGs as in the real release, written while step 2 runs.
 if [ ! -f "$data/Domain1_train.list" ]; then
-    $py tools/generate_synthetic.py fundus --out "$data" --size 800 \
-        --cases "${CASES:-12}" >"$out/data.txt" 2>&1 &
+    $py tools/generate_synthetic.py fundus --out "$data" --size "$px" \
+        --cases "$cases" >"$out/data.txt" 2>&1 &
     gen=$!
 else
     gen=
 fi
 
-step train 120 $py tools/benchmark.py --device cuda --backbones b2 \
-    --batch 16 --size 256 --variants dfq --paths eager fast \
-    --dtypes fp32 bf16 --warmup 5 --repeats 30 --sync-check
+step train 120 $py tools/benchmark.py --device $dev --backbones $b \
+    --batch $batch --size $size --variants dfq --paths eager fast \
+    --dtypes fp32 bf16 --warmup $warmup --repeats $repeats --sync-check
 
 [ -n "$gen" ] && wait "$gen"
 schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
     local name=$1 min=$2
     shift 2
-    step "$name" "$min" $py tools/benchmark.py --device cuda --full-schedule \
-        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --schedule-iters 400 \
-        --skip-iters 100 --epoch-iters 53 --val-images 51 --profile \
-        --cfg-options model.backbone.init_cfg=None \
+    step "$name" "$min" $py tools/benchmark.py --device $dev --full-schedule \
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py $sched \
+        --epoch-iters 53 --val-images 51 --profile \
+        --cfg-options $smoke_options \
         train_dataloader.dataset.data_root="$data" \
         val_dataloader.dataset.data_root="$data" \
         test_dataloader.dataset.data_root="$data" "$@" ${SCHEDULE_OPTIONS:-}
 }
 schedule schedule 90
 
-step losscheck 60 $py tools/benchmark.py --device cuda --backbones b2 \
-    --batch 16 --size 256 --variants dfq --dtypes fp32 --loss-check 50 \
-    --paths eager --repeats 3 --warmup 2 --sync-check
+step losscheck 60 $py tools/benchmark.py --device $dev --backbones $b \
+    --batch $batch --size $size --variants dfq --dtypes fp32 \
+    --loss-check $losssteps --paths eager --repeats 3 --warmup 2 --sync-check
 
-step loader 40 $py tools/benchmark.py --device cuda --loader \
-    configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 --repeats 30 \
-    --loader-gap 0.1 --cfg-options model.backbone.init_cfg=None \
+step loader 40 $py tools/benchmark.py --device $dev --loader \
+    configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 --repeats $repeats \
+    --loader-gap 0.1 --cfg-options $smoke_options \
     train_dataloader.dataset.data_root="$data"
 
 schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
     val_dataloader.collate_fn.type=pseudo_collate \
     model.data_preprocessor.type=SegDataPreProcessor
 
-step ablation 30 $py tools/benchmark.py --device cuda --backbones b2 \
-    --batch 16 --size 256 --variants dfqhead segformer-768 \
-    --paths eager --dtypes fp32 --warmup 5 --repeats 30
+step ablation 30 $py tools/benchmark.py --device $dev --backbones $b \
+    --batch $batch --size $size --variants dfqhead segformer-768 \
+    --paths eager --dtypes fp32 --warmup $warmup --repeats $repeats
 
-step paint 10 $py tools/benchmark.py --paint 512 --repeats 5
+step paint 10 $py tools/benchmark.py --paint 512 --repeats $repeats
 
 echo "total $(($(date +%s) - start)) s"
