@@ -8,14 +8,14 @@
 #   1. env.txt        GPU, driver, torch/CUDA versions
 #   2. train.txt      DFQ MiT-b2, B16@256: eager vs fast path, fp32 vs bf16
 #                     (train ms, img/s, peak memory, RDWT share, host syncs)
-#   3. schedule.txt   dfq_mit-b2_fundus_d1_fast.py through the Runner on
+#   3. losscheck.txt  50 steps eager vs fast from the same weights and batch
+#   4. schedule.txt   dfq_mit-b2_fundus_d1_fast.py through the Runner on
 #                     generated 800 px fundus PNGs: it/s, data-loading share,
 #                     the whole schedule's time, device busy vs wall time
-#   4. losscheck.txt  50 steps eager vs fast from the same weights and batch
 #   5. loader.txt     main-process ms per batch: receive + pre-process, per
 #                     image (mmseg) vs stacked (stack_seg_collate +
 #                     BatchSegDataPreProcessor)
-#   6. schedule_mmseg_data.txt  step 3 with mmseg's pseudo_collate +
+#   6. schedule_mmseg_data.txt  step 4 with mmseg's pseudo_collate +
 #                     SegDataPreProcessor (what the stacked path saves)
 #   7. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
 #   8. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
@@ -31,14 +31,14 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 py=${PYTHON:-python3}
 data=${DATA_ROOT:-/tmp/mmseg_dfq_gpu_data/fundus}
 if [ -n "${SMOKE:-}" ]; then
-    dev=cpu size=64 batch=2 warmup=1 repeats=2 b=b0 losssteps=2
+    dev=cpu size=64 batch=2 warmup=1 repeats=2 b=b0 losssteps=2 paints=2
     sched="--schedule-iters 4 --skip-iters 2 --profile-iters 1"
-    smoke_options="custom_hooks.3.compile=False model.backbone.init_cfg=None"
+    cfg_options="custom_hooks.3.compile=False model.backbone.init_cfg=None"
     px=64 cases=4
 else
-    dev=cuda size=256 batch=16 warmup=5 repeats=30 b=b2 losssteps=50
+    dev=cuda size=256 batch=16 warmup=5 repeats=30 b=b2 losssteps=50 paints=5
     sched="--schedule-iters 400 --skip-iters 100"
-    smoke_options="model.backbone.init_cfg=None"
+    cfg_options="model.backbone.init_cfg=None"
     px=800 cases=${CASES:-12}
 fi
 
@@ -47,7 +47,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train schedule losscheck loader schedule_mmseg_data ablation paint} " in
+    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -85,6 +85,10 @@ step train 120 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfq --paths eager fast \
     --dtypes fp32 bf16 --warmup $warmup --repeats $repeats --sync-check
 
+step losscheck 60 $py tools/benchmark.py --device $dev --backbones $b \
+    --batch $batch --size $size --variants dfq --dtypes fp32 \
+    --loss-check $losssteps --paths eager --repeats 3 --warmup 2 --sync-check
+
 [ -n "$gen" ] && wait "$gen"
 schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
     local name=$1 min=$2
@@ -92,20 +96,16 @@ schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
     step "$name" "$min" $py tools/benchmark.py --device $dev --full-schedule \
         configs/dfq/dfq_mit-b2_fundus_d1_fast.py $sched \
         --epoch-iters 53 --val-images 51 --profile \
-        --cfg-options $smoke_options \
+        --cfg-options $cfg_options \
         train_dataloader.dataset.data_root="$data" \
         val_dataloader.dataset.data_root="$data" \
         test_dataloader.dataset.data_root="$data" "$@" ${SCHEDULE_OPTIONS:-}
 }
 schedule schedule 90
 
-step losscheck 60 $py tools/benchmark.py --device $dev --backbones $b \
-    --batch $batch --size $size --variants dfq --dtypes fp32 \
-    --loss-check $losssteps --paths eager --repeats 3 --warmup 2 --sync-check
-
 step loader 40 $py tools/benchmark.py --device $dev --loader \
     configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 --repeats $repeats \
-    --loader-gap 0.1 --cfg-options $smoke_options \
+    --loader-gap 0.1 --cfg-options $cfg_options \
     train_dataloader.dataset.data_root="$data"
 
 schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
@@ -116,6 +116,6 @@ step ablation 30 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfqhead segformer-768 \
     --paths eager --dtypes fp32 --warmup $warmup --repeats $repeats
 
-step paint 10 $py tools/benchmark.py --paint 512 --repeats $repeats
+step paint 10 $py tools/benchmark.py --paint 512 --repeats $paints
 
 echo "total $(($(date +%s) - start)) s"

@@ -2,7 +2,7 @@
 
 from .augment import RandomAnisotropicResize
 from .base import DomainSplitDataset
-from .collate import stack_seg_collate, tensors_agree
+from .collate import stack_seg_collate
 from .fundus import FundusDGDataset
 from .fundus_codec import FUNDUS_GREY, decode_fundus_mask, encode_fundus_labels
 from .multisite import MultiSiteDataset
@@ -47,5 +47,4 @@ __all__ = [
     'decode_fundus_mask',
     'encode_fundus_labels',
     'stack_seg_collate',
-    'tensors_agree',
 ]

@@ -354,8 +354,16 @@ def _unnormalised(backbone, neck, decode_head) -> Optional[str]:
             and back_cls is not None
             and issubclass(back_cls, RDWTMixVisionTransformer)
         ):
+            # MiT returns the selected stages in stage order, whatever the
+            # order (or repeats) of out_indices.
             outs = tuple(
-                backbone.get('out_indices', _default(back_cls, 'out_indices'))
+                sorted(
+                    set(
+                        backbone.get(
+                            'out_indices', _default(back_cls, 'out_indices')
+                        )
+                    )
+                )
             )
             stages = tuple(
                 backbone.get('rdwt_stages', _default(back_cls, 'rdwt_stages'))

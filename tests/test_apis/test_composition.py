@@ -255,6 +255,17 @@ UNNORMALISED = {
         'stage(s) [3]',
         {'backbone.rdwt_stages': (1, 2, 3)},
     ),
+    # MiT returns its outputs in stage order: with out_indices (3, 0, 1, 2)
+    # output 0 is stage 0, which is not whitened.
+    'unsorted-out_indices': (
+        {
+            'backbone.out_indices': (3, 0, 1, 2),
+            'backbone.rdwt_stages': (3,),
+            'decode_head.rdwt_in_index': [0],
+        },
+        'stage(s) [0]',
+        {'decode_head.rdwt_in_index': [3]},
+    ),
     # A plain neck between the RDWT backbone and the head.
     'plain-neck-between': (
         dict(

@@ -9,6 +9,7 @@ from mmseg.structures import SegDataSample
 from torch.utils.data import DataLoader
 
 from mmseg_dfq.datasets import stack_seg_collate
+from mmseg_dfq.datasets.collate import MASK_BATCH_KEY
 
 
 def item(h, w, mask_hw=None, seed=0):
@@ -29,17 +30,28 @@ def test_registered_for_configs():
 
 def test_stacks_images_and_masks():
     items = [item(16, 24, seed=i) for i in range(3)]
+    given = [d['data_samples'] for d in items]
     expected = pseudo_collate([dict(d) for d in items])
     images = [x.clone() for x in expected['inputs']]
     masks = [s.gt_sem_seg.data.clone() for s in expected['data_samples']]
     got = stack_seg_collate(items)
-    assert got.keys() == expected.keys()
+    assert got.keys() == {'inputs', 'data_samples', MASK_BATCH_KEY}
     assert got['inputs'].shape == (3, 3, 16, 24)
+    assert torch.equal(got[MASK_BATCH_KEY], torch.stack(masks))
+    # New sample objects: the given ones (a data set's, a cache's) keep
+    # their own masks.
+    assert all(a is not b for a, b in zip(given, got['data_samples']))
+    assert all(
+        s.gt_sem_seg.data.untyped_storage().data_ptr()
+        != got[MASK_BATCH_KEY].untyped_storage().data_ptr()
+        for s in given
+    )
     assert all(torch.equal(a, b) for a, b in zip(got['inputs'], images))
     views = [s.gt_sem_seg.data for s in got['data_samples']]
     assert all(torch.equal(a, b) for a, b in zip(views, masks))
     # One storage: one shared-memory transfer from a worker.
-    assert len({v.untyped_storage().data_ptr() for v in views}) == 1
+    storages = {v.untyped_storage().data_ptr() for v in views}
+    assert storages == {got[MASK_BATCH_KEY].untyped_storage().data_ptr()}
     assert [s.img_path for s in got['data_samples']] == [
         '0.png',
         '1.png',
@@ -58,6 +70,7 @@ def test_shapes_that_differ_stay_lists():
     a, b = (s.gt_sem_seg.data for s in got['data_samples'])
     assert a.shape == (1, 40, 50) and b.shape == (1, 30, 50)
     assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+    assert MASK_BATCH_KEY not in got
 
 
 def test_other_batches_are_pseudo_collated():
@@ -83,6 +96,11 @@ def test_through_worker_processes(collate):
     batches = list(loader)
     assert len(batches) == 2
     for k, batch in enumerate(batches):
+        if collate is stack_seg_collate:
+            # Still one storage for the masks after the transfer.
+            views = [s.gt_sem_seg.data for s in batch['data_samples']]
+            ptrs = {v.untyped_storage().data_ptr() for v in views}
+            assert len(ptrs) == 1
         for i in range(4):
             ref = item(16, 24, seed=4 * k + i)
             assert torch.equal(batch['inputs'][i], ref['inputs'])

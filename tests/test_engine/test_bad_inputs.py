@@ -39,14 +39,15 @@ class _PoisonImage(BaseTransform):
         self.name = name
 
     def transform(self, results):
+        # Every image float32, so that stack_seg_collate can stack them.
+        img = results['img'].astype(np.float32)
         if results['img_path'].endswith(self.name):
-            img = results['img'].astype(np.float32)
             img[..., 0] = np.nan
-            results['img'] = img
+        results['img'] = img
         return results
 
 
-def _nan_runner(fundus_root, work_dir, action, iters):
+def _nan_runner(fundus_root, work_dir, action, iters, stacked=False):
     init_default_scope('mmseg')
     cfg = Config.fromfile(FUNDUS_CONFIG)
     cfg.merge_from_dict(
@@ -72,11 +73,18 @@ def _nan_runner(fundus_root, work_dir, action, iters):
         dict(type='NonFiniteLossHook', action=action),
     ]
     cfg.randomness = dict(seed=0)
+    if stacked:
+        # The fast path's data path: `inputs` is one (B, C, H, W) tensor.
+        cfg.train_dataloader.collate_fn = dict(type='stack_seg_collate')
+        cfg.model.data_preprocessor.type = 'BatchSegDataPreProcessor'
     return Runner.from_cfg(cfg), osp.join(fundus_root, poisoned)
 
 
-def test_nan_in_one_image_names_it(tmp_path, fundus_root):
-    runner, poisoned_path = _nan_runner(fundus_root, str(tmp_path), 'raise', 2)
+@pytest.mark.parametrize('stacked', [False, True])
+def test_nan_in_one_image_names_it(tmp_path, fundus_root, stacked):
+    runner, poisoned_path = _nan_runner(
+        fundus_root, str(tmp_path), 'raise', 2, stacked
+    )
     with pytest.raises(NonFiniteLossError) as info:
         runner.train()
     message = str(info.value)

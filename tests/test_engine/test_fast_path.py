@@ -9,6 +9,7 @@ import copy
 import os.path as osp
 import types
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 from mmengine.structures import PixelData
+from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
@@ -418,7 +420,13 @@ def _train_losses(tmp_path, fundus_root, batched):
         cfg.train_dataloader.collate_fn = dict(type='stack_seg_collate')
         cfg.model.data_preprocessor.type = 'BatchSegDataPreProcessor'
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    forward = SegDataPreProcessor.forward
+    with mock.patch.object(
+        SegDataPreProcessor, 'forward', autospec=True, side_effect=forward
+    ) as mmseg_forward:
+        runner.train()
+    # The batched run never falls back to mmseg's per-image path.
+    assert mmseg_forward.called != batched
     hub = runner.message_hub
     return {
         key: list(hub.get_scalar(key).data[0])

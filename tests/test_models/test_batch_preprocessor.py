@@ -17,6 +17,7 @@ from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.structures import SegDataSample
 
 from mmseg_dfq.datasets import stack_seg_collate
+from mmseg_dfq.datasets.collate import MASK_BATCH_KEY
 from mmseg_dfq.models.data_preprocessors import BatchSegDataPreProcessor
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
@@ -55,6 +56,9 @@ def assert_same(expected, got):
         for key, value in a.metainfo.items():
             other = b.metainfo[key]
             assert type(other) is type(value) and other == value, key
+            if isinstance(value, tuple):
+                # padding_size: np.int64 where mmseg computes with NumPy
+                assert [type(v) for v in value] == [type(v) for v in other]
         assert a.keys() == b.keys()
         if 'gt_sem_seg' in a:
             assert torch.equal(a.gt_sem_seg.data, b.gt_sem_seg.data)
@@ -145,24 +149,83 @@ def test_eval_batches():
     )
 
 
-def test_one_copy_per_batch():
-    """The stacked batch reaches the device in one copy for the images and
-    one for the masks; mmseg's path copies per image and per mask."""
-    batch = stack_seg_collate(packed([(32, 48)] * 4))
-    pre = BatchSegDataPreProcessor(mean=MEAN, std=STD, size=(32, 48))
-    to, calls = torch.Tensor.to, []
+def moves(pre, batch, training=True):
+    """Run ``pre`` and return (output, the tensors it moved to a device)."""
+    to, moved = torch.Tensor.to, []
 
     def counting_to(self, *args, **kwargs):
-        calls.append(tuple(self.shape))
+        if args and isinstance(args[0], (torch.device, str)):
+            moved.append(self)
         return to(self, *args, **kwargs)
 
     with mock.patch.object(torch.Tensor, 'to', counting_to):
-        out = pre(batch, True)
-    assert calls == [(4, 3, 32, 48), (4, 1, 32, 48)]
+        out = pre(batch, training)
+    return out, moved
+
+
+def test_one_copy_per_batch():
+    """The stacked batch reaches the device in one copy for the images and
+    one for the masks (the collate's stacked masks, not stacked again);
+    mmseg's path copies per image and per mask."""
+    batch = stack_seg_collate(packed([(32, 48)] * 4))
+    pre = BatchSegDataPreProcessor(mean=MEAN, std=STD, size=(32, 48))
+    out, moved = moves(pre, batch)
+    assert len(moved) == 2
+    assert moved[0] is batch['inputs']
+    assert moved[1] is batch[MASK_BATCH_KEY]
     masks = [s.gt_sem_seg.data for s in out['data_samples']]
     assert masks[0].untyped_storage().data_ptr() == (
         masks[1].untyped_storage().data_ptr()
     )
+    # pseudo_collate lists: stacked on the host first, then one copy each.
+    batch = pseudo_collate(packed([(32, 48)] * 4))
+    _, moved = moves(pre, batch)
+    assert [tuple(t.shape) for t in moved] == [(4, 3, 32, 48), (4, 1, 32, 48)]
+    reference = SegDataPreProcessor(mean=MEAN, std=STD, size=(32, 48))
+    _, moved = moves(reference, pseudo_collate(packed([(32, 48)] * 4)))
+    assert len(moved) == 8
+
+
+def test_returns_new_tensors():
+    """Float images, no normalisation, no channel swap: still a new tensor,
+    as mmseg's stack gives, and the given batch unchanged."""
+    batch = stack_seg_collate(packed([(32, 48)] * 2))
+    batch['inputs'] = batch['inputs'].float()
+    before = batch['inputs'].clone()
+    pre = BatchSegDataPreProcessor(size=(32, 48))
+    out = pre(batch, True)
+    assert out['inputs'] is not batch['inputs']
+    out['inputs'].add_(1)
+    assert torch.equal(batch['inputs'], before)
+
+
+def test_extra_fields_and_batch_augments():
+    # A sample field mmseg pads too (gt_edge_map): mmseg's path.
+    batch = packed([(32, 48)] * 2)
+    for item in batch:
+        item['data_samples'].gt_edge_map = PixelData(
+            data=torch.zeros(1, 32, 48, dtype=torch.uint8)
+        )
+    forward = SegDataPreProcessor.forward
+    with mock.patch.object(
+        SegDataPreProcessor, 'forward', autospec=True, side_effect=forward
+    ) as spy:
+        run_both(batch, True, mean=MEAN, std=STD, size=(32, 48))
+    assert spy.call_count == 3
+
+    # batch_augments run after the batch path, as after mmseg's.
+    def augment(inputs, samples):
+        for sample in samples:
+            sample.set_metainfo(dict(augmented=True))
+        return inputs.flip(-1), samples
+
+    reference, batched = both(mean=MEAN, std=STD, size=(32, 48))
+    reference.batch_augments = batched.batch_augments = augment
+    batch = packed([(32, 48)] * 3)
+    expected = reference(pseudo_collate(copy.deepcopy(batch)), True)
+    got = batched(stack_seg_collate(copy.deepcopy(batch)), True)
+    assert_same(expected, got)
+    assert all(s.augmented for s in got['data_samples'])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -172,6 +235,7 @@ def test_cuda_batch_equals_mmseg():
         mean=MEAN, std=STD, bgr_to_rgb=True, size=(32, 48)
     )
     reference, batched = reference.cuda(), batched.cuda()
+    batched._non_blocking = True  # as FastPathHook sets it
     expected = reference(pseudo_collate(copy.deepcopy(batch)), True)
     for collate in (pseudo_collate, stack_seg_collate):
         got = batched(collate(copy.deepcopy(batch)), True)

@@ -20,6 +20,23 @@ from .dfq_parts import (
 )
 
 
+def numpy_groups(feat, layout):
+    """(B, C, H*W) float64 groups of an NCHW map: channels, or for
+    ``'authors'`` the token-major values their reshape groups."""
+    x = feat.detach().double().numpy()
+    b, c, h, w = x.shape
+    if layout == 'authors':
+        x = x.transpose(0, 2, 3, 1)
+    return x.reshape(b, c, h * w)
+
+
+def numpy_standardise(groups, eps):
+    """Zero mean, unit (biased) variance per group."""
+    return (groups - groups.mean(-1, keepdims=True)) / np.sqrt(
+        groups.var(-1, keepdims=True) + eps
+    )
+
+
 def numpy_authors_objective(feats, layout='channels', eps=1e-5):
     """The authors' formula: 1e-4 * (sum_i mean_b sum|triu(S_i + eps I)|)/n.
 
@@ -30,15 +47,9 @@ def numpy_authors_objective(feats, layout='channels', eps=1e-5):
     """
     value = diagonal = 0.0
     for feat in feats:
-        x = feat.detach().double().numpy()
-        b, c, h, w = x.shape
-        if layout == 'authors':
-            x = x.transpose(0, 2, 3, 1)
-        x = x.reshape(b, c, h * w)
-        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(
-            x.var(-1, keepdims=True) + eps
-        )
-        cov = np.einsum('bcn,bdn->bcd', x, x) / (h * w - 1) + eps * np.eye(c)
+        x = numpy_standardise(numpy_groups(feat, layout), eps)
+        c, n = x.shape[1:]
+        cov = np.einsum('bcn,bdn->bcd', x, x) / (n - 1) + eps * np.eye(c)
         value += np.abs(np.triu(cov)).sum(axis=(1, 2)).mean()
         diagonal += np.abs(np.diagonal(cov, axis1=1, axis2=2)).sum(-1).mean()
     n = len(feats)
@@ -97,14 +108,8 @@ def test_rdwt_layouts_group_different_values():
 
 def numpy_normalised(feat, layout, eps=1e-5):
     """A map instance-normalised per group in NumPy (float64 -> float32)."""
-    x = feat.double().numpy()
-    b, c, h, w = x.shape
-    if layout == 'authors':
-        x = x.transpose(0, 2, 3, 1)
-    g = x.reshape(b, c, h * w)
-    g = (g - g.mean(-1, keepdims=True)) / np.sqrt(
-        g.var(-1, keepdims=True) + eps
-    )
+    b, c, h, w = feat.shape
+    g = numpy_standardise(numpy_groups(feat, layout), eps)
     if layout == 'authors':
         g = g.reshape(b, h, w, c).transpose(0, 3, 1, 2)
     return torch.from_numpy(
@@ -118,12 +123,9 @@ def numpy_covariance_terms(feats, layout, eps=1e-5):
     """
     off = diagonal = 0.0
     for feat in feats:
-        x = feat.double().numpy()
-        b, c, h, w = x.shape
-        if layout == 'authors':
-            x = x.transpose(0, 2, 3, 1)
-        x = x.reshape(b, c, h * w)
-        cov = np.einsum('bcn,bdn->bcd', x, x) / (h * w - 1)
+        x = numpy_groups(feat, layout)
+        c, n = x.shape[1:]
+        cov = np.einsum('bcn,bdn->bcd', x, x) / (n - 1)
         rows, cols = np.triu_indices(c, k=1)
         off += np.abs(cov[:, rows, cols]).sum(-1).mean()
         diagonal += (

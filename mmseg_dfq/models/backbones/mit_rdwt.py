@@ -39,8 +39,11 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             nobody reads; without it torch uses its fused
             ``scaled_dot_product_attention`` kernels. The same attention, to
             rounding (outputs within ~1e-5 of MiT-b2's on CPU, where the
-            forward + backward of a B4 @ 256 batch took 4% less time).
-            False keeps mmseg's computation. Default: True.
+            forward + backward of a B4 @ 256 batch took 4% less time);
+            with ``attn_drop_rate`` > 0 the dropout masks differ (another
+            kernel draws them). False keeps mmseg's computation. Set at
+            construction (it installs forward pre-hooks on the attention
+            modules). Default: True.
         **kwargs: Arguments of :class:`MixVisionTransformer`.
     """
 
@@ -103,6 +106,12 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
 
 
 def _without_attention_weights(module, args, kwargs):
-    """Forward pre-hook: call ``nn.MultiheadAttention`` without weights."""
-    kwargs['need_weights'] = False
+    """Forward pre-hook: call ``nn.MultiheadAttention`` without weights.
+
+    mmseg's MiT passes query, key and value by keyword and nothing else; a
+    caller that asks for the weights (by keyword, or positionally as the
+    fifth argument) still gets them.
+    """
+    if len(args) < 5:
+        kwargs.setdefault('need_weights', False)
     return args, kwargs
