@@ -26,7 +26,7 @@ fast_optim_wrapper = dict(optimizer=dict(fused=True))
 # A 16-core, 1-GPU host: 10 decoding workers, pinned batches for async copies,
 # 4 batches queued per worker. Lower num_workers per GPU on multi-GPU hosts.
 # stack_seg_collate stacks each batch's images and masks in the workers (two
-# tensors to receive and pin instead of two per image), and
+# tensors to receive and pin, instead of an image and a mask per sample), and
 # BatchSegDataPreProcessor (fast_data_preprocessor, for the model) moves and
 # normalises them as whole batches; the same values as mmseg's defaults.
 fast_train_dataloader = dict(
