@@ -24,7 +24,10 @@ Timings are the median and inter-quartile range of ``--repeats`` runs after
 ``--warmup`` runs, with ``torch.cuda.synchronize`` around each on GPU. The
 RDWT share of the DFQ train step is given two ways: the instance norms and
 the loss timed alone (forward + backward on maps of the DFQ backbone's
-output shapes), and the step time of ``dfq`` minus ``dfqhead``. With
+output shapes; wall time, and on CUDA the device's busy time from the
+profiler), and the step time of ``dfq`` minus ``dfqhead``. On CUDA the
+device's busy time within each train step is reported too (a step whose
+wall time is well above it waits for the host). With
 ``--profile`` the top operators of one DFQ train step are printed.
 
 Norm layers use plain BN (the configs' SyncBN needs no process group on one
