@@ -10,6 +10,11 @@ For every backbone size it builds, from the MiT-b0 bases in
 - ``dfq-plainfuse``: the same with the concatenate-then-fuse path;
 - ``dfqhead``: DFQ with RDWT disabled (MiT + DFQHead), for the RDWT share.
 
+Every variant's MiT computes attention with torch's fused kernel, as DFQ's
+``RDWTMixVisionTransformer(fused_attention=True)`` does (the SegFormer and
+DFQHead variants get it as an RDWT MiT with no stage whitened), so the
+comparisons measure the heads and RDWT, not two attention implementations.
+
 Each model runs in its own spawned process (so peak memory is its own), on
 the same random images and labels, and is measured for:
 
@@ -98,16 +103,25 @@ MIT_SIZES = {
     'b5': dict(embed_dims=64, num_layers=[3, 6, 40, 3]),
 }
 MIT_HEADS = [1, 2, 5, 8]
+# The MiT of the SegFormer and DFQHead-only variants, with the attention
+# kernel of DFQ's RDWT MiT (fused_attention=True): mmseg's MiT with no stage
+# whitened, the same weights. mmseg's own MiT computes the attention
+# explicitly; every variant sharing one attention makes the ratios (and
+# dfq - dfqhead, the RDWT share) measure the head and RDWT only.
+FUSED_MIT = dict(type='RDWTMixVisionTransformer', rdwt_stages=())
 # name -> (base config prefix, edits to the model config).
 VARIANTS = {
-    'segformer-256': ('segformer', dict(decode_head=dict(channels=256))),
-    'segformer-768': ('segformer', dict()),
+    'segformer-256': (
+        'segformer',
+        dict(backbone=FUSED_MIT, decode_head=dict(channels=256)),
+    ),
+    'segformer-768': ('segformer', dict(backbone=FUSED_MIT)),
     'dfq': ('dfq', dict(decode_head=dict(fuse_at_level_resolution=True))),
     'dfq-plainfuse': (
         'dfq',
         dict(decode_head=dict(fuse_at_level_resolution=False)),
     ),
-    'dfqhead': ('dfqhead', dict()),
+    'dfqhead': ('dfqhead', dict(backbone=FUSED_MIT)),
 }
 PATHS = ('eager', 'fast')
 DTYPES = ('fp32', 'bf16')
@@ -355,7 +369,11 @@ def build_model(backbone, variant, num_classes, no_drop=False):
     cfg.merge_from_dict(
         dict(
             model=dict(
-                backbone=dict(init_cfg=None, **size['backbone']),
+                backbone=dict(
+                    init_cfg=None,
+                    **size['backbone'],
+                    **edits.get('backbone', {}),
+                ),
                 decode_head=dict(
                     num_classes=num_classes,
                     norm_cfg=dict(type='BN', requires_grad=True),

@@ -108,3 +108,20 @@ def test_device_busy_time_counts_each_kernel_once():
         event(DeviceType.CUDA, 99.0, annotation=True),  # record_function
     ]
     assert benchmark.device_busy_us(events) == 42.5
+
+
+@pytest.mark.parametrize('variant', ['segformer-256', 'dfqhead'])
+def test_variants_share_dfqs_attention(variant):
+    """The SegFormer / DFQHead variants' MiT is mmseg's MiT with DFQ's fused
+    attention: no stage whitened, mmseg's MiT state dict."""
+    from mmseg.models.backbones import MixVisionTransformer
+
+    benchmark = _load_benchmark()
+    model = benchmark.build_model('b0', variant, num_classes=3)
+    dfq = benchmark.build_model('b0', 'dfq', num_classes=3)
+    assert model.backbone.rdwt_stages == ()
+    assert model.backbone.fused_attention and dfq.backbone.fused_attention
+    plain = MixVisionTransformer(
+        embed_dims=32, num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8]
+    )
+    assert model.backbone.state_dict().keys() == plain.state_dict().keys()
