@@ -10,10 +10,11 @@ For every backbone size it builds, from the MiT-b0 bases in
 - ``dfq-plainfuse``: the same with the concatenate-then-fuse path;
 - ``dfqhead``: DFQ with RDWT disabled (MiT + DFQHead), for the RDWT share.
 
-Every variant's MiT computes attention with torch's fused kernel, as DFQ's
-``RDWTMixVisionTransformer(fused_attention=True)`` does (the SegFormer and
-DFQHead variants get it as an RDWT MiT with no stage whitened), so the
-comparisons measure the heads and RDWT, not two attention implementations.
+Every variant's MiT computes attention as DFQ's
+``RDWTMixVisionTransformer(fused_attention='auto')`` does (torch's fused
+kernel, except compiled float32 on CUDA; the SegFormer and DFQHead variants
+get it as an RDWT MiT with no stage whitened), so the comparisons measure
+the heads and RDWT, not two attention implementations.
 
 Each model runs in its own spawned process (so peak memory is its own), on
 the same random images and labels, and is measured for:
@@ -104,7 +105,7 @@ MIT_SIZES = {
 }
 MIT_HEADS = [1, 2, 5, 8]
 # The MiT of the SegFormer and DFQHead-only variants, with the attention
-# kernel of DFQ's RDWT MiT (fused_attention=True): mmseg's MiT with no stage
+# kernels of DFQ's RDWT MiT (fused_attention='auto'): mmseg's MiT with no stage
 # whitened, the same weights. mmseg's own MiT computes the attention
 # explicitly; every variant sharing one attention makes the ratios (and
 # dfq - dfqhead, the RDWT share) measure the head and RDWT only.
@@ -706,31 +707,70 @@ def host_syncs(train_step):
 
     ``torch.cuda.set_sync_debug_mode('warn')`` warns at every synchronising
     CUDA call (``.item()``, a data-dependent shape, a blocking copy); the
-    warnings are collected with the Python line that caused each.
+    warnings are collected with the Python frame that caused each.
 
     Returns:
-        list[str]: ``file:line`` of each synchronising call, in order.
+        list[str]: For each synchronising call, in order, the innermost
+        frame outside torch, and the torch frame that issued it.
     """
-    import warnings
-
     import torch
 
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
+
+    def step():
         torch.cuda.set_sync_debug_mode('warn')
         try:
             train_step()
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+    syncs = warning_sites(step, 'synchronizing')
     torch.cuda.synchronize()
-    # The mode's own one-time notice ("Synchronization debug mode is a
-    # prototype feature ...") is not a synchronisation.
-    return [
-        f'{osp.relpath(w.filename)}:{w.lineno}'
-        for w in caught
-        if 'synchronizing' in str(w.message)
-    ]
+    return syncs
+
+
+def warning_sites(fn, match, library=None):
+    """Call ``fn``; where each warning whose message holds ``match`` came from.
+
+    A warning raised inside torch (the sync debug mode's, say) names
+    torch's own line; the caller that matters is the innermost frame of
+    the stack outside torch, so each site is given as
+    ``caller:line (via torch_file:line)``. (The sync debug mode's one-time
+    notice, "Synchronization debug mode is a prototype feature", does not
+    match 'synchronizing'.) ``library``: the directory whose frames are
+    skipped (default: torch's).
+    """
+    import traceback
+    import warnings
+
+    import torch
+
+    torch_dir = osp.abspath(library or osp.dirname(torch.__file__))
+    machinery = osp.abspath(warnings.__file__)
+    sites = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if match not in str(message):
+            return
+        site = f'{osp.relpath(filename)}:{lineno}'
+        callers = [
+            f
+            for f in traceback.extract_stack()[:-1]
+            if not osp.abspath(f.filename).startswith(torch_dir)
+            and osp.abspath(f.filename) != machinery
+        ]
+        if callers:
+            caller = callers[-1]
+            where = f'{osp.relpath(caller.filename)}:{caller.lineno}'
+            if where != site:
+                site = f'{where} (via {site})'
+        sites.append(site)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')
+        warnings.showwarning = record
+        fn()
+    return sites
 
 
 def profile_step(train_step, cuda):
@@ -1006,6 +1046,36 @@ class ScheduleProfiler(Hook):
         self.report = '\n'.join(lines)
 
 
+def steady_iterations(step, data, iters, skip, profiled):
+    """Per-iteration times of the steady state, profiled ones left out.
+
+    ``step`` and ``data`` are IterTimerHook's per-iteration times, the
+    latest last (its buffer may have dropped the oldest). The first
+    ``skip`` iterations are warm-up. A profile of ``profiled`` iterations
+    starting at ``skip`` runs under the profiler's overhead, and the
+    profiler's post-processing at its end falls into the next iteration's
+    data time (the hook runs after IterTimerHook), so those
+    ``profiled + 1`` iterations are left out too.
+
+    Returns:
+        tuple: (step times, data times, how many were kept).
+    """
+    first = iters - len(step)  # iteration index of step[0]
+    drop = range(skip, skip + profiled + 1) if profiled else range(0)
+    keep = [
+        i
+        for i in range(len(step))
+        if i + first >= skip and (i + first) not in drop
+    ]
+    if not keep:
+        raise SystemExit(
+            'benchmark.py: no steady-state iteration left after '
+            f'--skip-iters {skip} and the {profiled} profiled ones; run '
+            'more --schedule-iters'
+        )
+    return [step[i] for i in keep], [data[i] for i in keep], len(keep)
+
+
 def full_schedule(args):
     """Run a config through the Runner and report its iteration rate."""
     import tempfile
@@ -1030,10 +1100,17 @@ def full_schedule(args):
             'benchmark.py: --schedule-iters is needed for an epoch-based '
             'schedule'
         )
-    if iters <= args.skip_iters:
+    profiled = args.profile_iters + 1 if args.profile else 0
+    if iters <= args.skip_iters + profiled:
         raise SystemExit(
             f'benchmark.py: --schedule-iters {iters} must exceed '
             f'--skip-iters {args.skip_iters}'
+            + (
+                f' + the {profiled} profiled iterations (--profile-iters '
+                '+ 1, left out of the steady state)'
+                if profiled
+                else ''
+            )
         )
     # Measured on an iteration loop of the same Runner and data: `iters`
     # iterations, then one validation. An epoch-based schedule's sampler
@@ -1086,11 +1163,13 @@ def full_schedule(args):
     runner.train()
     wall = time.perf_counter() - start
     hub = runner.message_hub
-    step = list(hub.get_scalar('train/time').data[0])
-    data = list(hub.get_scalar('train/data_time').data[0])
-    # IterTimerHook keeps a window of the latest values only.
-    kept = min(len(step), iters - args.skip_iters)
-    step, data = step[-kept:], data[-kept:]
+    step, data, kept = steady_iterations(
+        list(hub.get_scalar('train/time').data[0]),
+        list(hub.get_scalar('train/data_time').data[0]),
+        iters,
+        args.skip_iters,
+        args.profile_iters if args.profile else 0,
+    )
     mean_step = sum(step) / len(step)
     mean_data = sum(data) / len(data)
     val_total = sum(timer.val_seconds)
@@ -1122,8 +1201,14 @@ def full_schedule(args):
         f'(first {args.skip_iters} and {len(timer.val_seconds)} '
         f'validation(s), {val_total:.1f} s, included)'
     )
+    profiled = (
+        f' (the {args.profile_iters + 1} profiled ones left out)'
+        if args.profile
+        else ''
+    )
     print(
-        f'  steady state over the last {kept} iterations: '
+        f'  steady state over {kept} of the last '
+        f'{iters - args.skip_iters} iterations{profiled}: '
         f'{1 / mean_step:.2f} it/s, {mean_step * 1e3:.1f} ms/it, data '
         f'{mean_data * 1e3:.1f} ms/it = {100 * mean_data / mean_step:.1f}%'
     )

@@ -4,7 +4,9 @@
 # Each step writes OUT_DIR/<step>.txt as it goes and gets what is left of the
 # SECONDS budget (default 1800), so a slow step costs the later ones, not the
 # whole run. STEPS="schedule losscheck" runs only those steps;
-# SCHEDULE_OPTIONS adds --cfg-options to the schedule step. In priority order:
+# SCHEDULE_OPTIONS adds --cfg-options to the schedule step; TRAIN_PATHS and
+# TRAIN_DTYPES narrow step 2 (default "eager fast", "fp32 bf16": each fast
+# path compiles for about 2 minutes on a GPU). In priority order:
 #   1. env.txt        GPU, driver, torch/CUDA versions
 #   2. train.txt      DFQ MiT-b2, B16@256: eager vs fast path, fp32 vs bf16
 #                     (train ms, img/s, peak memory, RDWT share, host syncs)
@@ -32,7 +34,7 @@ py=${PYTHON:-python3}
 data=${DATA_ROOT:-/tmp/mmseg_dfq_gpu_data/fundus}
 if [ -n "${SMOKE:-}" ]; then
     dev=cpu size=64 batch=2 warmup=1 repeats=2 b=b0 losssteps=2 paints=2
-    sched="--schedule-iters 4 --skip-iters 2 --profile-iters 1"
+    sched="--schedule-iters 6 --skip-iters 2 --profile-iters 1"
     cfg_options="custom_hooks.3.compile=False model.backbone.init_cfg=None"
     px=64 cases=4
 else
@@ -82,8 +84,9 @@ else
 fi
 
 step train 120 $py tools/benchmark.py --device $dev --backbones $b \
-    --batch $batch --size $size --variants dfq --paths eager fast \
-    --dtypes fp32 bf16 --warmup $warmup --repeats $repeats --sync-check
+    --batch $batch --size $size --variants dfq \
+    --paths ${TRAIN_PATHS:-eager fast} --dtypes ${TRAIN_DTYPES:-fp32 bf16} \
+    --warmup $warmup --repeats $repeats --sync-check
 
 step losscheck 60 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfq --dtypes fp32 \

@@ -183,6 +183,52 @@ def test_inductor_training_matches_eager():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.compile
+def test_compiled_head_upsampling_has_no_scatter():
+    """The DFQ head's upsamplings (bilinear_resize) compile to a backward
+    without a scatter (no atomic adds), equal to torch's bilinear;
+    F.interpolate's compiled backward has one (an index_put that
+    accumulates), so the check can tell the two apart."""
+    import torch._dynamo
+    import torch._inductor.config
+    import torch.nn.functional as F
+    from torch._inductor.utils import run_and_get_code
+
+    from mmseg_dfq.models.utils import bilinear_resize
+
+    def interpolate(x, size, align_corners):
+        return F.interpolate(
+            x, size, mode='bilinear', align_corners=align_corners
+        )
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(2, 8, 16, 16)
+    grads, scatters = {}, {}
+    for name, resize in (('ours', bilinear_resize), ('torch', interpolate)):
+        torch._dynamo.reset()
+        leaf = x.clone().requires_grad_(True)
+
+        def loss(t, resize=resize):
+            return (resize(t, (16, 16), False) * weight).square().sum()
+
+        compiled = torch.compile(loss, dynamic=False)
+
+        def step(compiled=compiled, leaf=leaf):
+            compiled(leaf).backward()
+            return leaf.grad
+
+        with torch._inductor.config.patch(compile_threads=1):
+            grads[name], code = run_and_get_code(step)
+        # Inductor's kernel names say what they compute; the scatter is
+        # an index_put (atomic adds on a GPU, and on a multithreaded CPU).
+        scatters[name] = 'index_put' in '\n'.join(code)
+    assert scatters == dict(ours=False, torch=True)
+    leaf = x.clone().requires_grad_(True)
+    (interpolate(leaf, (16, 16), False) * weight).square().sum().backward()
+    torch.testing.assert_close(grads['ours'], leaf.grad, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not CUDA, reason='CUDA graphs need a CUDA device')
 def test_cudagraph_training_matches_eager_cuda():
     """mode='reduce-overhead' (CUDA graphs), TF32 off for the comparison."""

@@ -132,3 +132,39 @@ def test_mmseg_mit_checkpoint_loads_strictly():
 def test_backbone_bad_rdwt_stages(stages):
     with pytest.raises(ValueError, match='rdwt_stages'):
         RDWTMixVisionTransformer(rdwt_stages=stages, **MIT_B0)
+
+
+@pytest.mark.parametrize('pays', [True, False])
+def test_auto_attention_hook_follows_the_rule(monkeypatch, pays):
+    """'auto' asks fused_attention_pays with the query's device, the
+    autocast dtype where autocast is on, and whether dynamo traces; it
+    leaves mmseg's call alone where fusing does not pay."""
+    from mmseg_dfq.models.utils import attention
+
+    asked = []
+
+    def rule(device, dtype, compiling):
+        asked.append((device, dtype, compiling))
+        return pays
+
+    monkeypatch.setattr(attention, 'fused_attention_pays', rule)
+    model = RDWTMixVisionTransformer(**MIT_B0).eval()
+    seen = []
+    attn = next(
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.MultiheadAttention)
+    )
+    attn.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw.get('need_weights')), with_kwargs=True
+    )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        model(x)
+    assert asked[0] == ('cpu', torch.bfloat16, False)
+    assert seen == [False if pays else None]
+
+
+def test_fused_attention_value_is_checked():
+    with pytest.raises(ValueError, match='fused_attention must be True'):
+        RDWTMixVisionTransformer(fused_attention='yes', **MIT_B0)

@@ -120,8 +120,67 @@ def test_variants_share_dfqs_attention(variant):
     model = benchmark.build_model('b0', variant, num_classes=3)
     dfq = benchmark.build_model('b0', 'dfq', num_classes=3)
     assert model.backbone.rdwt_stages == ()
-    assert model.backbone.fused_attention and dfq.backbone.fused_attention
+    assert model.backbone.fused_attention == dfq.backbone.fused_attention
+    assert dfq.backbone.fused_attention == 'auto'
     plain = MixVisionTransformer(
         embed_dims=32, num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8]
     )
     assert model.backbone.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_steady_state_leaves_out_warm_up_and_profiled_iterations():
+    """The profiled iterations and the one that takes the profiler's
+    post-processing as data time are not in the steady-state figures."""
+    benchmark = _load_benchmark()
+    # 12 iterations: 0-3 warm-up, 4-6 profiled, 7 takes the post-processing.
+    step = [float(i) for i in range(12)]
+    data = [10.0 + i for i in range(12)]
+    kept_step, kept_data, kept = benchmark.steady_iterations(
+        step, data, iters=12, skip=4, profiled=3
+    )
+    assert kept_step == [8.0, 9.0, 10.0, 11.0]
+    assert kept_data == [18.0, 19.0, 20.0, 21.0]
+    assert kept == 4
+    # No profile: everything after the warm-up.
+    assert benchmark.steady_iterations(step, data, 12, 4, 0)[0] == step[4:]
+    # A buffer that dropped its oldest entries: step[0] is iteration 2.
+    assert (
+        benchmark.steady_iterations(step[2:], data[2:], 12, 4, 0)[0]
+        == (step[4:])
+    )
+    with pytest.raises(SystemExit, match='no steady-state iteration'):
+        benchmark.steady_iterations(step, data, 12, 8, 3)
+
+
+def test_warning_sites_name_the_caller_outside_the_library(tmp_path):
+    """--sync-check names the innermost caller outside torch of each
+    matching warning, with the library line that raised it (the sync debug
+    mode's warnings point into torch)."""
+    import sys
+
+    library = tmp_path / 'fake_torch'
+    library.mkdir()
+    (library / 'fake_sync.py').write_text(
+        'import warnings\n'
+        'def item():\n'
+        "    warnings.warn('called a synchronizing CUDA operation')\n"
+        'def outer():\n'
+        '    item()\n'
+    )
+    sys.path.insert(0, str(library))
+    try:
+        import fake_sync
+    finally:
+        sys.path.remove(str(library))
+    benchmark = _load_benchmark()
+
+    def caller():
+        fake_sync.outer()
+
+    line = caller.__code__.co_firstlineno + 1
+    sites = benchmark.warning_sites(caller, 'synchronizing', str(library))
+    assert len(sites) == 1
+    where, via = sites[0].split(' (via ')
+    assert where.endswith(f'test_benchmark_sizes.py:{line}')
+    assert via.endswith('fake_sync.py:3)')
+    assert benchmark.warning_sites(caller, 'no such', str(library)) == []

@@ -1,6 +1,7 @@
 """MiT (SegFormer) encoder with the relaxed deep whitening transformation."""
 
-from typing import Sequence
+from functools import partial
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -9,6 +10,7 @@ from mmseg.models.utils import nlc_to_nchw
 from mmseg.registry import MODELS
 
 from ..composition import check_rdwt_composition
+from ..utils.attention import check_fused_attention, use_fused_attention
 from ..utils.whitening import check_layout, instance_norm
 
 
@@ -31,7 +33,7 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             tokens without a transpose, see
             :mod:`mmseg_dfq.models.utils.whitening`). The RDWT loss must
             use the same layout. Default: 'channels'.
-        fused_attention (bool): Run the blocks' attention with
+        fused_attention (bool | str): Run the blocks' attention with
             ``need_weights=False``. mmseg's MiT calls
             ``nn.MultiheadAttention`` with its default ``need_weights=True``,
             which computes the attention matrix explicitly (two matmuls and
@@ -41,9 +43,13 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             rounding (outputs within ~1e-5 of MiT-b2's on CPU, where the
             forward + backward of a B4 @ 256 batch took 4% less time);
             with ``attn_drop_rate`` > 0 the dropout masks differ (another
-            kernel draws them). False keeps mmseg's computation. Set at
-            construction (it installs forward pre-hooks on the attention
-            modules). Default: True.
+            kernel draws them). ``'auto'`` fuses except inside
+            ``torch.compile`` in float32 on CUDA, where the explicit
+            attention compiled faster (the figures:
+            :func:`~mmseg_dfq.models.utils.fused_attention_pays`). True
+            always fuses, False
+            keeps mmseg's computation. Set at construction (it installs
+            forward pre-hooks on the attention modules). Default: 'auto'.
         **kwargs: Arguments of :class:`MixVisionTransformer`.
     """
 
@@ -52,7 +58,7 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         rdwt_stages: Sequence[int] = (0, 1, 2, 3),
         rdwt_eps: float = 1e-5,
         rdwt_layout: str = 'channels',
-        fused_attention: bool = True,
+        fused_attention: Union[bool, str] = 'auto',
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -68,13 +74,16 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         self.rdwt_layout = check_layout(
             rdwt_layout, 'RDWTMixVisionTransformer'
         )
-        self.fused_attention = bool(fused_attention)
-        if self.fused_attention:
+        self.fused_attention = check_fused_attention(
+            fused_attention, 'RDWTMixVisionTransformer'
+        )
+        if fused_attention:
+            hook = partial(
+                _without_attention_weights, auto=fused_attention == 'auto'
+            )
             for module in self.modules():
                 if isinstance(module, nn.MultiheadAttention):
-                    module.register_forward_pre_hook(
-                        _without_attention_weights, with_kwargs=True
-                    )
+                    module.register_forward_pre_hook(hook, with_kwargs=True)
         check_rdwt_composition(self)
 
     def forward(self, x):
@@ -105,13 +114,19 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         return outs
 
 
-def _without_attention_weights(module, args, kwargs):
+def _without_attention_weights(module, args, kwargs, auto=False):
     """Forward pre-hook: call ``nn.MultiheadAttention`` without weights.
 
     mmseg's MiT passes query, key and value by keyword and nothing else; a
     caller that asks for the weights (by keyword, or positionally as the
-    fifth argument) still gets them.
+    fifth argument) still gets them. With ``auto``, only where
+    :func:`~mmseg_dfq.models.utils.use_fused_attention` says so.
     """
-    if len(args) < 5:
-        kwargs.setdefault('need_weights', False)
+    if len(args) >= 5:
+        return args, kwargs
+    if auto:
+        query = kwargs.get('query', args[0] if args else None)
+        if query is not None and not use_fused_attention('auto', query):
+            return args, kwargs
+    kwargs.setdefault('need_weights', False)
     return args, kwargs

@@ -1,7 +1,7 @@
 """DFQ decode head: deep features query the shallow, high-resolution ones."""
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -15,11 +15,15 @@ from mmengine.model import (
     trunc_normal_init,
 )
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
 from ..composition import check_rdwt_composition
-from ..utils import pixel_accuracy
+from ..utils import (
+    bilinear_resize,
+    check_fused_attention,
+    pixel_accuracy,
+    scaled_dot_product,
+)
 
 
 class MixFFN(nn.Module):
@@ -77,6 +81,11 @@ class FeatureQueryBlock(BaseModule):
             None pools adaptively to the query grid, which equals the fixed
             pooling when the sizes divide and also matches the grids when
             they do not. Default: None.
+        fused_attention (bool | str): torch's fused attention kernel (True),
+            the authors' explicit matmuls and softmax (False), or 'auto'
+            (fused except compiled float32 on CUDA, see
+            :func:`~mmseg_dfq.models.utils.fused_attention_pays`); the same
+            attention to rounding. Default: 'auto'.
     """
 
     def __init__(
@@ -87,6 +96,7 @@ class FeatureQueryBlock(BaseModule):
         mlp_ratio: float = 4,
         drop_path: float = 0.1,
         pool_ratio: Optional[int] = None,
+        fused_attention: Union[bool, str] = 'auto',
     ):
         super().__init__()
         if query_dims % num_heads:
@@ -100,6 +110,9 @@ class FeatureQueryBlock(BaseModule):
             )
         self.num_heads = num_heads
         self.pool_ratio = None if pool_ratio is None else int(pool_ratio)
+        self.fused_attention = check_fused_attention(
+            fused_attention, 'DFQHead'
+        )
         self.q_norm = nn.LayerNorm(query_dims)
         self.shallow_norm = nn.LayerNorm(kv_dims)
         self.kv_conv = nn.Conv2d(kv_dims, kv_dims, 1)
@@ -166,8 +179,7 @@ class FeatureQueryBlock(BaseModule):
             .reshape(b, h * w, self.num_heads, c // self.num_heads)
             .transpose(1, 2)
         )
-        # scale defaults to head_dim ** -0.5; fused kernels on GPU.
-        attn = F.scaled_dot_product_attention(q, k, v)
+        attn = scaled_dot_product(q, k, v, self.fused_attention)
         attn = attn.transpose(1, 2).reshape(b, h * w, c)
         x = x + self.drop_path(self.proj(attn))
         x = x + self.drop_path(self.ffn(self.ffn_norm(x), (h, w)))
@@ -211,6 +223,8 @@ class DFQHead(BaseDecodeHead):
             1x1 fusion conv at that level's resolution before resizing (the
             same result, since both are linear, for less arithmetic).
             Default: True.
+        fused_attention (bool | str): Attention kernel of the blocks, see
+            :class:`FeatureQueryBlock`. Default: 'auto'.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels``,
             ``in_index``, ``channels`` (768 in DFQ), ``num_classes``,
             ``dropout_ratio`` (default 0 here)...).
@@ -225,6 +239,7 @@ class DFQHead(BaseDecodeHead):
         loss_rdwt: Optional[dict] = None,
         rdwt_in_index: Optional[Sequence[int]] = None,
         fuse_at_level_resolution: bool = True,
+        fused_attention: Union[bool, str] = 'auto',
         **kwargs,
     ):
         # The authors' head has no dropout before the classifier.
@@ -252,7 +267,9 @@ class DFQHead(BaseDecodeHead):
         ratios = pool_ratios or [None] * (levels - 1)
         c1 = self.in_channels[0]
         self.blocks = nn.ModuleList(
-            FeatureQueryBlock(c, c1, h, mlp_ratio, drop_path_rate, r)
+            FeatureQueryBlock(
+                c, c1, h, mlp_ratio, drop_path_rate, r, fused_attention
+            )
             for c, h, r in zip(self.in_channels[1:], num_heads, ratios)
         )
         self.fusion_conv = ConvModule(
@@ -289,12 +306,7 @@ class DFQHead(BaseDecodeHead):
         if not self.fuse_at_level_resolution:
             x = torch.cat(
                 [
-                    resize(
-                        x,
-                        size,
-                        mode='bilinear',
-                        align_corners=self.align_corners,
-                    )
+                    bilinear_resize(x, size, self.align_corners)
                     for x in ordered
                 ],
                 dim=1,
@@ -306,9 +318,7 @@ class DFQHead(BaseDecodeHead):
         for x, w in zip(ordered, weights):
             y = F.conv2d(x, w)
             if y.shape[2:] != size:
-                y = resize(
-                    y, size, mode='bilinear', align_corners=self.align_corners
-                )
+                y = bilinear_resize(y, size, self.align_corners)
             out = out + y
         if conv.bias is not None:
             out = out + conv.bias.view(1, -1, 1, 1)
@@ -347,11 +357,8 @@ class DFQHead(BaseDecodeHead):
         stalls the queue of a compiled / CUDA-graph step.
         """
         seg_label = self._stack_batch_gt(batch_data_samples)
-        seg_logits = resize(
-            input=seg_logits,
-            size=seg_label.shape[2:],
-            mode='bilinear',
-            align_corners=self.align_corners,
+        seg_logits = bilinear_resize(
+            seg_logits, seg_label.shape[2:], self.align_corners
         )
         seg_weight = (
             None

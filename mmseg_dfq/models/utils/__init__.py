@@ -1,4 +1,11 @@
 from .accuracy import pixel_accuracy
+from .attention import (
+    check_fused_attention,
+    fused_attention_pays,
+    scaled_dot_product,
+    use_fused_attention,
+)
+from .upsample import bilinear_resize, upsample_by_slices
 from .whitening import (
     RDWT_LAYOUTS,
     channel_covariance,
@@ -11,11 +18,17 @@ from .whitening import (
 
 __all__ = [
     'RDWT_LAYOUTS',
+    'bilinear_resize',
+    'check_fused_attention',
     'channel_covariance',
     'check_layout',
     'from_whitening_groups',
+    'fused_attention_pays',
     'instance_norm',
     'off_diagonal_abs_sum',
     'pixel_accuracy',
+    'scaled_dot_product',
+    'upsample_by_slices',
+    'use_fused_attention',
     'whitening_groups',
 ]
