@@ -205,7 +205,9 @@ def parse_args():
         '--sync-check',
         action='store_true',
         help='on CUDA, list the host synchronisations of one train step '
-        "of every model (torch.cuda.set_sync_debug_mode('warn'))",
+        "of every model (torch.cuda.set_sync_debug_mode('warn')); with "
+        '--full-schedule, of one whole Runner iteration (hooks included) '
+        'at the end of the warm-up',
     )
     parser.add_argument(
         '--loss-check',
@@ -729,48 +731,75 @@ def host_syncs(train_step):
     return syncs
 
 
-def warning_sites(fn, match, library=None):
-    """Call ``fn``; where each warning whose message holds ``match`` came from.
+class WarningSites:
+    """Records where each warning whose message holds ``match`` came from.
 
-    A warning raised inside torch (the sync debug mode's, say) names
-    torch's own line; the caller that matters is the innermost frame of
-    the stack outside torch, so each site is given as
+    A context manager (or :meth:`start` / :meth:`stop`, for a window that
+    spans Runner hooks). A warning raised inside torch (the sync debug
+    mode's, say) names torch's own line; the caller that matters is the
+    innermost frame of the stack outside torch, so each site is given as
     ``caller:line (via torch_file:line)``. (The sync debug mode's one-time
     notice, "Synchronization debug mode is a prototype feature", does not
     match 'synchronizing'.) ``library``: the directory whose frames are
     skipped (default: torch's).
     """
-    import traceback
-    import warnings
 
-    import torch
+    def __init__(self, match, library=None):
+        import warnings
 
-    torch_dir = osp.abspath(library or osp.dirname(torch.__file__))
-    machinery = osp.abspath(warnings.__file__)
-    sites = []
+        import torch
 
-    def record(message, category, filename, lineno, file=None, line=None):
-        if match not in str(message):
+        self.match = match
+        self.library = osp.abspath(library or osp.dirname(torch.__file__))
+        self.machinery = osp.abspath(warnings.__file__)
+        self.sites = []
+        self._catcher = None
+
+    def _record(self, message, category, filename, lineno, *args, **kwargs):
+        import traceback
+
+        if self.match not in str(message):
             return
         site = f'{osp.relpath(filename)}:{lineno}'
         callers = [
             f
             for f in traceback.extract_stack()[:-1]
-            if not osp.abspath(f.filename).startswith(torch_dir)
-            and osp.abspath(f.filename) != machinery
+            if not osp.abspath(f.filename).startswith(self.library)
+            and osp.abspath(f.filename) != self.machinery
         ]
         if callers:
             caller = callers[-1]
             where = f'{osp.relpath(caller.filename)}:{caller.lineno}'
             if where != site:
                 site = f'{where} (via {site})'
-        sites.append(site)
+        self.sites.append(site)
 
-    with warnings.catch_warnings():
+    def start(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings()
+        self._catcher.__enter__()
         warnings.simplefilter('always')
-        warnings.showwarning = record
+        warnings.showwarning = self._record
+        return self
+
+    def stop(self):
+        if self._catcher is not None:
+            self._catcher.__exit__(None, None, None)
+            self._catcher = None
+
+    __enter__ = start
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def warning_sites(fn, match, library=None):
+    """Call ``fn``; the sites of its warnings that hold ``match``
+    (:class:`WarningSites`)."""
+    with WarningSites(match, library) as recorder:
         fn()
-    return sites
+    return recorder.sites
 
 
 def profile_step(train_step, cuda):
@@ -1046,6 +1075,71 @@ class ScheduleProfiler(Hook):
         self.report = '\n'.join(lines)
 
 
+class ScheduleSyncCheck(Hook):
+    """Host synchronisations of one whole Runner iteration, hooks included.
+
+    Opens at the iteration's first ``before_train_iter`` hook (this one,
+    registered 'HIGHEST') and closes after its last ``after_train_iter``
+    hook (:attr:`closer`, registered 'LOWEST'): the data preprocessor, the
+    step, the optimizer wrapper and every hook, all but the dataloader's
+    ``next()``. On CUDA, ``torch.cuda.set_sync_debug_mode('warn')`` is on
+    in that window; the sites come from :class:`WarningSites`.
+    """
+
+    priority = 'HIGHEST'
+
+    def __init__(self, iteration: int, cuda: bool):
+        self.iteration, self.cuda = iteration, cuda
+        self.recorder = WarningSites('synchronizing')
+        self.checked = False
+        self.closer = _SyncCheckClose(self)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter != self.iteration or self.checked:
+            return
+        self.recorder.start()
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode('warn')
+
+    def close(self, runner):
+        if runner.iter != self.iteration or self.checked:
+            return
+        if self.cuda:
+            import torch
+
+            torch.cuda.set_sync_debug_mode('default')
+        self.recorder.stop()
+        self.checked = True
+
+    def report(self) -> str:
+        if not self.checked:
+            return '  (the schedule ended before the sync check)'
+        if not self.cuda:
+            return '  host synchronisations: checked on CUDA only'
+        sites = self.recorder.sites
+        lines = [
+            f'  host synchronisations in Runner iteration {self.iteration} '
+            f'(hooks and step, not the dataloader): {len(sites)}'
+        ]
+        lines += [f'    {site}' for site in sites]
+        return '\n'.join(lines)
+
+
+class _SyncCheckClose(Hook):
+    priority = 'LOWEST'
+
+    def __init__(self, owner: ScheduleSyncCheck):
+        self.owner = owner
+
+    def after_train_iter(
+        self, runner, batch_idx, data_batch=None, outputs=None
+    ):
+        self.owner.close(runner)
+
+
 def steady_iterations(step, data, iters, skip, profiled):
     """Per-iteration times of the steady state, profiled ones left out.
 
@@ -1153,6 +1247,15 @@ def full_schedule(args):
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
     runner.register_hook(timer)
+    sync_check = None
+    if args.sync_check:
+        # The last warm-up iteration: compiled and captured, and outside
+        # the steady state the figures come from.
+        sync_check = ScheduleSyncCheck(
+            max(args.skip_iters - 1, 0), args.device == 'cuda'
+        )
+        runner.register_hook(sync_check, 'HIGHEST')
+        runner.register_hook(sync_check.closer, 'LOWEST')
     profiler = None
     if args.profile:
         profiler = ScheduleProfiler(
@@ -1222,6 +1325,8 @@ def full_schedule(args):
     )
     if profiler is not None:
         print(profiler.report or '  (the schedule ended before the profile)')
+    if sync_check is not None:
+        print(sync_check.report())
     if tmp is not None:
         tmp.cleanup()
 

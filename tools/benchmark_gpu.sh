@@ -13,7 +13,8 @@
 #   3. losscheck.txt  50 steps eager vs fast from the same weights and batch
 #   4. schedule.txt   dfq_mit-b2_fundus_d1_fast.py through the Runner on
 #                     generated 800 px fundus PNGs: it/s, data-loading share,
-#                     the whole schedule's time, device busy vs wall time
+#                     the whole schedule's time, device busy vs wall time,
+#                     host syncs of one whole Runner iteration
 #   5. loader.txt     main-process ms per batch: receive + pre-process, per
 #                     image (mmseg) vs stacked (stack_seg_collate +
 #                     BatchSegDataPreProcessor)
@@ -98,7 +99,7 @@ schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
     shift 2
     step "$name" "$min" $py tools/benchmark.py --device $dev --full-schedule \
         configs/dfq/dfq_mit-b2_fundus_d1_fast.py $sched \
-        --epoch-iters 53 --val-images 51 --profile \
+        --epoch-iters 53 --val-images 51 --profile --sync-check \
         --cfg-options $cfg_options \
         train_dataloader.dataset.data_root="$data" \
         val_dataloader.dataset.data_root="$data" \

@@ -6,7 +6,7 @@ import signal
 from typing import Sequence, Union
 
 import torch
-from mmengine.dist import all_reduce, get_dist_info, is_main_process
+from mmengine.dist import get_dist_info, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
@@ -37,10 +37,13 @@ class PreemptionHook(Hook):
     run exits with status ``exit_code``. A second signal exits at once
     with status 128 + signal number, saving nothing.
 
-    In distributed runs the ranks agree every iteration (one all-reduce of
-    a flag) so that they save the same iteration even when the signal
-    reaches them at different times. A signal that arrives during
-    validation is acted on after it.
+    In distributed runs the ranks agree so that they save the same
+    iteration even when the signal reaches them at different times: each
+    iteration starts an asynchronous all-reduce of a flag, and the next one
+    reads it (from pinned memory after a CUDA event, with NCCL), so the
+    host never waits for the GPU's queue inside the step, and every rank
+    stops after the iteration following the one where a signal was first
+    seen. A signal that arrives during validation is acted on after it.
 
     Args:
         signals (Sequence[str | int]): Signals to act on.
@@ -67,6 +70,7 @@ class PreemptionHook(Hook):
         self.exit_code = exit_code
         self._requested = None
         self._previous = {}
+        self._pending = None
 
     @staticmethod
     def _signal(sig: Union[str, int]) -> signal.Signals:
@@ -90,7 +94,7 @@ class PreemptionHook(Hook):
         os.write(
             2,
             f'{signal.Signals(signum).name} received: saving a checkpoint '
-            'after this iteration\n'.encode(),
+            'after this iteration (distributed: after the next)\n'.encode(),
         )
 
     def before_train(self, runner) -> None:
@@ -99,20 +103,28 @@ class PreemptionHook(Hook):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def after_train(self, runner) -> None:
-        """Put the previous handlers back."""
+        """Put the previous handlers back; finish a pending agreement."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def _agreed(self) -> bool:
         requested = self._requested is not None
         if get_dist_info()[1] == 1:
             return requested
-        flag = torch.tensor([float(requested)])
-        if torch.distributed.get_backend() == 'nccl':
-            flag = flag.cuda()
-        all_reduce(flag, op='max')
-        return bool(flag.item() > 0)
+        # Every rank reads the flags reduced at the previous iteration, so
+        # all of them stop after the same one; then this iteration's flags
+        # are sent on their way.
+        if self._pending is not None:
+            stop = self._pending.result()
+            self._pending = None
+            if stop:
+                return True
+        self._pending = _AsyncFlag(requested)
+        return False
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
@@ -151,3 +163,39 @@ class PreemptionHook(Hook):
         )
         self.after_train(runner)
         raise Preempted(self.exit_code)
+
+
+class _AsyncFlag:
+    """A MAX all-reduce of one rank's 0/1 flag, read later.
+
+    With NCCL the reduction and a copy into pinned host memory are queued
+    on the GPU behind the step, and :meth:`result` waits on that copy's
+    event only (a ``.item()`` on the GPU flag would wait for everything
+    queued after it too). With gloo (CPU) it waits on the work.
+    """
+
+    def __init__(self, value: bool) -> None:
+        import torch.distributed as dist
+
+        cuda = dist.get_backend() == 'nccl'
+        self.flag = torch.tensor(
+            [float(value)], device='cuda' if cuda else 'cpu'
+        )
+        self.work = dist.all_reduce(
+            self.flag, op=dist.ReduceOp.MAX, async_op=True
+        )
+        self.host = self.event = None
+        if cuda:
+            # NCCL's wait makes the current stream wait, not the host.
+            self.work.wait()
+            self.host = torch.empty(1, pin_memory=True)
+            self.host.copy_(self.flag, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def result(self) -> bool:
+        if self.event is None:
+            self.work.wait()
+            return bool(self.flag.item() > 0)
+        self.event.synchronize()
+        return bool(self.host.item() > 0)

@@ -236,3 +236,72 @@ def test_segformer_resume_equals_uninterrupted(tmp_path, fundus_root):
         osp.join(full, f'iter_{TRAIN_ITERS}.pth'),
         osp.join(resumed, f'iter_{TRAIN_ITERS}.pth'),
     )
+
+
+def _preempt_rank(rank, init_file, out_dir, signal_at):
+    """One gloo rank driving PreemptionHook over fake iterations."""
+    import json
+    import types
+
+    import torch.distributed as dist
+    from mmengine.logging import MessageHub
+
+    from mmseg_dfq.engine import PreemptionHook
+    from mmseg_dfq.engine.preemption_hook import Preempted
+
+    dist.init_process_group(
+        'gloo', init_method=f'file://{init_file}', rank=rank, world_size=2
+    )
+    saved = []
+    runner = types.SimpleNamespace(
+        iter=0,
+        work_dir=out_dir,
+        hooks=[],
+        message_hub=MessageHub.get_instance(f'preempt_rank{rank}'),
+        save_checkpoint=lambda work_dir, name, **kwargs: saved.append(name),
+    )
+    hook = PreemptionHook()
+    hook.before_train(runner)
+    stopped = None
+    try:
+        for it in range(8):
+            runner.iter = it
+            if rank == 1 and it == signal_at:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            try:
+                hook.after_train_iter(runner, it)
+            except Preempted as exc:
+                stopped = (it, exc.code)
+                break
+    finally:
+        hook.after_train(runner)
+        dist.destroy_process_group()
+    with open(osp.join(out_dir, f'rank{rank}.json'), 'w') as f:
+        json.dump(dict(stopped=stopped, saved=saved), f)
+
+
+def test_ranks_agree_on_the_preempted_iteration_a_step_later(tmp_path):
+    """A signal on one rank only: both ranks stop after the same iteration,
+    the one after the signal's (the agreement is read one iteration late,
+    so the host never waits on it inside a step), and save it."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(
+        _preempt_rank,
+        args=(str(tmp_path / 'init'), str(tmp_path), 2),
+        nprocs=2,
+    )
+    results = [
+        json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)
+    ]
+    for result in results:
+        assert result['stopped'] == [3, PREEMPTED_EXIT_CODE]
+        assert result['saved'] == ['iter_4.pth']
+    assert (
+        (tmp_path / 'last_checkpoint')
+        .read_text()
+        .strip()
+        .endswith('iter_4.pth')
+    )

@@ -184,3 +184,28 @@ def test_warning_sites_name_the_caller_outside_the_library(tmp_path):
     assert where.endswith(f'test_benchmark_sizes.py:{line}')
     assert via.endswith('fake_sync.py:3)')
     assert benchmark.warning_sites(caller, 'no such', str(library)) == []
+
+
+def test_schedule_sync_check_spans_one_whole_iteration():
+    """The Runner-level sync check records from the first before-iteration
+    hook to the last after-iteration hook of one iteration only."""
+    import types
+    import warnings
+
+    benchmark = _load_benchmark()
+    check = benchmark.ScheduleSyncCheck(iteration=3, cuda=False)
+    assert check.closer.priority == 'LOWEST' and check.priority == 'HIGHEST'
+    for it in range(6):
+        runner = types.SimpleNamespace(iter=it)
+        check.before_train_iter(runner, it)
+        warnings.warn(f'called a synchronizing CUDA operation ({it})')
+        check.closer.after_train_iter(runner, it)
+    assert len(check.recorder.sites) == 1
+    assert 'test_benchmark_sizes.py' in check.recorder.sites[0]
+    assert check.checked
+    assert check.report() == '  host synchronisations: checked on CUDA only'
+    assert (
+        benchmark.ScheduleSyncCheck(2, False)
+        .report()
+        .startswith('  (the schedule ended')
+    )
