@@ -198,7 +198,9 @@ def test_schedule_sync_check_spans_one_whole_iteration():
     for it in range(6):
         runner = types.SimpleNamespace(iter=it)
         check.before_train_iter(runner, it)
-        warnings.warn(f'called a synchronizing CUDA operation ({it})')
+        warnings.warn(
+            f'called a synchronizing CUDA operation ({it})', stacklevel=1
+        )
         check.closer.after_train_iter(runner, it)
     assert len(check.recorder.sites) == 1
     assert 'test_benchmark_sizes.py' in check.recorder.sites[0]
