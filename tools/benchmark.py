@@ -82,6 +82,7 @@ import multiprocessing as mp
 import os
 import os.path as osp
 import resource
+import sys
 import statistics
 import time
 
@@ -272,6 +273,17 @@ def parse_args():
         metavar='SIDE',
         help="only time --show-dir painting of a SIDE px image: mmseg's "
         'visualiser vs the plain overlay writer',
+    )
+    parser.add_argument(
+        '--switch-interval',
+        type=float,
+        default=None,
+        metavar='SECONDS',
+        help="--full-schedule: Python's thread switch interval "
+        '(sys.setswitchinterval; default: keep, 0.005). The pin-memory '
+        'thread needs the GIL back after each copy, and a busy main '
+        'thread hands it over only every interval; a shorter one tests '
+        'whether that is where the data time goes',
     )
     parser.add_argument(
         '--work-dir',
@@ -1244,6 +1256,13 @@ def full_schedule(args):
     if args.device == 'cpu':
         os.environ['CUDA_VISIBLE_DEVICES'] = ''
     adapt_cfg_to_device(cfg)
+    if args.switch_interval is not None:
+        if not args.switch_interval > 0:
+            raise SystemExit(
+                'benchmark.py: --switch-interval must be > 0 seconds, got '
+                f'{args.switch_interval}'
+            )
+        sys.setswitchinterval(args.switch_interval)
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
     runner.register_hook(timer)
@@ -1299,6 +1318,8 @@ def full_schedule(args):
         )
     estimate = full_iters * mean_step + vals_full * per_val
     print(f'\n{environment(args.device)}')
+    if args.switch_interval is not None:
+        print(f'thread switch interval {sys.getswitchinterval()} s')
     print(
         f'{args.full_schedule}: {iters} iterations in {wall:.1f} s '
         f'(first {args.skip_iters} and {len(timer.val_seconds)} '

@@ -20,8 +20,10 @@
 #                     BatchSegDataPreProcessor)
 #   6. schedule_mmseg_data.txt  step 4 with mmseg's pseudo_collate +
 #                     SegDataPreProcessor (what the stacked path saves)
-#   7. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
-#   8. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
+#   7. schedule_switch.txt  step 4 with a 1 ms thread switch interval
+#                     (does the pin-memory thread wait for the GIL?)
+#   8. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
+#   9. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
 # SMOKE=1 runs every step on the CPU at toy sizes (MiT-b0, batch 2, 64 px,
 # a few iterations, the Runner's compile switched off): a check that the
 # commands run, for the machine without a GPU before the GPU call.
@@ -50,7 +52,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data ablation paint} " in
+    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -115,6 +117,8 @@ step loader 40 $py tools/benchmark.py --device $dev --loader \
 schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
     val_dataloader.collate_fn.type=pseudo_collate \
     model.data_preprocessor.type=SegDataPreProcessor
+
+schedule schedule_switch 90 --switch-interval 0.001
 
 step ablation 30 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfqhead segformer-768 \

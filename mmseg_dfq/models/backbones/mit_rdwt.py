@@ -47,9 +47,9 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             ``torch.compile`` in float32 on CUDA, where the explicit
             attention compiled faster (the figures:
             :func:`~mmseg_dfq.models.utils.fused_attention_pays`). True
-            always fuses, False
-            keeps mmseg's computation. Set at construction (it installs
-            forward pre-hooks on the attention modules). Default: 'auto'.
+            always fuses, False keeps mmseg's computation. Set at
+            construction (it installs forward pre-hooks on the attention
+            modules). Default: 'auto'.
         **kwargs: Arguments of :class:`MixVisionTransformer`.
     """
 

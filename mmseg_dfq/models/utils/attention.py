@@ -5,6 +5,8 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
+from .tracing import compute_dtype, is_compiling
+
 
 def check_fused_attention(value, owner: str) -> Union[bool, str]:
     """Validate a ``fused_attention`` argument (True, False or 'auto')."""
@@ -36,20 +38,12 @@ def fused_attention_pays(device_type: str, dtype, compiling: bool) -> bool:
     return not (compiling and device_type == 'cuda' and dtype == torch.float32)
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul on ``x`` computes in: autocast's, where it is on."""
-    device = x.device.type
-    if device in ('cuda', 'cpu') and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
-
-
 def use_fused_attention(mode: Union[bool, str], x: torch.Tensor) -> bool:
     """Resolve ``fused_attention`` (True, False or 'auto') for input ``x``."""
     if mode != 'auto':
         return bool(mode)
     return fused_attention_pays(
-        x.device.type, compute_dtype(x), torch.compiler.is_compiling()
+        x.device.type, compute_dtype(x), is_compiling()
     )
 
 

@@ -5,6 +5,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .tracing import is_compiling
+
 
 def bilinear_resize(
     x: torch.Tensor, size: Sequence[int], align_corners: bool = False
@@ -40,7 +42,7 @@ def bilinear_resize(
     size = tuple(int(v) for v in size)
     h, w = x.shape[-2:]
     if (
-        torch.compiler.is_compiling()
+        is_compiling()
         and not align_corners
         and x.ndim == 4
         and size[0] % h == 0
