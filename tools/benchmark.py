@@ -82,8 +82,8 @@ import multiprocessing as mp
 import os
 import os.path as osp
 import resource
-import sys
 import statistics
+import sys
 import time
 
 from mmengine.config import DictAction
