@@ -183,6 +183,44 @@ def test_inductor_training_matches_eager():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_traced_step_on_the_explicit_attention_matches_eager(monkeypatch):
+    """What compiled float32 on CUDA traces ('auto' picks the explicit
+    attention under torch.compile there), here on CPU with the rule forced:
+    dynamo traces MiT and DFQHead without a graph break, no fused attention
+    in the graph, and the traced training loss and gradients equal eager's
+    (dynamo's 'eager' backend runs the traced graph without inductor)."""
+    import torch._dynamo
+
+    from mmseg_dfq.models.utils import attention
+
+    monkeypatch.setattr(
+        attention, 'fused_attention_pays', lambda device, dtype, c: not c
+    )
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_dfq_cfg())
+    images, samples = batch()
+
+    def loss(images):
+        feats = model.backbone(images)
+        return model.decode_head.loss(feats, samples, model.train_cfg)
+
+    explained = torch._dynamo.explain(loss)(images)
+    assert explained.graph_break_count == 0
+    graphs = '\n'.join(str(g.graph) for g in explained.graphs)
+    assert 'softmax' in graphs and 'scaled_dot_product' not in graphs
+
+    results = []
+    for fn in (loss, torch.compile(loss, backend='eager')):
+        model.zero_grad()
+        total = sum(v for k, v in fn(images).items() if 'loss' in k)
+        total.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((total.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
 @pytest.mark.compile
 def test_compiled_head_upsampling_has_no_scatter():
     """The DFQ head's upsamplings (bilinear_resize) compile to a backward
