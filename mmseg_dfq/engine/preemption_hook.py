@@ -178,8 +178,10 @@ class _AsyncFlag:
         import torch.distributed as dist
 
         cuda = dist.get_backend() == 'nccl'
-        self.flag = torch.tensor(
-            [float(value)], device='cuda' if cuda else 'cpu'
+        # A fill on the device: torch.tensor(..., device='cuda') would copy
+        # from pageable memory and wait for the stream (a host sync).
+        self.flag = torch.full(
+            (1,), float(value), device='cuda' if cuda else 'cpu'
         )
         self.work = dist.all_reduce(
             self.flag, op=dist.ReduceOp.MAX, async_op=True

@@ -81,6 +81,9 @@ def _upsample_axis(x: torch.Tensor, dim: int, s: int) -> torch.Tensor:
     phases = []
     for k in range(s):
         d = (k + 0.5) / s - 0.5
+        if d == 0:  # odd s, middle phase: the pixel itself
+            phases.append(x)
+            continue
         if d < 0:
             lo, w_lo, w_hi = 0, -d, 1 + d
         else:
