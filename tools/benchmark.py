@@ -738,9 +738,16 @@ def host_syncs(train_step):
         finally:
             torch.cuda.set_sync_debug_mode('default')
 
-    syncs = warning_sites(step, 'synchronizing')
+    syncs = warning_sites(step, SYNC_WARNING)
     torch.cuda.synchronize()
     return syncs
+
+
+# The sync debug mode's warning at a synchronising call. Its one-time notice
+# when the mode is switched on ("Synchronization debug mode is a prototype
+# feature and does not yet detect all synchronizing operations") must not
+# match: an earlier filter on 'synchronizing' counted it as a sync.
+SYNC_WARNING = 'called a synchronizing CUDA operation'
 
 
 class WarningSites:
@@ -750,10 +757,8 @@ class WarningSites:
     spans Runner hooks). A warning raised inside torch (the sync debug
     mode's, say) names torch's own line; the caller that matters is the
     innermost frame of the stack outside torch, so each site is given as
-    ``caller:line (via torch_file:line)``. (The sync debug mode's one-time
-    notice, "Synchronization debug mode is a prototype feature", does not
-    match 'synchronizing'.) ``library``: the directory whose frames are
-    skipped (default: torch's).
+    ``caller:line (via torch_file:line)``. ``library``: the directory whose
+    frames are skipped (default: torch's).
     """
 
     def __init__(self, match, library=None):
@@ -1102,7 +1107,7 @@ class ScheduleSyncCheck(Hook):
 
     def __init__(self, iteration: int, cuda: bool):
         self.iteration, self.cuda = iteration, cuda
-        self.recorder = WarningSites('synchronizing')
+        self.recorder = WarningSites(SYNC_WARNING)
         self.checked = False
         self.closer = _SyncCheckClose(self)
 

@@ -211,3 +211,25 @@ def test_schedule_sync_check_spans_one_whole_iteration():
         .report()
         .startswith('  (the schedule ended')
     )
+
+
+def test_sync_check_skips_the_debug_modes_notice():
+    """The sync debug mode's one-time notice holds the word
+    'synchronizing' but is not a synchronisation (it was counted as one on
+    the H200); the warning at a real one is."""
+    import warnings
+
+    benchmark = _load_benchmark()
+
+    def notices():
+        warnings.warn(
+            'Synchronization debug mode is a prototype feature and does not '
+            'yet detect all synchronizing operations',
+            stacklevel=1,
+        )
+        warnings.warn('called a synchronizing CUDA operation', stacklevel=1)
+
+    sites = benchmark.warning_sites(notices, benchmark.SYNC_WARNING)
+    assert len(sites) == 1
+    line = notices.__code__.co_firstlineno + 6
+    assert sites[0].endswith(f'test_benchmark_sizes.py:{line}')
