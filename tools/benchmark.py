@@ -781,7 +781,7 @@ class WarningSites:
         callers = [
             f
             for f in traceback.extract_stack()[:-1]
-            if not osp.abspath(f.filename).startswith(self.library)
+            if not osp.abspath(f.filename).startswith(self.library + os.sep)
             and osp.abspath(f.filename) != self.machinery
         ]
         if callers:

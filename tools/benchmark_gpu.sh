@@ -96,7 +96,7 @@ step losscheck 60 $py tools/benchmark.py --device $dev --backbones $b \
     --loss-check $losssteps --paths eager --repeats 3 --warmup 2 --sync-check
 
 [ -n "$gen" ] && wait "$gen"
-schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
+schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION... | --OPTION VALUE]
     local name=$1 min=$2
     shift 2
     step "$name" "$min" $py tools/benchmark.py --device $dev --full-schedule \
@@ -105,7 +105,7 @@ schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION...]
         --cfg-options $cfg_options \
         train_dataloader.dataset.data_root="$data" \
         val_dataloader.dataset.data_root="$data" \
-        test_dataloader.dataset.data_root="$data" "$@" ${SCHEDULE_OPTIONS:-}
+        test_dataloader.dataset.data_root="$data" ${SCHEDULE_OPTIONS:-} "$@"
 }
 schedule schedule 90
 

@@ -41,9 +41,11 @@ class PreemptionHook(Hook):
     iteration even when the signal reaches them at different times: each
     iteration starts an asynchronous all-reduce of a flag, and the next one
     reads it (from pinned memory after a CUDA event, with NCCL), so the
-    host never waits for the GPU's queue inside the step, and every rank
-    stops after the iteration following the one where a signal was first
-    seen. A signal that arrives during validation is acted on after it.
+    host waits at most for the previous iteration's work (as the lagged
+    loss logs do), never for the step it just queued; every rank stops
+    after the iteration following the one where a signal was first seen.
+    A signal that arrives during validation is acted on after it; one
+    seen in the last iteration is logged (training has ended anyway).
 
     Args:
         signals (Sequence[str | int]): Signals to act on.
@@ -108,7 +110,13 @@ class PreemptionHook(Hook):
             signal.signal(sig, handler)
         self._previous = {}
         if self._pending is not None:
-            self._pending.result()
+            if self._pending.result():
+                print_log(
+                    'PreemptionHook: a preemption signal arrived in the '
+                    'last training iteration; training has ended, so no '
+                    'preemption checkpoint was needed',
+                    logger='current',
+                )
             self._pending = None
 
     def _agreed(self) -> bool:

@@ -187,7 +187,8 @@ def test_traced_step_on_the_explicit_attention_matches_eager(monkeypatch):
     """What compiled float32 on CUDA traces ('auto' picks the explicit
     attention under torch.compile there), here on CPU with the rule forced:
     dynamo traces MiT and DFQHead without a graph break, no fused attention
-    in the graph, and the traced training loss and gradients equal eager's
+    and no interpolate in the graph, and the traced training loss and
+    gradients equal eager's
     (dynamo's 'eager' backend runs the traced graph without inductor)."""
     import torch._dynamo
 
@@ -209,6 +210,9 @@ def test_traced_step_on_the_explicit_attention_matches_eager(monkeypatch):
     assert explained.graph_break_count == 0
     graphs = '\n'.join(str(g.graph) for g in explained.graphs)
     assert 'softmax' in graphs and 'scaled_dot_product' not in graphs
+    # The head's upsamplings trace as slices (bilinear_resize), not as
+    # interpolate, whose compiled backward scatters.
+    assert 'interpolate' not in graphs and 'upsample' not in graphs
 
     results = []
     for fn in (loss, torch.compile(loss, backend='eager')):

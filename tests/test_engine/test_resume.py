@@ -16,6 +16,7 @@ import shutil
 import signal
 import time
 
+import pytest
 import torch
 
 from mmseg_dfq.engine import PREEMPTED_EXIT_CODE
@@ -280,28 +281,32 @@ def _preempt_rank(rank, init_file, out_dir, signal_at):
         json.dump(dict(stopped=stopped, saved=saved), f)
 
 
-def test_ranks_agree_on_the_preempted_iteration_a_step_later(tmp_path):
+@pytest.mark.parametrize('signal_at', [2, 7])
+def test_ranks_agree_on_the_preempted_iteration_a_step_later(
+    tmp_path, signal_at
+):
     """A signal on one rank only: both ranks stop after the same iteration,
     the one after the signal's (the agreement is read one iteration late,
-    so the host never waits on it inside a step), and save it."""
+    so the host never waits on the step it just queued), and save it. A
+    signal in the last of the 8 iterations stops nothing: training ends."""
     import json
 
     import torch.multiprocessing as mp
 
     mp.spawn(
         _preempt_rank,
-        args=(str(tmp_path / 'init'), str(tmp_path), 2),
+        args=(str(tmp_path / 'init'), str(tmp_path), signal_at),
         nprocs=2,
     )
     results = [
         json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1)
     ]
+    if signal_at == 7:
+        for result in results:
+            assert result == dict(stopped=None, saved=[])
+        return
     for result in results:
         assert result['stopped'] == [3, PREEMPTED_EXIT_CODE]
         assert result['saved'] == ['iter_4.pth']
-    assert (
-        (tmp_path / 'last_checkpoint')
-        .read_text()
-        .strip()
-        .endswith('iter_4.pth')
-    )
+    last = (tmp_path / 'last_checkpoint').read_text().strip()
+    assert last.endswith('iter_4.pth')

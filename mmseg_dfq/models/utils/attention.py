@@ -23,11 +23,14 @@ def fused_attention_pays(device_type: str, dtype, compiling: bool) -> bool:
 
     Everywhere except compiled float32 on CUDA. There torch's fused
     float32 kernels (``fmha_cutlass*_f32``) run without tensor cores, while
-    inductor compiles the explicit attention into TF32 matmuls and one
-    softmax kernel: on an H200, the MiT-b2 DFQ fast-path train step (B16 @
-    256) took 26.0 ms with the explicit attention and 30.4 ms with the
-    fused one, 5.8 ms of whose device time were the fused float32 kernels.
-    In bf16 / fp16 the fused kernel is flash attention.
+    inductor turns the explicit attention into TF32 matmuls (the fast path
+    turns TF32 on; with TF32 off, prefer ``fused_attention=True``) and one
+    softmax kernel. Measured on an H200 (MiT-b2 DFQ fast-path train step,
+    B16 @ 256): with the MiT's attention explicit and the head's fused,
+    26.0 ms; with both fused (and other changes in between), 30.4 ms, of
+    whose device time the fused float32 kernels took 5.8 ms. The head's
+    attention under this rule (explicit there too) is not measured yet. In
+    bf16 / fp16 the fused kernel is flash attention.
 
     Args:
         device_type (str): The query's device type.
