@@ -265,6 +265,13 @@ def _level_count(backbone) -> Optional[int]:
     return None
 
 
+def _wrap(levels, n: Optional[int]) -> list:
+    """Positions with negative ones wrapped, when the count ``n`` is known."""
+    if n is None:
+        return list(levels)
+    return [i % n if -n <= i < n else i for i in levels]
+
+
 def _raw_levels(head, n: Optional[int]):
     """The input positions the RDWT loss of ``head`` sees, or None.
 
@@ -279,10 +286,83 @@ def _raw_levels(head, n: Optional[int]):
     index = head.get('rdwt_in_index', _default(DFQHead, 'rdwt_in_index'))
     if index is None:
         return None if n is None else list(range(n))
-    levels = [int(i) for i in index]
-    if n is not None:
-        return [i % n if -n <= i < n else i for i in levels]
-    return levels if all(i >= 0 for i in levels) else None
+    levels = _wrap([int(i) for i in index], n)
+    return levels if n is not None or all(i >= 0 for i in levels) else None
+
+
+_UNNORMALISED = (
+    'model.decode_head.loss_rdwt.normalize=False takes the maps the RDWT '
+    'loss sees as instance-normalised already, but '
+)
+_RAW_KEY = 'model.decode_head.loss_rdwt.normalize=True'
+_NORMALISED_PRODUCER = (
+    f'Set {_RAW_KEY}, or make the last stage before the head an RDWT '
+    "producer (model.neck=dict(type='RDWTNeck'), or "
+    "model.backbone.type='RDWTMixVisionTransformer' with no neck)."
+)
+
+
+def _rdwt_neck_gap(backbone, neck, head, seen_key) -> Optional[str]:
+    """Levels the loss sees that the last neck, an ``RDWTNeck``, skips."""
+    necks = list(neck) if isinstance(neck, (list, tuple)) else [neck]
+    last = necks[-1]
+    done = last.get('in_index', _default(_cls(last), 'in_index'))
+    if done is None:
+        return None
+    neck_key = (
+        'model.neck[-1].in_index'
+        if isinstance(neck, (list, tuple))
+        else 'model.neck.in_index'
+    )
+    n = _level_count(backbone) if len(necks) == 1 else None
+    levels = _raw_levels(head, n)
+    done = _wrap(done, n)
+    if levels is None or any(i < 0 for i in done):
+        return (
+            f'{_UNNORMALISED}the configs do not tell which levels the neck '
+            f'{_name(last)} ({neck_key}={tuple(done)}) and the loss '
+            f'({seen_key}) mean. Set {neck_key}=None or list the levels in '
+            f'both, or set {_RAW_KEY}.'
+        )
+    missing = sorted(set(levels) - set(done))
+    if missing:
+        return (
+            f'{_UNNORMALISED}level(s) {missing} that it sees ({seen_key}) '
+            f"are not in the RDWTNeck's {neck_key}={tuple(done)}. Set "
+            f'{neck_key}=None (all levels) or to include them, or set '
+            f'{_RAW_KEY}.'
+        )
+    return None
+
+
+def _rdwt_stage_gap(backbone, head, seen_key) -> Optional[str]:
+    """Stages the loss sees that an RDWT MiT (no neck) does not whiten."""
+    cls = _cls(backbone)
+    # MiT returns the selected stages in stage order, whatever the order
+    # (or repeats) of out_indices.
+    outs = tuple(
+        sorted(set(backbone.get('out_indices', _default(cls, 'out_indices'))))
+    )
+    stages = tuple(backbone.get('rdwt_stages', _default(cls, 'rdwt_stages')))
+    levels = _raw_levels(head, len(outs))
+    bad = [i for i in levels if not 0 <= i < len(outs)]
+    if bad:
+        return (
+            f'{_UNNORMALISED}{seen_key} names output(s) {bad} of a backbone '
+            f'with {len(outs)} (model.backbone.out_indices={outs}).'
+        )
+    missing = sorted({outs[i] for i in levels} - set(stages))
+    if missing:
+        wanted = tuple(sorted(set(stages) | set(missing)))
+        return (
+            f'{_UNNORMALISED}backbone stage(s) {missing} (through '
+            f'model.backbone.out_indices={outs} and {seen_key}) are not in '
+            f'model.backbone.rdwt_stages={stages}. Set '
+            f'model.backbone.rdwt_stages={wanted}, or '
+            'model.decode_head.rdwt_in_index to the normalised stages '
+            f'only, or {_RAW_KEY}.'
+        )
+    return None
 
 
 def _unnormalised(backbone, neck, decode_head) -> Optional[str]:
@@ -299,9 +379,11 @@ def _unnormalised(backbone, neck, decode_head) -> Optional[str]:
     from .necks.rdwt_neck import RDWTNeck
 
     has_neck = neck is not None and neck != []
-    necks = list(neck) if isinstance(neck, (list, tuple)) else [neck]
-    last = necks[-1] if has_neck else None
-    raw_key = 'model.decode_head.loss_rdwt.normalize=True'
+    last = None
+    if has_neck:
+        last = neck[-1] if isinstance(neck, (list, tuple)) else neck
+    neck_cls = _cls(last) if has_neck else None
+    back_cls = _cls(backbone)
     for head in _rdwt_loss_heads(decode_head):
         loss = head['loss_rdwt']
         loss_cls = _cls(loss)
@@ -309,102 +391,34 @@ def _unnormalised(backbone, neck, decode_head) -> Optional[str]:
             continue
         if loss.get('normalize', _default(loss_cls, 'normalize')):
             continue
-        prefix = (
-            'model.decode_head.loss_rdwt.normalize=False takes the maps the '
-            'RDWT loss sees as instance-normalised already, but '
-        )
         seen = head.get('rdwt_in_index')
         seen_key = (
             'model.decode_head.rdwt_in_index='
             f'{None if seen is None else tuple(seen)}'
         )
-        neck_cls = _cls(last) if has_neck else None
-        back_cls = _cls(backbone)
         if neck_cls is not None and issubclass(neck_cls, RDWTNeck):
-            done = last.get('in_index', _default(neck_cls, 'in_index'))
-            neck_key = (
-                'model.neck[-1].in_index'
-                if isinstance(neck, (list, tuple))
-                else 'model.neck.in_index'
-            )
-            if done is None:
-                continue
-            n = _level_count(backbone) if len(necks) == 1 else None
-            levels = _raw_levels(head, n)
-            if n is not None:
-                done = [i % n if -n <= i < n else i for i in done]
-            if levels is None or any(i < 0 for i in done):
-                return (
-                    f'{prefix}the configs do not tell which levels the '
-                    f'neck {_name(last)} ({neck_key}={tuple(done)}) and the '
-                    f'loss ({seen_key}) mean. Set {neck_key}=None or list '
-                    f'the levels in both, or set {raw_key}.'
-                )
-            missing = sorted(set(levels) - set(done))
-            if missing:
-                return (
-                    f'{prefix}level(s) {missing} that it sees '
-                    f"({seen_key}) are not in the RDWTNeck's "
-                    f'{neck_key}={tuple(done)}. Set {neck_key}=None (all '
-                    f'levels) or to include them, or set {raw_key}.'
-                )
-            continue
-        if (
+            gap = _rdwt_neck_gap(backbone, neck, head, seen_key)
+        elif (
             not has_neck
             and back_cls is not None
             and issubclass(back_cls, RDWTMixVisionTransformer)
         ):
-            # MiT returns the selected stages in stage order, whatever the
-            # order (or repeats) of out_indices.
-            outs = tuple(
-                sorted(
-                    set(
-                        backbone.get(
-                            'out_indices', _default(back_cls, 'out_indices')
-                        )
-                    )
-                )
-            )
-            stages = tuple(
-                backbone.get('rdwt_stages', _default(back_cls, 'rdwt_stages'))
-            )
-            levels = _raw_levels(head, len(outs))
-            bad = [i for i in levels if not 0 <= i < len(outs)]
-            if bad:
-                return (
-                    f'{prefix}{seen_key} names output(s) {bad} of a backbone '
-                    f'with {len(outs)} (model.backbone.out_indices={outs}).'
-                )
-            missing = sorted({outs[i] for i in levels} - set(stages))
-            if missing:
-                wanted = tuple(sorted(set(stages) | set(missing)))
-                return (
-                    f'{prefix}backbone stage(s) {missing} (through '
-                    f'model.backbone.out_indices={outs} and {seen_key}) are '
-                    f'not in model.backbone.rdwt_stages={stages}. Set '
-                    f'model.backbone.rdwt_stages={wanted}, or '
-                    'model.decode_head.rdwt_in_index to the normalised '
-                    f'stages only, or {raw_key}.'
-                )
-            continue
-        if has_neck and _rdwt_backbone(backbone):
-            where = (
-                f'the neck {_name(last)} between the RDWT backbone and the '
-                'head does not instance-normalise its outputs'
+            gap = _rdwt_stage_gap(backbone, head, seen_key)
+        elif has_neck and _rdwt_backbone(backbone):
+            gap = (
+                f'{_UNNORMALISED}the neck {_name(last)} between the RDWT '
+                'backbone and the head does not instance-normalise its '
+                f'outputs. {_NORMALISED_PRODUCER}'
             )
         else:
-            where = (
-                f'nothing before the head normalises them (backbone '
-                f'{_name(backbone)}'
+            gap = (
+                f'{_UNNORMALISED}nothing before the head normalises them '
+                f'(backbone {_name(backbone)}'
                 + (f', neck {_name(last)}' if has_neck else ', no neck')
-                + ')'
+                + f'). {_NORMALISED_PRODUCER}'
             )
-        return (
-            f'{prefix}{where}. Set {raw_key}, or make the last stage before '
-            "the head an RDWT producer (model.neck=dict(type='RDWTNeck'), "
-            "or model.backbone.type='RDWTMixVisionTransformer' with no "
-            'neck).'
-        )
+        if gap is not None:
+            return gap
     return None
 
 
