@@ -298,6 +298,11 @@ def parse_args():
         'train_dataloader.dataset.data_root=DIR',
     )
     args = parser.parse_args()
+    if args.switch_interval is not None and not args.switch_interval > 0:
+        parser.error(
+            '--switch-interval must be > 0 seconds, got '
+            f'{args.switch_interval}'
+        )
     cuda = args.device == 'cuda'
     args.paths = args.paths or (list(PATHS) if cuda else ['eager'])
     args.dtypes = args.dtypes or (list(DTYPES) if cuda else ['fp32'])
@@ -1187,19 +1192,33 @@ def steady_iterations(step, data, iters, skip, profiled):
     return [step[i] for i in keep], [data[i] for i in keep], len(keep)
 
 
-def full_schedule(args):
-    """Run a config through the Runner and report its iteration rate."""
-    import tempfile
+def runner_config(path, args):
+    """``path`` with ``--cfg-options`` merged, made runnable on the device.
 
+    On CPU the GPUs are hidden from the Runner and ``adapt_cfg_to_device``
+    makes the config runnable there (SyncBN -> BN, DDP without devices).
+    """
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
     import mmseg_dfq  # noqa: F401
     from mmseg_dfq.compat import adapt_cfg_to_device
 
-    cfg = Config.fromfile(args.full_schedule)
+    cfg = Config.fromfile(path)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    adapt_cfg_to_device(cfg)
+    return cfg
+
+
+def full_schedule(args):
+    """Run a config through the Runner and report its iteration rate."""
+    import tempfile
+
+    from mmengine.runner import Runner
+
+    cfg = runner_config(args.full_schedule, args)
     loop = cfg.train_cfg
     by_epoch = 'max_epochs' in loop
     full_length = loop.max_epochs if by_epoch else loop.max_iters
@@ -1258,15 +1277,7 @@ def full_schedule(args):
         cfg.work_dir = tmp.name
     else:
         cfg.work_dir = args.work_dir
-    if args.device == 'cpu':
-        os.environ['CUDA_VISIBLE_DEVICES'] = ''
-    adapt_cfg_to_device(cfg)
     if args.switch_interval is not None:
-        if not args.switch_interval > 0:
-            raise SystemExit(
-                'benchmark.py: --switch-interval must be > 0 seconds, got '
-                f'{args.switch_interval}'
-            )
         sys.setswitchinterval(args.switch_interval)
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
@@ -1379,22 +1390,13 @@ def loader_times(args):
     import copy
 
     import torch
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
     from mmseg.registry import MODELS
 
-    import mmseg_dfq  # noqa: F401
-    from mmseg_dfq.compat import adapt_cfg_to_device
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config.fromfile(args.loader)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.device == 'cpu':
-        os.environ['CUDA_VISIBLE_DEVICES'] = ''
-    adapt_cfg_to_device(cfg)
+    cfg = runner_config(args.loader, args)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     device = torch.device(args.device)
     results = {}
