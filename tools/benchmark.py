@@ -85,6 +85,7 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 from mmengine.config import DictAction
 from mmengine.hooks import Hook
@@ -267,6 +268,24 @@ def parse_args():
         'are ahead (a stand-in for the training step; default: 0.3)',
     )
     parser.add_argument(
+        '--loader-contend',
+        action='store_true',
+        help='--loader: receive each batch while another thread of the '
+        'process runs Python, as the main thread of a training process '
+        'does while it queues a GPU step (on a GPU the pin-memory thread '
+        'receives the batches, competing with it for the GIL). A worst '
+        'case: that thread never waits',
+    )
+    parser.add_argument(
+        '--sharing-strategy',
+        choices=('file_descriptor', 'file_system'),
+        default=None,
+        help='--full-schedule / --loader: how dataloader workers share '
+        "tensors with the main process (torch.multiprocessing; Linux's "
+        'default is file_descriptor, whose receiving side makes a socket '
+        'round trip to the worker per shared storage)',
+    )
+    parser.add_argument(
         '--paint',
         type=int,
         default=0,
@@ -279,7 +298,7 @@ def parse_args():
         type=float,
         default=None,
         metavar='SECONDS',
-        help="--full-schedule: Python's thread switch interval "
+        help="--full-schedule / --loader: Python's thread switch interval "
         '(sys.setswitchinterval; default: keep, 0.005). The pin-memory '
         'thread needs the GIL back after each copy, and a busy main '
         'thread hands it over only every interval; a shorter one tests '
@@ -1197,6 +1216,8 @@ def runner_config(path, args):
 
     On CPU the GPUs are hidden from the Runner and ``adapt_cfg_to_device``
     makes the config runnable there (SyncBN -> BN, DDP without devices).
+    ``--sharing-strategy`` and ``--switch-interval`` are set here, before
+    any dataloader worker starts.
     """
     from mmengine.config import Config
 
@@ -1206,6 +1227,13 @@ def runner_config(path, args):
     cfg = Config.fromfile(path)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.sharing_strategy is not None:
+        # Before any dataloader worker starts: forked workers inherit it.
+        import torch.multiprocessing
+
+        torch.multiprocessing.set_sharing_strategy(args.sharing_strategy)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     if args.device == 'cpu':
         os.environ['CUDA_VISIBLE_DEVICES'] = ''
     adapt_cfg_to_device(cfg)
@@ -1277,8 +1305,6 @@ def full_schedule(args):
         cfg.work_dir = tmp.name
     else:
         cfg.work_dir = args.work_dir
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
     runner.register_hook(timer)
@@ -1336,6 +1362,8 @@ def full_schedule(args):
     print(f'\n{environment(args.device)}')
     if args.switch_interval is not None:
         print(f'thread switch interval {sys.getswitchinterval()} s')
+    if args.sharing_strategy is not None:
+        print(f'tensors shared by {args.sharing_strategy}')
     print(
         f'{args.full_schedule}: {iters} iterations in {wall:.1f} s '
         f'(first {args.skip_iters} and {len(timer.val_seconds)} '
@@ -1399,6 +1427,7 @@ def loader_times(args):
     cfg = runner_config(args.loader, args)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     device = torch.device(args.device)
+    contention = GILContention() if args.loader_contend else None
     results = {}
     for name, (collate, preprocessor) in LOADER_PATHS.items():
         loader_cfg = copy.deepcopy(cfg.train_dataloader)
@@ -1425,7 +1454,8 @@ def loader_times(args):
         for _ in range(args.repeats):
             time.sleep(args.loader_gap)
             start = time.perf_counter()
-            batch = next(batches)
+            with contention if contention is not None else nullcontext():
+                batch = next(batches)
             got = time.perf_counter()
             pre(batch, True)
             if device.type == 'cuda':
@@ -1435,16 +1465,64 @@ def loader_times(args):
             process.append(done - got)
         del batches, loader
         results[name] = (receive, process)
+    if contention is not None:
+        contention.close()
     return results
+
+
+class GILContention:
+    """A thread that runs Python while the ``with`` block runs.
+
+    It holds the GIL except when the interpreter makes it hand over (every
+    ``sys.getswitchinterval()`` seconds while another thread waits for it),
+    so each call of the block that releases the GIL (a blocking read, most
+    torch operations) can wait up to one interval to get it back.
+    """
+
+    def __init__(self):
+        import threading
+
+        self._active = threading.Event()
+        self._closed = False
+        self.spins = 0  # loops run, for tests
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while not self._closed:
+            self._active.wait()
+            while self._active.is_set() and not self._closed:
+                self.spins += 1
+
+    def __enter__(self):
+        self._active.set()
+        return self
+
+    def __exit__(self, *exc):
+        self._active.clear()
+
+    def close(self):
+        self._closed = True
+        self._active.set()  # wakes the thread to see it is closed
+        self._thread.join()
 
 
 def report_loader(results, args):
     """Print loader_times' figures."""
     print(environment(args.device))
+    import torch.multiprocessing
+
     print(
         f'{args.loader}: main-process ms per training batch, workers '
         f'ahead ({args.repeats} batches after a {args.loader_gap} s wait '
-        'each)'
+        'each; tensors shared by '
+        f'{torch.multiprocessing.get_sharing_strategy()}'
+        + (
+            '; received while another thread runs Python, switch interval '
+            f'{sys.getswitchinterval() * 1e3:g} ms)'
+            if args.loader_contend
+            else ')'
+        )
     )
     for name, (receive, process) in results.items():
         r, r_iqr = summarize(receive)

@@ -7,8 +7,10 @@ shared-memory segment and file descriptor; with ``pin_memory=True`` the
 pin-memory thread then pins each image (the masks, inside data samples,
 it leaves in pageable memory). :func:`stack_seg_collate` stacks the images
 into one (B, C, H, W) tensor and the masks into one (B, 1, H, W) tensor
-when their shapes agree, so the main process receives and pins two
-tensors per batch (figures: ``tools/benchmark.py --loader``, and the
+when their shapes agree, both in one shared buffer, and sends the two
+tensors alone (the samples get their mask views back on arrival): the
+main process receives one shared-memory segment and two tensors per batch
+and pins two tensors (figures: ``tools/benchmark.py --loader``, and the
 README's fast-path section).
 
 The result is what any mmseg data preprocessor accepts: ``inputs`` is a
@@ -18,7 +20,8 @@ batch tensor (which iterates as its images) and every sample keeps its
 then moves and normalises the batch in a few whole-batch operations.
 """
 
-from typing import Any, Optional, Sequence
+import math
+from typing import Any, List, Optional, Sequence
 
 import torch
 from mmengine.dataset import pseudo_collate
@@ -45,25 +48,114 @@ def tensors_agree(tensors: Sequence[torch.Tensor]) -> bool:
     )
 
 
-def _stack_masks(samples: list) -> Optional[torch.Tensor]:
-    """Give the samples' ``gt_sem_seg`` as views of one stacked tensor.
-
-    New sample objects replace the given ones (a data set or cache may
-    still hold those); returns the stacked masks, or None (and the samples
-    untouched) when they do not stack.
-    """
+def _mask_fields(samples: list) -> Optional[list]:
+    """The samples' ``gt_sem_seg`` fields if their masks stack, else None."""
     fields = [s.get('gt_sem_seg') for s in samples]
     if not all(isinstance(f, PixelData) and 'data' in f for f in fields):
         return None
-    masks = [f.data for f in fields]
-    if not tensors_agree(masks):
-        return None
-    stacked = torch.stack(masks)
-    for i, (sample, field) in enumerate(zip(samples, fields)):
-        copy = sample.new()
-        copy.gt_sem_seg = field.new(data=stacked[i])
-        samples[i] = copy
+    return fields if tensors_agree([f.data for f in fields]) else None
+
+
+def _stack_together(groups: List[List[torch.Tensor]]) -> List[torch.Tensor]:
+    """``torch.stack`` each group, into views of one byte buffer.
+
+    One storage holds all the stacked tensors (each at an offset aligned
+    to 64 bytes), so a DataLoader worker hands the main process one
+    shared-memory segment per batch: receiving each segment costs a
+    round trip to the worker (file-descriptor sharing, torch's default on
+    Linux). Tensors off the CPU are stacked apart.
+    """
+    if not all(g[0].device.type == 'cpu' for g in groups):
+        return [torch.stack(g) for g in groups]
+    shapes, offsets, total = [], [], 0
+    for group in groups:
+        shape = (len(group),) + tuple(group[0].shape)
+        total = -(-total // 64) * 64
+        shapes.append(shape)
+        offsets.append(total)
+        total += math.prod(shape) * group[0].element_size()
+    buffer = torch.empty(total, dtype=torch.uint8)
+    stacked = []
+    for group, shape, offset in zip(groups, shapes, offsets):
+        size = math.prod(shape) * group[0].element_size()
+        out = buffer[offset : offset + size].view(group[0].dtype).view(shape)
+        torch.stack(group, out=out)
+        stacked.append(out)
     return stacked
+
+
+def _is_plain_view(field, masks: torch.Tensor, i: int) -> bool:
+    """Whether ``field`` is a bare PixelData holding exactly ``masks[i]``."""
+    if type(field) is not PixelData or field.keys() != ['data']:
+        return False
+    if field.metainfo_keys():
+        return False
+    data = field.data
+    return (
+        isinstance(data, torch.Tensor)
+        and data.untyped_storage().data_ptr()
+        == masks.untyped_storage().data_ptr()
+        and data.storage_offset()
+        == masks.storage_offset() + i * masks.stride(0)
+        and data.shape == masks.shape[1:]
+        and data.stride() == masks.stride()[1:]
+        and data.dtype == masks.dtype
+    )
+
+
+def _rebuild_seg_batch(batch: dict) -> 'SegBatch':
+    """Unpickle a :class:`SegBatch`: the masks back into the samples."""
+    masks = batch[MASK_BATCH_KEY]
+    for sample, view in zip(batch['data_samples'], masks.unbind(0)):
+        sample.gt_sem_seg = PixelData(data=view)
+    return SegBatch(batch)
+
+
+class SegBatch(dict):
+    """The batch of :func:`stack_seg_collate` when its masks were stacked.
+
+    A plain dict to every reader. It only changes how the batch crosses
+    from a DataLoader worker to the main process. Each tensor sent costs
+    the receiving thread a few calls into torch (a storage handle, an
+    empty tensor, ``set_``), and each such call lets go of the GIL. In a
+    training process the receiving thread is the DataLoader's pin-memory
+    thread, and the main thread is busy in Python queuing the GPU step, so
+    every one of those calls can wait a whole thread switch interval
+    (5 ms by default) to get the GIL back. A batch of B samples whose masks
+    are views of the stacked masks would send B + 2 tensors; a SegBatch
+    sends the images and the stacked masks only, and puts the views back
+    into the samples with one ``unbind`` on arrival. The values, shapes,
+    storages and sample objects that arrive are those of the plain batch.
+
+    Samples whose ``gt_sem_seg`` is not exactly their slice of the stacked
+    masks (changed after collation) are sent whole, as a dict would be.
+    """
+
+    def __reduce__(self):
+        masks = self.get(MASK_BATCH_KEY)
+        samples = self.get('data_samples')
+        if not (
+            isinstance(masks, torch.Tensor)
+            and isinstance(samples, list)
+            and len(samples) == len(masks)
+            and all(
+                isinstance(s, BaseDataElement)
+                and _is_plain_view(s.get('gt_sem_seg'), masks, i)
+                for i, s in enumerate(samples)
+            )
+        ):
+            return (SegBatch, (dict(self),))
+        light = []
+        for sample in samples:
+            copy = sample.new()
+            del copy.gt_sem_seg
+            light.append(copy)
+        return (_rebuild_seg_batch, ({**self, 'data_samples': light},))
+
+    def __copy__(self) -> 'SegBatch':
+        # copy.copy (torch's pin_memory clones a mapping with it) would
+        # otherwise go through __reduce__.
+        return SegBatch(self)
 
 
 @FUNCTIONS.register_module()
@@ -82,7 +174,10 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
       masks are stacked into one tensor, given under the batch key
       ``'gt_sem_seg_batch'`` (so that ``pin_memory=True`` pins it), and
       each sample's ``gt_sem_seg.data`` is its slice of it (new sample
-      objects, the same values).
+      objects, the same values);
+    - images and masks stacked together share one storage, and the batch
+      is a :class:`SegBatch`, a dict that a worker sends without the
+      per-sample mask views.
 
     Everything else is collated by ``pseudo_collate``. mmseg's own
     ``SegDataPreProcessor`` reads such a batch as it reads a
@@ -99,19 +194,35 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
     if not isinstance(batch, dict) or MASK_BATCH_KEY in batch:
         return batch
     inputs = batch.get('inputs')
-    if (
+    images = (
         isinstance(inputs, list)
         and all(isinstance(x, torch.Tensor) for x in inputs)
         and tensors_agree(inputs)
-    ):
-        batch['inputs'] = torch.stack(inputs)
+    )
     samples = batch.get('data_samples')
+    fields = None
     if (
         isinstance(samples, list)
         and samples
         and all(isinstance(s, BaseDataElement) for s in samples)
     ):
-        masks = _stack_masks(samples)
-        if masks is not None:
-            batch[MASK_BATCH_KEY] = masks
-    return batch
+        fields = _mask_fields(samples)
+    groups = ([inputs] if images else []) + (
+        [[f.data for f in fields]] if fields else []
+    )
+    stacked = _stack_together(groups) if groups else []
+    if images:
+        batch['inputs'] = stacked.pop(0)
+    if not fields:
+        return batch
+    masks = stacked.pop(0)
+    # New sample objects (a data set or cache may still hold the given
+    # ones), each holding its slice of the stacked masks.
+    for i, (sample, field, view) in enumerate(
+        zip(samples, fields, masks.unbind(0))
+    ):
+        copy = sample.new()
+        copy.gt_sem_seg = field.new(data=view)
+        samples[i] = copy
+    batch[MASK_BATCH_KEY] = masks
+    return SegBatch(batch)

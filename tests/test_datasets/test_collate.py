@@ -1,7 +1,13 @@
 """stack_seg_collate: pseudo_collate's batch, stacked where shapes agree."""
 
+import copy
+import io
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import pytest
 import torch
+import torch.multiprocessing  # noqa: F401  (registers the tensor reducers)
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import FUNCTIONS
 from mmengine.structures import PixelData
@@ -108,3 +114,100 @@ def test_through_worker_processes(collate):
                 batch['data_samples'][i].gt_sem_seg.data,
                 ref['data_samples'].gt_sem_seg.data,
             )
+
+
+def _pickled_tensors(obj):
+    """The tensors a DataLoader worker would send for ``obj``."""
+
+    seen = []
+
+    class Counting(ForkingPickler):
+        def persistent_id(self, o):
+            if isinstance(o, torch.Tensor):
+                seen.append(o)
+            return None
+
+    Counting(io.BytesIO(), 2).dump(obj)
+    return seen
+
+
+def test_one_buffer_for_images_and_masks():
+    """Images and masks of any dtypes are views of one aligned storage."""
+    for image_dtype, mask_dtype in [
+        (torch.uint8, torch.int64),
+        (torch.float32, torch.uint8),
+        (torch.float64, torch.int32),
+    ]:
+        items = []
+        for i in range(3):
+            d = item(5, 7, seed=i)
+            d['inputs'] = d['inputs'].to(image_dtype)
+            d['data_samples'].gt_sem_seg.data = d[
+                'data_samples'
+            ].gt_sem_seg.data.to(mask_dtype)
+            items.append(d)
+        images = torch.stack([d['inputs'] for d in items])
+        masks = torch.stack([d['data_samples'].gt_sem_seg.data for d in items])
+        got = stack_seg_collate(items)
+        assert torch.equal(got['inputs'], images)
+        assert torch.equal(got[MASK_BATCH_KEY], masks)
+        assert got['inputs'].dtype == image_dtype
+        assert got[MASK_BATCH_KEY].dtype == mask_dtype
+        assert got['inputs'].is_contiguous()
+        assert got[MASK_BATCH_KEY].is_contiguous()
+        storage = got['inputs'].untyped_storage()
+        assert (
+            got[MASK_BATCH_KEY].untyped_storage().data_ptr()
+            == storage.data_ptr()
+        )
+        # Aligned, and no overlap with the images.
+        start = got[MASK_BATCH_KEY].data_ptr() - storage.data_ptr()
+        assert start % 64 == 0
+        assert start >= images.numel() * images.element_size()
+
+
+def test_a_worker_sends_two_tensors_and_the_samples_get_their_views():
+    items = [item(6, 8, seed=i) for i in range(5)]
+    batch = stack_seg_collate(items)
+    plain = dict(batch)
+    # A plain dict would send the images, the masks and a view per sample.
+    assert len(_pickled_tensors(plain)) == 2 + 5
+    assert len(_pickled_tensors(batch)) == 2
+
+    got = pickle.loads(ForkingPickler.dumps(batch))
+    assert type(got).__name__ == 'SegBatch'
+    assert list(got.keys()) == list(batch.keys())
+    assert torch.equal(got['inputs'], batch['inputs'])
+    assert torch.equal(got[MASK_BATCH_KEY], batch[MASK_BATCH_KEY])
+    for i, (a, b) in enumerate(
+        zip(got['data_samples'], batch['data_samples'])
+    ):
+        assert a.metainfo == b.metainfo
+        assert torch.equal(a.gt_sem_seg.data, b.gt_sem_seg.data)
+        assert (
+            a.gt_sem_seg.data.data_ptr() == got[MASK_BATCH_KEY][i].data_ptr()
+        )
+    # The batch it was pickled from keeps its masks.
+    assert all('gt_sem_seg' in s for s in batch['data_samples'])
+    # torch's pin_memory clones a mapping with copy.copy: a shallow copy.
+    clone = copy.copy(batch)
+    assert type(clone) is type(batch) and clone == batch
+    assert clone['data_samples'] is batch['data_samples']
+
+
+def test_samples_changed_after_collation_are_sent_whole():
+
+    batch = stack_seg_collate([item(6, 8, seed=i) for i in range(3)])
+    other = torch.full((1, 6, 8), 7, dtype=torch.uint8)
+    batch['data_samples'][1].gt_sem_seg = PixelData(data=other)
+    assert len(_pickled_tensors(batch)) == 2 + 3
+    got = pickle.loads(ForkingPickler.dumps(batch))
+    assert torch.equal(got['data_samples'][1].gt_sem_seg.data, other)
+    assert torch.equal(
+        got['data_samples'][0].gt_sem_seg.data, batch[MASK_BATCH_KEY][0]
+    )
+    # A field with metainfo of its own is not a bare view either.
+    batch = stack_seg_collate([item(6, 8, seed=i) for i in range(2)])
+    batch['data_samples'][0].gt_sem_seg.set_metainfo(dict(note='kept'))
+    got = pickle.loads(ForkingPickler.dumps(batch))
+    assert got['data_samples'][0].gt_sem_seg.metainfo == dict(note='kept')

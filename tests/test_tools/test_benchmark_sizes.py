@@ -7,6 +7,7 @@ sized bases this repo keeps (b2, b3) give.
 
 import importlib.util
 import os.path as osp
+import time
 
 import mmseg
 import pytest
@@ -233,3 +234,25 @@ def test_sync_check_skips_the_debug_modes_notice():
     assert len(sites) == 1
     line = notices.__code__.co_firstlineno + 6
     assert sites[0].endswith(f'test_benchmark_sizes.py:{line}')
+
+
+def test_gil_contention_runs_only_inside_its_block_and_closes():
+    benchmark = _load_benchmark()
+    contention = benchmark.GILContention()
+    try:
+        time.sleep(0.05)
+        idle = contention.spins
+        time.sleep(0.05)
+        assert contention.spins == idle
+        with contention:
+            deadline = time.monotonic() + 5
+            while contention.spins == idle and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert contention.spins > idle
+        time.sleep(0.02)
+        after = contention.spins
+        time.sleep(0.05)
+        assert contention.spins == after
+    finally:
+        contention.close()
+    assert not contention._thread.is_alive()
