@@ -22,6 +22,11 @@
 #                     SegDataPreProcessor (what the stacked path saves)
 #   7. schedule_switch.txt  step 4 with a 1 ms thread switch interval
 #                     (does the pin-memory thread wait for the GIL?)
+#   7b. schedule_fs.txt  step 4 with file_system tensor sharing (no socket
+#                     round trip to a worker per batch)
+#   7c. loader_contend.txt, loader_contend_fs.txt  step 5 while another
+#                     thread runs Python (as the busy main thread holds the
+#                     GIL), with fd and with file_system sharing
 #   8. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
 #   9. paint.txt      --show-dir painting: mmseg's visualiser vs the overlay
 # SMOKE=1 runs every step on the CPU at toy sizes (MiT-b0, batch 2, 64 px,
@@ -52,7 +57,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch ablation paint} " in
+    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch schedule_fs loader_contend loader_contend_fs ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -119,6 +124,18 @@ schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate 
     model.data_preprocessor.type=SegDataPreProcessor
 
 schedule schedule_switch 90 --switch-interval 0.001
+
+schedule schedule_fs 90 --sharing-strategy file_system
+
+contend() { # contend NAME STRATEGY
+    step "$1" 40 $py tools/benchmark.py --device $dev --loader \
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 \
+        --repeats $repeats --loader-gap 0.1 --loader-contend \
+        --sharing-strategy "$2" --cfg-options $cfg_options \
+        train_dataloader.dataset.data_root="$data"
+}
+contend loader_contend file_descriptor
+contend loader_contend_fs file_system
 
 step ablation 30 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfqhead segformer-768 \
