@@ -274,7 +274,8 @@ def parse_args():
         'process runs Python, as the main thread of a training process '
         'does while it queues a GPU step (on a GPU the pin-memory thread '
         'receives the batches, competing with it for the GIL). A worst '
-        'case: that thread never waits',
+        'case: that thread never waits. The loader does not pin, so that '
+        'the timed call is the one that unpickles the batch',
     )
     parser.add_argument(
         '--sharing-strategy',
@@ -321,6 +322,12 @@ def parse_args():
         parser.error(
             '--switch-interval must be > 0 seconds, got '
             f'{args.switch_interval}'
+        )
+    if args.loader_contend and not args.loader:
+        parser.error('--loader-contend goes with --loader')
+    if args.sharing_strategy and not (args.loader or args.full_schedule):
+        parser.error(
+            '--sharing-strategy goes with --loader or --full-schedule'
         )
     cuda = args.device == 'cuda'
     args.paths = args.paths or (list(PATHS) if cuda else ['eager'])
@@ -1397,8 +1404,13 @@ def full_schedule(args):
 
 
 LOADER_PATHS = {
-    'per image (mmseg)': ('pseudo_collate', 'SegDataPreProcessor'),
-    'stacked': ('stack_seg_collate', 'BatchSegDataPreProcessor'),
+    # name: (collate_fn config, data preprocessor type)
+    'per image (mmseg)': (dict(type='pseudo_collate'), 'SegDataPreProcessor'),
+    'stacked apart': (
+        dict(type='stack_seg_collate', compact=False),
+        'BatchSegDataPreProcessor',
+    ),
+    'stacked': (dict(type='stack_seg_collate'), 'BatchSegDataPreProcessor'),
 }
 
 
@@ -1410,17 +1422,17 @@ def loader_times(args):
     collate function, and its data preprocessor with that path's type.
     Before each batch the loop sleeps ``--loader-gap`` seconds while the
     workers fill their queue, then times taking the batch (unpickling what
-    the workers sent, pinning) and pre-processing it on the device.
+    the workers sent, pinning) and pre-processing it on the device. With
+    ``pin_memory=True`` on a GPU the pin-memory thread unpickles and pins
+    during the wait, so the receive time is what is left of it; with
+    ``--loader-contend`` the loader does not pin, so that the timed call
+    is the one that unpickles, under contention.
 
     Returns:
         dict: Path name -> (receive times, preprocess times) in seconds.
     """
-    import copy
-
     import torch
     from mmengine.registry import init_default_scope
-    from mmengine.runner import Runner
-    from mmseg.registry import MODELS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1428,11 +1440,26 @@ def loader_times(args):
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     device = torch.device(args.device)
     contention = GILContention() if args.loader_contend else None
+    try:
+        return _loader_paths(args, cfg, device, contention)
+    finally:
+        if contention is not None:
+            contention.close()
+
+
+def _loader_paths(args, cfg, device, contention):
+    """loader_times' loop over LOADER_PATHS."""
+    import copy
+
+    import torch
+    from mmengine.runner import Runner
+    from mmseg.registry import MODELS
+
     results = {}
     for name, (collate, preprocessor) in LOADER_PATHS.items():
         loader_cfg = copy.deepcopy(cfg.train_dataloader)
-        loader_cfg['collate_fn'] = dict(type=collate)
-        if args.device == 'cpu':
+        loader_cfg['collate_fn'] = copy.deepcopy(collate)
+        if args.device == 'cpu' or contention is not None:
             loader_cfg['pin_memory'] = False
         # Batches past an epoch's end without a restart (which would be
         # timed as a slow batch).
@@ -1465,8 +1492,6 @@ def loader_times(args):
             process.append(done - got)
         del batches, loader
         results[name] = (receive, process)
-    if contention is not None:
-        contention.close()
     return results
 
 
@@ -1483,6 +1508,7 @@ class GILContention:
         import threading
 
         self._active = threading.Event()
+        self._parked = threading.Event()
         self._closed = False
         self.spins = 0  # loops run, for tests
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -1490,16 +1516,21 @@ class GILContention:
 
     def _spin(self):
         while not self._closed:
+            self._parked.set()
             self._active.wait()
+            self._parked.clear()
             while self._active.is_set() and not self._closed:
                 self.spins += 1
 
     def __enter__(self):
+        self._parked.wait()
         self._active.set()
         return self
 
     def __exit__(self, *exc):
         self._active.clear()
+        # Until the thread has stopped, it still competes.
+        self._parked.wait()
 
     def close(self):
         self._closed = True
@@ -1518,11 +1549,11 @@ def report_loader(results, args):
         'each; tensors shared by '
         f'{torch.multiprocessing.get_sharing_strategy()}'
         + (
-            '; received while another thread runs Python, switch interval '
-            f'{sys.getswitchinterval() * 1e3:g} ms)'
+            '; received while another thread runs Python, not pinned'
             if args.loader_contend
-            else ')'
+            else ''
         )
+        + f'; switch interval {sys.getswitchinterval() * 1e3:g} ms)'
     )
     for name, (receive, process) in results.items():
         r, r_iqr = summarize(receive)

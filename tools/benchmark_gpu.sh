@@ -24,7 +24,10 @@
 #                     (does the pin-memory thread wait for the GIL?)
 #   7b. schedule_fs.txt  step 4 with file_system tensor sharing (no socket
 #                     round trip to a worker per batch)
-#   7c. loader_contend.txt, loader_contend_fs.txt  step 5 while another
+#   7c. schedule_apart.txt  step 4 with stack_seg_collate(compact=False):
+#                     images and masks apart, per-sample mask views sent
+#                     (the layout of run B, against step 4's one buffer)
+#   7d. loader_contend.txt, loader_contend_fs.txt  step 5 while another
 #                     thread runs Python (as the busy main thread holds the
 #                     GIL), with fd and with file_system sharing
 #   8. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
@@ -57,7 +60,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch schedule_fs loader_contend loader_contend_fs ablation paint} " in
+    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch schedule_fs schedule_apart loader_contend loader_contend_fs ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -126,6 +129,8 @@ schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate 
 schedule schedule_switch 90 --switch-interval 0.001
 
 schedule schedule_fs 90 --sharing-strategy file_system
+
+schedule schedule_apart 90 train_dataloader.collate_fn.compact=False
 
 contend() { # contend NAME STRATEGY
     step "$1" 40 $py tools/benchmark.py --device $dev --loader \

@@ -124,8 +124,10 @@ class SegBatch(dict):
     (5 ms by default) to get the GIL back. A batch of B samples whose masks
     are views of the stacked masks would send B + 2 tensors; a SegBatch
     sends the images and the stacked masks only, and puts the views back
-    into the samples with one ``unbind`` on arrival. The values, shapes,
-    storages and sample objects that arrive are those of the plain batch.
+    into the samples with one ``unbind`` on arrival. What arrives has the
+    values, dtypes, shapes, strides, shared storage, sample types,
+    metainfo and fields of the batch sent (the samples are copies, as a
+    plain dict's would be).
 
     Samples whose ``gt_sem_seg`` is not exactly their slice of the stacked
     masks (changed after collation) are sent whole, as a dict would be.
@@ -159,7 +161,7 @@ class SegBatch(dict):
 
 
 @FUNCTIONS.register_module()
-def stack_seg_collate(data_batch: Sequence) -> Any:
+def stack_seg_collate(data_batch: Sequence, compact: bool = True) -> Any:
     """``pseudo_collate`` with the images and masks stacked when they agree.
 
     Use it as ``collate_fn=dict(type='stack_seg_collate')`` in a dataloader
@@ -175,9 +177,9 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
       ``'gt_sem_seg_batch'`` (so that ``pin_memory=True`` pins it), and
       each sample's ``gt_sem_seg.data`` is its slice of it (new sample
       objects, the same values);
-    - images and masks stacked together share one storage, and the batch
-      is a :class:`SegBatch`, a dict that a worker sends without the
-      per-sample mask views.
+    - with ``compact=True``, images and masks stacked together share one
+      storage, and the batch is a :class:`SegBatch`, a dict that a worker
+      sends without the per-sample mask views.
 
     Everything else is collated by ``pseudo_collate``. mmseg's own
     ``SegDataPreProcessor`` reads such a batch as it reads a
@@ -186,6 +188,12 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
 
     Args:
         data_batch (Sequence): The samples of one batch.
+        compact (bool): One buffer and a :class:`SegBatch`. False stacks
+            the images and the masks apart, in a plain dict, whose
+            per-sample mask views travel too (the earlier layout, kept for
+            comparisons:
+            ``collate_fn=dict(type='stack_seg_collate', compact=False)``).
+            Default: True.
 
     Returns:
         Any: The collated batch.
@@ -210,7 +218,10 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
     groups = ([inputs] if images else []) + (
         [[f.data for f in fields]] if fields else []
     )
-    stacked = _stack_together(groups) if groups else []
+    if compact:
+        stacked = _stack_together(groups) if groups else []
+    else:
+        stacked = [torch.stack(g) for g in groups]
     if images:
         batch['inputs'] = stacked.pop(0)
     if not fields:
@@ -225,4 +236,4 @@ def stack_seg_collate(data_batch: Sequence) -> Any:
         copy.gt_sem_seg = field.new(data=view)
         samples[i] = copy
     batch[MASK_BATCH_KEY] = masks
-    return SegBatch(batch)
+    return SegBatch(batch) if compact else batch

@@ -103,10 +103,18 @@ def test_through_worker_processes(collate):
     assert len(batches) == 2
     for k, batch in enumerate(batches):
         if collate is stack_seg_collate:
-            # Still one storage for the masks after the transfer.
+            # A SegBatch arrives: images and masks in one storage, and
+            # each sample's mask is its slice of the stacked masks.
+            assert type(batch).__name__ == 'SegBatch'
+            masks = batch[MASK_BATCH_KEY]
+            assert (
+                batch['inputs'].untyped_storage().data_ptr()
+                == masks.untyped_storage().data_ptr()
+            )
             views = [s.gt_sem_seg.data for s in batch['data_samples']]
-            ptrs = {v.untyped_storage().data_ptr() for v in views}
-            assert len(ptrs) == 1
+            assert [v.data_ptr() for v in views] == [
+                m.data_ptr() for m in masks
+            ]
         for i in range(4):
             ref = item(16, 24, seed=4 * k + i)
             assert torch.equal(batch['inputs'][i], ref['inputs'])
@@ -211,3 +219,89 @@ def test_samples_changed_after_collation_are_sent_whole():
     batch['data_samples'][0].gt_sem_seg.set_metainfo(dict(note='kept'))
     got = pickle.loads(ForkingPickler.dumps(batch))
     assert got['data_samples'][0].gt_sem_seg.metainfo == dict(note='kept')
+
+
+def test_bool_masks_and_a_batch_of_one():
+    items = [item(4, 6, seed=0)]
+    items[0]['data_samples'].gt_sem_seg.data = (
+        items[0]['data_samples'].gt_sem_seg.data > 0
+    )
+    expected = items[0]['data_samples'].gt_sem_seg.data.clone()
+    batch = stack_seg_collate(items)
+    assert batch[MASK_BATCH_KEY].dtype == torch.bool
+    got = pickle.loads(ForkingPickler.dumps(batch))
+    assert len(_pickled_tensors(batch)) == 2
+    assert torch.equal(got['data_samples'][0].gt_sem_seg.data, expected)
+    assert torch.equal(got['inputs'][0], items[0]['inputs'])
+
+
+class _Field(PixelData):
+    """A PixelData subclass (module level: pickled by name)."""
+
+
+@pytest.mark.parametrize(
+    'change',
+    ['subclass', 'extra field', 'other slice', 'strides', 'dtype'],
+)
+def test_masks_that_are_not_their_plain_slice_travel_whole(change):
+    # Square masks: a transposed slice has the slice's shape and offset.
+    batch = stack_seg_collate([item(6, 6, seed=i) for i in range(3)])
+    masks = batch[MASK_BATCH_KEY]
+    sample = batch['data_samples'][0]
+    if change == 'subclass':
+        sample.gt_sem_seg = _Field(data=masks[0])
+    elif change == 'extra field':
+        sample.gt_sem_seg.weights = torch.ones(1, 6, 6)
+    elif change == 'other slice':
+        sample.gt_sem_seg = PixelData(data=masks[1])
+    elif change == 'strides':
+        sample.gt_sem_seg = PixelData(data=masks[0].transpose(1, 2))
+    else:
+        sample.gt_sem_seg = PixelData(data=masks[0].view(torch.int8))
+    assert len(_pickled_tensors(batch)) > 2
+    got = pickle.loads(ForkingPickler.dumps(batch))
+    a, b = got['data_samples'][0].gt_sem_seg, sample.gt_sem_seg
+    assert type(a) is type(b)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a.get(k), b.get(k)) for k in b.keys())
+    assert a.data.stride() == b.data.stride()
+    # The other samples are still their slices.
+    assert torch.equal(got['data_samples'][1].gt_sem_seg.data, masks[1])
+
+
+def test_torch_pin_memory_keeps_a_seg_batch(monkeypatch):
+    """The pin-memory thread's pin_memory, with pinning stubbed on CPU."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+
+    def fake_pin(tensor, *args, **kwargs):
+        pinned.append(tensor)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, 'pin_memory', fake_pin)
+    batch = stack_seg_collate([item(6, 8, seed=i) for i in range(3)])
+    got = pin_memory(batch)
+    assert type(got) is type(batch)
+    assert list(got.keys()) == list(batch.keys())
+    # The two batch tensors are pinned; the samples are the same objects.
+    assert len(pinned) == 2
+    assert torch.equal(got['inputs'], batch['inputs'])
+    assert torch.equal(got[MASK_BATCH_KEY], batch[MASK_BATCH_KEY])
+    assert all(
+        a is b for a, b in zip(got['data_samples'], batch['data_samples'])
+    )
+
+
+def test_compact_false_stacks_apart_in_a_plain_dict():
+    items = [item(6, 8, seed=i) for i in range(3)]
+    batch = stack_seg_collate(items, compact=False)
+    assert type(batch) is dict
+    assert (
+        batch['inputs'].untyped_storage().data_ptr()
+        != batch[MASK_BATCH_KEY].untyped_storage().data_ptr()
+    )
+    assert len(_pickled_tensors(batch)) == 2 + 3
+    compact = stack_seg_collate([item(6, 8, seed=i) for i in range(3)])
+    assert torch.equal(batch['inputs'], compact['inputs'])
+    assert torch.equal(batch[MASK_BATCH_KEY], compact[MASK_BATCH_KEY])
