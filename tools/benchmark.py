@@ -58,8 +58,9 @@ path from the same weights and batches (drop rates set to 0: compiled code
 draws its own random numbers) and prints the relative difference of the
 losses. ``--full-schedule CONFIG`` runs a config through the Runner
 (``--schedule-iters`` iterations, data loading and validation included) and
-reports iterations per second, the data-loading share and the time the
-config's whole schedule would take. ``--loader CONFIG`` times the main
+reports iterations per second, the data-loading share (split into the
+dataloader's ``next()`` and the hooks mmengine counts in it) and the time
+the config's whole schedule would take. ``--loader CONFIG`` times the main
 process's share of CONFIG's training batches, the dataloader workers kept
 ahead: receiving a batch from them and pre-processing it on ``--device``,
 with mmseg's ``pseudo_collate`` + ``SegDataPreProcessor`` and with
@@ -1188,6 +1189,151 @@ class _SyncCheckClose(Hook):
         self.owner.close(runner)
 
 
+class DataTimeSplit(Hook):
+    """Where the Runner's ``data_time`` goes, iteration by iteration.
+
+    mmengine's IterTimerHook logs as an iteration's data time all that
+    runs from its own ``after_train_iter`` of the iteration before to its
+    ``before_train_iter``: the ``after_train_iter`` hooks after it (lower
+    priority) of the iteration before, the dataloader's ``next()``, and
+    the ``before_train_iter`` hooks before it. This times each of them:
+    ``next()`` through a proxy around the train loop's iterator (installed
+    last, so around any other wrapper), every hook method through a stand-in
+    for ``runner.call_hook`` (which calls the hooks as mmengine's does).
+    Register it with priority 'LOWEST'.
+    """
+
+    priority = 'LOWEST'
+    STAGES = ('before_train_iter', 'after_train_iter')
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.next_seconds = {}  # iteration -> seconds in next()
+        self.hook_seconds = {}  # (stage, hook) -> {iteration: seconds}
+        self._call_hook = runner.call_hook
+        runner.call_hook = self._timed_call_hook
+
+    def _timed_call_hook(self, fn_name, **kwargs):
+        if fn_name not in self.STAGES:
+            return self._call_hook(fn_name, **kwargs)
+        runner = self.runner
+        for hook in runner._hooks:
+            method = getattr(hook, fn_name, None)
+            if method is None:
+                continue
+            start = time.perf_counter()
+            method(runner, **kwargs)
+            times = self.hook_seconds.setdefault(
+                (fn_name, type(hook).__name__), {}
+            )
+            times[runner.iter] = (
+                times.get(runner.iter, 0.0) + time.perf_counter() - start
+            )
+
+    def before_train_epoch(self, runner):
+        loop = runner.train_loop
+        iterator = getattr(loop, 'dataloader_iterator', None)
+        if iterator is None or isinstance(iterator, _TimedIterator):
+            return
+        loop.dataloader_iterator = _TimedIterator(
+            iterator, runner, self.next_seconds
+        )
+
+    def in_data_time(self):
+        """(stage, hook) pairs that IterTimerHook counts as data time."""
+        names = [type(h).__name__ for h in self.runner._hooks]
+        if 'IterTimerHook' not in names:
+            return set()
+        timer = names.index('IterTimerHook')
+        return {('before_train_iter', n) for n in names[:timer]} | {
+            ('after_train_iter', n) for n in names[timer + 1 :]
+        }
+
+    def split(self, iterations):
+        """Mean seconds per iteration: next(), and each hook method.
+
+        Args:
+            iterations (Iterable[int]): The iterations to average over
+                (0-based), those without a timed ``next()`` left out.
+
+        Returns:
+            tuple: (iterations used, mean next() seconds,
+            {(stage, hook): mean seconds}, the set of those pairs counted
+            in the data time).
+        """
+        used = [k for k in iterations if k in self.next_seconds]
+        if not used:
+            return 0, 0.0, {}, set()
+        mean_next = sum(self.next_seconds[k] for k in used) / len(used)
+        hooks = {}
+        for key, times in self.hook_seconds.items():
+            # A data-time after_train_iter hook belongs to the iteration
+            # after the one it ran in.
+            lag = 1 if key[0] == 'after_train_iter' else 0
+            hooks[key] = sum(times.get(k - lag, 0.0) for k in used) / len(used)
+        return len(used), mean_next, hooks, self.in_data_time()
+
+    def report(self, iterations, data_mean: float) -> str:
+        """Lines for the schedule report (``data_mean``: IterTimerHook's)."""
+        n, mean_next, hooks, counted = self.split(iterations)
+        if not n:
+            return '  (data time split: no iteration timed)'
+        inside = {k: v for k, v in hooks.items() if k in counted}
+        outside = {k: v for k, v in hooks.items() if k not in counted}
+        in_hooks = sum(inside.values())
+        total = mean_next + in_hooks
+
+        def top(d):
+            return (
+                ', '.join(
+                    f'{name}.{stage.split("_")[0]} {v * 1e3:.2f}'
+                    for (stage, name), v in sorted(
+                        d.items(), key=lambda kv: -kv[1]
+                    )
+                    if v >= 5e-5
+                )
+                or 'none >= 0.05 ms'
+            )
+
+        return '\n'.join(
+            [
+                f'  data time split over {n} steady iterations: logged '
+                f'{data_mean * 1e3:.2f} ms/it = next(dataloader) '
+                f'{mean_next * 1e3:.2f} + hooks {in_hooks * 1e3:.2f}'
+                f' + the rest {(data_mean - total) * 1e3:.2f} ms',
+                f'    hooks in the data time (ms/it): {top(inside)}',
+                f'    hooks in the step time (ms/it): {top(outside)}',
+            ]
+        )
+
+
+class _TimedIterator:
+    """The train loop's iterator, with each ``next()`` timed."""
+
+    def __init__(self, iterator, runner, seconds: dict):
+        self._iterator = iterator
+        self._runner = runner
+        self._seconds = seconds
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self._iterator)
+        self._seconds[self._runner.iter] = time.perf_counter() - start
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self._iterator, name)
+
+
+def steady_indices(iters, skip, profiled):
+    """0-based indices of the steady-state iterations (see below)."""
+    drop = range(skip, skip + profiled + 1) if profiled else range(0)
+    return [k for k in range(skip, iters) if k not in drop]
+
+
 def steady_iterations(step, data, iters, skip, profiled):
     """Per-iteration times of the steady state, profiled ones left out.
 
@@ -1203,12 +1349,8 @@ def steady_iterations(step, data, iters, skip, profiled):
         tuple: (step times, data times, how many were kept).
     """
     first = iters - len(step)  # iteration index of step[0]
-    drop = range(skip, skip + profiled + 1) if profiled else range(0)
-    keep = [
-        i
-        for i in range(len(step))
-        if i + first >= skip and (i + first) not in drop
-    ]
+    steady = set(steady_indices(iters, skip, profiled))
+    keep = [i for i in range(len(step)) if i + first in steady]
     if not keep:
         raise SystemExit(
             'benchmark.py: no steady-state iteration left after '
@@ -1315,6 +1457,8 @@ def full_schedule(args):
     runner = Runner.from_cfg(cfg)
     timer = ScheduleTimer()
     runner.register_hook(timer)
+    data_split = DataTimeSplit(runner)
+    runner.register_hook(data_split, 'LOWEST')
     sync_check = None
     if args.sync_check:
         # The last warm-up iteration: compiled and captured, and outside
@@ -1394,6 +1538,16 @@ def full_schedule(args):
         f'{per_val:.1f} s each): ~{estimate / 60:.1f} min (issue 11 '
         'target for the '
         'MiT-b2 fundus schedule: <= 6 min per split on one H100/H200)'
+    )
+    print(
+        data_split.report(
+            steady_indices(
+                iters,
+                args.skip_iters,
+                args.profile_iters if args.profile else 0,
+            ),
+            mean_data,
+        )
     )
     if profiler is not None:
         print(profiler.report or '  (the schedule ended before the profile)')

@@ -256,3 +256,80 @@ def test_gil_contention_runs_only_inside_its_block_and_closes():
     finally:
         contention.close()
     assert not contention._thread.is_alive()
+
+
+def test_data_time_split_attributes_hooks_as_iter_timer_hook_counts(
+    monkeypatch,
+):
+    """next() and the hooks around IterTimerHook, on a fake clock."""
+    benchmark = _load_benchmark()
+    clock = [0.0]
+    monkeypatch.setattr(benchmark.time, 'perf_counter', lambda: clock[0])
+
+    class Work:
+        before = after = 0.0
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            clock[0] += self.before
+
+        def after_train_iter(
+            self, runner, batch_idx, data_batch=None, outputs=None
+        ):
+            clock[0] += self.after
+
+    def hook(name, before, after):
+        return type(name, (Work,), dict(before=before, after=after))()
+
+    def batches():
+        while True:
+            clock[0] += 0.016
+            yield {}
+
+    class Loop:
+        dataloader_iterator = batches()
+
+    class FakeRunner:
+        iter = 0
+        train_loop = Loop()
+        passed = []
+
+        def call_hook(self, fn_name, **kwargs):
+            self.passed.append(fn_name)
+
+    runner = FakeRunner()
+    runner._hooks = [
+        hook('EarlyHook', 0.001, 0.002),
+        hook('IterTimerHook', 0.0, 0.0),
+        hook('LateHook', 0.004, 0.008),
+    ]
+    split = benchmark.DataTimeSplit(runner)
+    runner._hooks.append(split)
+    runner.call_hook('before_train')
+    assert runner.passed == ['before_train']
+    split.before_train_epoch(runner)
+    for k in range(5):
+        runner.iter = k
+        next(runner.train_loop.dataloader_iterator)
+        runner.call_hook('before_train_iter', batch_idx=k, data_batch={})
+        runner.call_hook(
+            'after_train_iter', batch_idx=k, data_batch={}, outputs={}
+        )
+    n, mean_next, hooks, counted = split.split(range(1, 5))
+    assert n == 4
+    assert abs(mean_next - 0.016) < 1e-12
+    assert counted == {
+        ('before_train_iter', 'EarlyHook'),
+        ('after_train_iter', 'LateHook'),
+        ('after_train_iter', 'DataTimeSplit'),
+    }
+    inside = sum(v for k, v in hooks.items() if k in counted)
+    outside = sum(v for k, v in hooks.items() if k not in counted)
+    assert abs(inside - 0.009) < 1e-12
+    assert abs(outside - 0.006) < 1e-12
+    report = split.report(range(1, 5), 0.030)
+    assert 'next(dataloader) 16.00 + hooks 9.00 + the rest 5.00 ms' in report
+    assert 'LateHook.after 8.00, EarlyHook.before 1.00' in report
+    # Installed once, around the loop's iterator.
+    wrapped = runner.train_loop.dataloader_iterator
+    split.before_train_epoch(runner)
+    assert runner.train_loop.dataloader_iterator is wrapped
