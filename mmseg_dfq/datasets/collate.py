@@ -115,19 +115,20 @@ class SegBatch(dict):
     """The batch of :func:`stack_seg_collate` when its masks were stacked.
 
     A plain dict to every reader. It only changes how the batch crosses
-    from a DataLoader worker to the main process. Each tensor sent costs
-    the receiving thread a few calls into torch (a storage handle, an
-    empty tensor, ``set_``), and each such call lets go of the GIL. In a
-    training process the receiving thread is the DataLoader's pin-memory
-    thread, and the main thread is busy in Python queuing the GPU step, so
-    every one of those calls can wait a whole thread switch interval
-    (5 ms by default) to get the GIL back. A batch of B samples whose masks
-    are views of the stacked masks would send B + 2 tensors; a SegBatch
-    sends the images and the stacked masks only, and puts the views back
-    into the samples with one ``unbind`` on arrival. What arrives has the
-    values, dtypes, shapes, strides, shared storage, sample types,
-    metainfo and fields of the batch sent (the samples are copies, as a
-    plain dict's would be).
+    from a DataLoader worker to the main process. There, each shared
+    storage costs the receiving thread a socket round trip to the worker
+    (torch's default ``file_descriptor`` sharing) and each tensor a few
+    calls into torch, and those calls let go of the GIL. In a training
+    process the receiving thread is the DataLoader's pin-memory thread,
+    and the main thread is busy in Python queuing the GPU step, so each
+    of them can wait a thread switch interval (5 ms by default) to get the
+    GIL back. A batch of B samples whose masks are views of the stacked
+    masks would send B + 2 tensors; a SegBatch sends the images and the
+    stacked masks only (one storage, from :func:`_stack_together`), and
+    puts the views back into the samples with one ``unbind`` on arrival.
+    What arrives has the values, dtypes, shapes, strides, shared storage,
+    sample types, metainfo and fields of the batch sent (the samples are
+    copies, as a plain dict's would be).
 
     Samples whose ``gt_sem_seg`` is not exactly their slice of the stacked
     masks (changed after collation) are sent whole, as a dict would be.
