@@ -1265,13 +1265,14 @@ class DataTimeSplit(Hook):
         if not used:
             return 0, 0.0, {}, set()
         mean_next = sum(self.next_seconds[k] for k in used) / len(used)
+        counted = self.in_data_time()
         hooks = {}
         for key, times in self.hook_seconds.items():
             # A data-time after_train_iter hook belongs to the iteration
             # after the one it ran in.
-            lag = 1 if key[0] == 'after_train_iter' else 0
+            lag = 1 if key in counted and key[0] == 'after_train_iter' else 0
             hooks[key] = sum(times.get(k - lag, 0.0) for k in used) / len(used)
-        return len(used), mean_next, hooks, self.in_data_time()
+        return len(used), mean_next, hooks, counted
 
     def report(self, iterations, data_mean: float) -> str:
         """Lines for the schedule report (``data_mean``: IterTimerHook's)."""

@@ -275,7 +275,9 @@ def test_data_time_split_attributes_hooks_as_iter_timer_hook_counts(
         def after_train_iter(
             self, runner, batch_idx, data_batch=None, outputs=None
         ):
-            clock[0] += self.after
+            # Costs that grow with the iteration: which iteration a hook
+            # is charged to shows in the means.
+            clock[0] += self.after * (runner.iter + 1)
 
     def hook(name, before, after):
         return type(name, (Work,), dict(before=before, after=after))()
@@ -322,13 +324,20 @@ def test_data_time_split_attributes_hooks_as_iter_timer_hook_counts(
         ('after_train_iter', 'LateHook'),
         ('after_train_iter', 'DataTimeSplit'),
     }
+    # In the data time: EarlyHook.before of the same iteration, and
+    # LateHook.after of the iteration before (iterations 0-3: 8 ms x 2.5).
+    # In the step time: EarlyHook.after of the same iteration (2 ms x 3.5)
+    # and LateHook.before.
+    assert abs(hooks[('after_train_iter', 'LateHook')] - 0.020) < 1e-12
+    assert abs(hooks[('after_train_iter', 'EarlyHook')] - 0.007) < 1e-12
     inside = sum(v for k, v in hooks.items() if k in counted)
     outside = sum(v for k, v in hooks.items() if k not in counted)
-    assert abs(inside - 0.009) < 1e-12
-    assert abs(outside - 0.006) < 1e-12
-    report = split.report(range(1, 5), 0.030)
-    assert 'next(dataloader) 16.00 + hooks 9.00 + the rest 5.00 ms' in report
-    assert 'LateHook.after 8.00, EarlyHook.before 1.00' in report
+    assert abs(inside - 0.021) < 1e-12
+    assert abs(outside - 0.011) < 1e-12
+    report = split.report(range(1, 5), 0.040)
+    assert 'next(dataloader) 16.00 + hooks 21.00 + the rest 3.00 ms' in report
+    assert 'LateHook.after 20.00, EarlyHook.before 1.00' in report
+    assert 'EarlyHook.after 7.00, LateHook.before 4.00' in report
     # Installed once, around the loop's iterator.
     wrapped = runner.train_loop.dataloader_iterator
     split.before_train_epoch(runner)
