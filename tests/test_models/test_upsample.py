@@ -30,6 +30,8 @@ def test_slices_equal_torch_bilinear(shape, factors, channels_last):
     ref = F.interpolate(x, size, mode='bilinear', align_corners=False)
     out = upsample_by_slices(x, *factors)
     assert out.shape == ref.shape
+    # torch's memory format too (channels-last in, channels-last out).
+    assert out.stride() == ref.stride()
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-14)
     grad = torch.randn_like(ref)
     (g_ref,) = torch.autograd.grad(ref, x, grad)
@@ -52,3 +54,19 @@ def test_outside_compile_it_is_torch_bilinear(in_size, size, align_corners):
     out = bilinear_resize(x, size, align_corners)
     ref = F.interpolate(x, size, mode='bilinear', align_corners=align_corners)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_compiled_resize_keeps_torchs_memory_format(channels_last):
+    """Under torch.compile (the slice path), the output has the strides
+    of F.interpolate's for the same input."""
+    x = torch.randn(2, 8, 4, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.interpolate(x, (16, 16), mode='bilinear', align_corners=False)
+    compiled = torch.compile(
+        lambda t: bilinear_resize(t, (16, 16)), backend='aot_eager'
+    )
+    out = compiled(x)
+    assert out.stride() == ref.stride()
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)

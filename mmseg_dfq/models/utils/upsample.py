@@ -57,9 +57,19 @@ def bilinear_resize(
 def upsample_by_slices(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
     """Bilinear upsampling of (B, C, H, W) by integer factors, from slices.
 
-    Width first, then height (the order of torch's kernels).
+    Width first, then height (the order of torch's kernels). The result has
+    ``F.interpolate``'s memory format: channels-last for a channels-last
+    input (the RDWT backbone's maps), so that the convolution after it
+    gets the layout it would get in eager mode.
     """
-    return _upsample_axis(_upsample_axis(x, 3, sw), 2, sh)
+    out = _upsample_axis(_upsample_axis(x, 3, sw), 2, sh)
+    channels_last = (
+        x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+    if channels_last:
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()
 
 
 def _upsample_axis(x: torch.Tensor, dim: int, s: int) -> torch.Tensor:
