@@ -1064,7 +1064,8 @@ class ScheduleProfiler(Hook):
     self times) against the iteration's wall time: a step whose wall time
     is well above its busy time waits for the host (Python, launches, data),
     one whose busy time fills it is device-bound. Then the top operators by
-    self device time (CUDA) or self CPU time.
+    self device time (CUDA; and by self CPU time, where the host's time
+    goes) or self CPU time.
     """
 
     priority = 'VERY_LOW'
@@ -1118,6 +1119,12 @@ class ScheduleProfiler(Hook):
             key = 'self_cpu_time_total'
         try:
             lines.append(events.table(sort_by=key, row_limit=20))
+            if self.cuda:
+                # Where the host's time goes (the GPU waits for it).
+                lines.append('  top operators by self CPU time:')
+                lines.append(
+                    events.table(sort_by='self_cpu_time_total', row_limit=15)
+                )
         except (AttributeError, KeyError, ValueError) as err:
             # The measurement above stands; only the table is lost.
             lines.append(f'  (no operator table: {err})')
