@@ -78,6 +78,7 @@ Examples:
 """
 
 import argparse
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -86,7 +87,6 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 from mmengine.config import DictAction
 from mmengine.hooks import Hook
@@ -326,10 +326,12 @@ def parse_args():
         )
     if args.loader_contend and not args.loader:
         parser.error('--loader-contend goes with --loader')
-    if args.sharing_strategy and not (args.loader or args.full_schedule):
-        parser.error(
-            '--sharing-strategy goes with --loader or --full-schedule'
-        )
+    for flag, value in (
+        ('--sharing-strategy', args.sharing_strategy),
+        ('--switch-interval', args.switch_interval),
+    ):
+        if value is not None and not (args.loader or args.full_schedule):
+            parser.error(f'{flag} goes with --loader or --full-schedule')
     cuda = args.device == 'cuda'
     args.paths = args.paths or (list(PATHS) if cuda else ['eager'])
     args.dtypes = args.dtypes or (list(DTYPES) if cuda else ['fp32'])
@@ -759,20 +761,9 @@ def host_syncs(train_step):
         list[str]: For each synchronising call, in order, the innermost
         frame outside torch, and the torch frame that issued it.
     """
-    import torch
-
-    torch.cuda.synchronize()
-
-    def step():
-        torch.cuda.set_sync_debug_mode('warn')
-        try:
-            train_step()
-        finally:
-            torch.cuda.set_sync_debug_mode('default')
-
-    syncs = warning_sites(step, SYNC_WARNING)
-    torch.cuda.synchronize()
-    return syncs
+    with SyncSites(cuda=True) as recorder:
+        train_step()
+    return recorder.sites
 
 
 # The sync debug mode's warning at a synchronising call. Its one-time notice
@@ -841,6 +832,38 @@ class WarningSites:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class SyncSites(WarningSites):
+    """:class:`WarningSites` of the host synchronisations in a window.
+
+    On CUDA, :meth:`start` lets the queued work finish and switches
+    ``torch.cuda.set_sync_debug_mode('warn')`` on (a warning at every
+    synchronising call); :meth:`stop` switches it off again. Off CUDA it
+    only records warnings.
+    """
+
+    def __init__(self, cuda: bool):
+        super().__init__(SYNC_WARNING)
+        self.cuda = cuda
+
+    def start(self):
+        super().start()
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode('warn')
+        return self
+
+    def stop(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.set_sync_debug_mode('default')
+        super().stop()
+
+    __enter__ = start
 
 
 def warning_sites(fn, match, library=None):
@@ -1139,14 +1162,14 @@ class ScheduleSyncCheck(Hook):
     hook (:attr:`closer`, registered 'LOWEST'): the data preprocessor, the
     step, the optimizer wrapper and every hook, all but the dataloader's
     ``next()``. On CUDA, ``torch.cuda.set_sync_debug_mode('warn')`` is on
-    in that window; the sites come from :class:`WarningSites`.
+    in that window; the sites come from :class:`SyncSites`.
     """
 
     priority = 'HIGHEST'
 
     def __init__(self, iteration: int, cuda: bool):
         self.iteration, self.cuda = iteration, cuda
-        self.recorder = WarningSites(SYNC_WARNING)
+        self.recorder = SyncSites(cuda)
         self.checked = False
         self.closer = _SyncCheckClose(self)
 
@@ -1154,19 +1177,10 @@ class ScheduleSyncCheck(Hook):
         if runner.iter != self.iteration or self.checked:
             return
         self.recorder.start()
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode('warn')
 
     def close(self, runner):
         if runner.iter != self.iteration or self.checked:
             return
-        if self.cuda:
-            import torch
-
-            torch.cuda.set_sync_debug_mode('default')
         self.recorder.stop()
         self.checked = True
 
@@ -1207,7 +1221,6 @@ class DataTimeSplit(Hook):
     ``next()`` through a proxy around the train loop's iterator (installed
     last, so around any other wrapper), every hook method through a stand-in
     for ``runner.call_hook`` (which calls the hooks as mmengine's does).
-    Register it with priority 'LOWEST'.
     """
 
     priority = 'LOWEST'
@@ -1338,8 +1351,7 @@ class _TimedIterator:
 
 def steady_indices(iters, skip, profiled):
     """0-based indices of the steady-state iterations (see below)."""
-    drop = range(skip, skip + profiled + 1) if profiled else range(0)
-    return [k for k in range(skip, iters) if k not in drop]
+    return range(skip + (profiled + 1 if profiled else 0), iters)
 
 
 def steady_iterations(step, data, iters, skip, profiled):
@@ -1357,8 +1369,8 @@ def steady_iterations(step, data, iters, skip, profiled):
         tuple: (step times, data times, how many were kept).
     """
     first = iters - len(step)  # iteration index of step[0]
-    steady = set(steady_indices(iters, skip, profiled))
-    keep = [i for i in range(len(step)) if i + first in steady]
+    keep = [k - first for k in steady_indices(iters, skip, profiled)]
+    keep = [i for i in keep if i >= 0]
     if not keep:
         raise SystemExit(
             'benchmark.py: no steady-state iteration left after '
@@ -1371,30 +1383,40 @@ def steady_iterations(step, data, iters, skip, profiled):
 def runner_config(path, args):
     """``path`` with ``--cfg-options`` merged, made runnable on the device.
 
-    On CPU the GPUs are hidden from the Runner and ``adapt_cfg_to_device``
-    makes the config runnable there (SyncBN -> BN, DDP without devices).
-    ``--sharing-strategy`` and ``--switch-interval`` are set here, before
-    any dataloader worker starts.
+    The project's own loader (:func:`mmseg_dfq.config.load_config`); on CPU
+    the GPUs are hidden from the Runner first, so that it adapts the config
+    to the CPU (SyncBN -> BN, DDP without devices).
     """
-    from mmengine.config import Config
+    from mmseg_dfq.config import load_config
 
-    import mmseg_dfq  # noqa: F401
-    from mmseg_dfq.compat import adapt_cfg_to_device
+    if args.device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    return load_config(path, args.cfg_options)
 
-    cfg = Config.fromfile(path)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+
+def process_settings() -> str:
+    """The settings of :func:`set_process_options`, for the reports."""
+    import torch.multiprocessing
+
+    return (
+        'tensors shared by '
+        f'{torch.multiprocessing.get_sharing_strategy()}; thread switch '
+        f'interval {sys.getswitchinterval() * 1e3:g} ms'
+    )
+
+
+def set_process_options(args):
+    """``--sharing-strategy`` and ``--switch-interval``, process-wide.
+
+    Called before any dataloader worker starts: forked workers inherit the
+    sharing strategy.
+    """
     if args.sharing_strategy is not None:
-        # Before any dataloader worker starts: forked workers inherit it.
         import torch.multiprocessing
 
         torch.multiprocessing.set_sharing_strategy(args.sharing_strategy)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
-    if args.device == 'cpu':
-        os.environ['CUDA_VISIBLE_DEVICES'] = ''
-    adapt_cfg_to_device(cfg)
-    return cfg
 
 
 def full_schedule(args):
@@ -1415,7 +1437,8 @@ def full_schedule(args):
             'benchmark.py: --schedule-iters is needed for an epoch-based '
             'schedule'
         )
-    profiled = args.profile_iters + 1 if args.profile else 0
+    profile_iters = args.profile_iters if args.profile else 0
+    profiled = profile_iters + 1 if profile_iters else 0
     if iters <= args.skip_iters + profiled:
         raise SystemExit(
             f'benchmark.py: --schedule-iters {iters} must exceed '
@@ -1466,7 +1489,7 @@ def full_schedule(args):
     timer = ScheduleTimer()
     runner.register_hook(timer)
     data_split = DataTimeSplit(runner)
-    runner.register_hook(data_split, 'LOWEST')
+    runner.register_hook(data_split)
     sync_check = None
     if args.sync_check:
         # The last warm-up iteration: compiled and captured, and outside
@@ -1474,8 +1497,8 @@ def full_schedule(args):
         sync_check = ScheduleSyncCheck(
             max(args.skip_iters - 1, 0), args.device == 'cuda'
         )
-        runner.register_hook(sync_check, 'HIGHEST')
-        runner.register_hook(sync_check.closer, 'LOWEST')
+        runner.register_hook(sync_check)
+        runner.register_hook(sync_check.closer)
     profiler = None
     if args.profile:
         profiler = ScheduleProfiler(
@@ -1491,7 +1514,7 @@ def full_schedule(args):
         list(hub.get_scalar('train/data_time').data[0]),
         iters,
         args.skip_iters,
-        args.profile_iters if args.profile else 0,
+        profile_iters,
     )
     mean_step = sum(step) / len(step)
     mean_data = sum(data) / len(data)
@@ -1519,23 +1542,16 @@ def full_schedule(args):
         )
     estimate = full_iters * mean_step + vals_full * per_val
     print(f'\n{environment(args.device)}')
-    if args.switch_interval is not None:
-        print(f'thread switch interval {sys.getswitchinterval()} s')
-    if args.sharing_strategy is not None:
-        print(f'tensors shared by {args.sharing_strategy}')
+    print(process_settings())
     print(
         f'{args.full_schedule}: {iters} iterations in {wall:.1f} s '
         f'(first {args.skip_iters} and {len(timer.val_seconds)} '
         f'validation(s), {val_total:.1f} s, included)'
     )
-    profiled = (
-        f' (the {args.profile_iters + 1} profiled ones left out)'
-        if args.profile
-        else ''
-    )
+    left_out = f' (the {profiled} profiled ones left out)' if profiled else ''
     print(
         f'  steady state over {kept} of the last '
-        f'{iters - args.skip_iters} iterations{profiled}: '
+        f'{iters - args.skip_iters} iterations{left_out}: '
         f'{1 / mean_step:.2f} it/s, {mean_step * 1e3:.1f} ms/it, data '
         f'{mean_data * 1e3:.1f} ms/it = {100 * mean_data / mean_step:.1f}%'
     )
@@ -1552,7 +1568,7 @@ def full_schedule(args):
             steady_indices(
                 iters,
                 args.skip_iters,
-                args.profile_iters if args.profile else 0,
+                profile_iters,
             ),
             mean_data,
         )
@@ -1593,67 +1609,60 @@ def loader_times(args):
     Returns:
         dict: Path name -> (receive times, preprocess times) in seconds.
     """
+    import copy
+
     import torch
     from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+    from mmseg.registry import MODELS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = runner_config(args.loader, args)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     device = torch.device(args.device)
-    contention = GILContention() if args.loader_contend else None
-    try:
-        return _loader_paths(args, cfg, device, contention)
-    finally:
-        if contention is not None:
-            contention.close()
-
-
-def _loader_paths(args, cfg, device, contention):
-    """loader_times' loop over LOADER_PATHS."""
-    import copy
-
-    import torch
-    from mmengine.runner import Runner
-    from mmseg.registry import MODELS
-
     results = {}
-    for name, (collate, preprocessor) in LOADER_PATHS.items():
-        loader_cfg = copy.deepcopy(cfg.train_dataloader)
-        loader_cfg['collate_fn'] = copy.deepcopy(collate)
-        if args.device == 'cpu' or contention is not None:
-            loader_cfg['pin_memory'] = False
-        # Batches past an epoch's end without a restart (which would be
-        # timed as a slow batch).
-        sampler = loader_cfg.get('sampler') or {}
-        if sampler.get('type') == 'DomainMixSampler':
-            sampler['infinite'] = True
-        elif sampler.get('type') == 'DefaultSampler':
-            sampler['type'] = 'InfiniteSampler'
-        pre_cfg = copy.deepcopy(cfg.model.data_preprocessor)
-        pre_cfg['type'] = preprocessor
-        pre = MODELS.build(pre_cfg).to(device)
-        pre._non_blocking = bool(loader_cfg.get('pin_memory'))
-        loader = Runner.build_dataloader(loader_cfg, seed=0)
-        batches = iter(loader)
-        # The first batches start the workers and fill their caches.
-        for _ in range(max(args.warmup, 1)):
-            pre(next(batches), True)
-        receive, process = [], []
-        for _ in range(args.repeats):
-            time.sleep(args.loader_gap)
-            start = time.perf_counter()
-            with contention if contention is not None else nullcontext():
-                batch = next(batches)
-            got = time.perf_counter()
-            pre(batch, True)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            done = time.perf_counter()
-            receive.append(got - start)
-            process.append(done - got)
-        del batches, loader
-        results[name] = (receive, process)
+    with contextlib.ExitStack() as stack:
+        contention = contextlib.nullcontext()
+        if args.loader_contend:
+            contention = GILContention()
+            stack.callback(contention.close)
+        for name, (collate, preprocessor) in LOADER_PATHS.items():
+            loader_cfg = copy.deepcopy(cfg.train_dataloader)
+            loader_cfg['collate_fn'] = copy.deepcopy(collate)
+            if args.device == 'cpu' or args.loader_contend:
+                loader_cfg['pin_memory'] = False
+            # Batches past an epoch's end without a restart (which would be
+            # timed as a slow batch).
+            sampler = loader_cfg.get('sampler') or {}
+            if sampler.get('type') == 'DomainMixSampler':
+                sampler['infinite'] = True
+            elif sampler.get('type') == 'DefaultSampler':
+                sampler['type'] = 'InfiniteSampler'
+            pre_cfg = copy.deepcopy(cfg.model.data_preprocessor)
+            pre_cfg['type'] = preprocessor
+            pre = MODELS.build(pre_cfg).to(device)
+            pre._non_blocking = bool(loader_cfg.get('pin_memory'))
+            loader = Runner.build_dataloader(loader_cfg, seed=0)
+            batches = iter(loader)
+            # The first batches start the workers and fill their caches.
+            for _ in range(max(args.warmup, 1)):
+                pre(next(batches), True)
+            receive, process = [], []
+            for _ in range(args.repeats):
+                time.sleep(args.loader_gap)
+                start = time.perf_counter()
+                with contention:
+                    batch = next(batches)
+                got = time.perf_counter()
+                pre(batch, True)
+                if device.type == 'cuda':
+                    torch.cuda.synchronize()
+                done = time.perf_counter()
+                receive.append(got - start)
+                process.append(done - got)
+            del batches, loader
+            results[name] = (receive, process)
     return results
 
 
@@ -1703,19 +1712,16 @@ class GILContention:
 def report_loader(results, args):
     """Print loader_times' figures."""
     print(environment(args.device))
-    import torch.multiprocessing
-
     print(
         f'{args.loader}: main-process ms per training batch, workers '
         f'ahead ({args.repeats} batches after a {args.loader_gap} s wait '
-        'each; tensors shared by '
-        f'{torch.multiprocessing.get_sharing_strategy()}'
+        'each'
         + (
             '; received while another thread runs Python, not pinned'
             if args.loader_contend
             else ''
         )
-        + f'; switch interval {sys.getswitchinterval() * 1e3:g} ms)'
+        + f'; {process_settings()})'
     )
     for name, (receive, process) in results.items():
         r, r_iqr = summarize(receive)
@@ -1803,17 +1809,15 @@ def main():
 
         if not torch.cuda.is_available():
             raise SystemExit('benchmark.py: --device cuda but no CUDA device')
-    if args.loader:
-        if not osp.isfile(args.loader):
-            raise SystemExit(f'benchmark.py: config {args.loader!r} not found')
-        report_loader(loader_times(args), args)
-        return
-    if args.full_schedule:
-        if not osp.isfile(args.full_schedule):
-            raise SystemExit(
-                f'benchmark.py: config {args.full_schedule!r} not found'
-            )
-        full_schedule(args)
+    if args.loader or args.full_schedule:
+        config = args.loader or args.full_schedule
+        if not osp.isfile(config):
+            raise SystemExit(f'benchmark.py: config {config!r} not found')
+        set_process_options(args)
+        if args.loader:
+            report_loader(loader_times(args), args)
+        else:
+            full_schedule(args)
         return
     jobs = [
         (b, v, p, d, args)

@@ -117,10 +117,15 @@ schedule() { # schedule NAME MIN_SECONDS [CFG_OPTION... | --OPTION VALUE]
 }
 schedule schedule 90
 
-step loader 40 $py tools/benchmark.py --device $dev --loader \
-    configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 --repeats $repeats \
-    --loader-gap 0.1 --cfg-options $cfg_options \
-    train_dataloader.dataset.data_root="$data"
+loader() { # loader NAME [--OPTION ...]
+    local name=$1
+    shift
+    step "$name" 40 $py tools/benchmark.py --device $dev --loader \
+        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 \
+        --repeats $repeats --loader-gap 0.1 "$@" --cfg-options $cfg_options \
+        train_dataloader.dataset.data_root="$data"
+}
+loader loader
 
 schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
     val_dataloader.collate_fn.type=pseudo_collate \
@@ -132,15 +137,8 @@ schedule schedule_fs 90 --sharing-strategy file_system
 
 schedule schedule_apart 90 train_dataloader.collate_fn.compact=False
 
-contend() { # contend NAME STRATEGY
-    step "$1" 40 $py tools/benchmark.py --device $dev --loader \
-        configs/dfq/dfq_mit-b2_fundus_d1_fast.py --warmup 4 \
-        --repeats $repeats --loader-gap 0.1 --loader-contend \
-        --sharing-strategy "$2" --cfg-options $cfg_options \
-        train_dataloader.dataset.data_root="$data"
-}
-contend loader_contend file_descriptor
-contend loader_contend_fs file_system
+loader loader_contend --loader-contend
+loader loader_contend_fs --loader-contend --sharing-strategy file_system
 
 step ablation 30 $py tools/benchmark.py --device $dev --backbones $b \
     --batch $batch --size $size --variants dfqhead segformer-768 \
