@@ -76,7 +76,7 @@ VARIANTS = OrderedDict(
         # The authors' published RDWT grouping (reshape without transpose)
         # on backbone and loss alike; everything else as 'dfq'.
         'dfq-authors-layout',
-        # DFQ + the authors' optional RAM augmentation and consistency loss.
+        # DFQ + RAM-DSIR's augmentation and consistency loss.
         'dfq-ram',
     )
 )

@@ -1,5 +1,5 @@
 # tools/benchmark_dg.py variant 'dfq-ram':
-# DFQ + the authors' RAM augmentation and consistency loss,
+# DFQ + RAM-DSIR's augmentation and consistency loss,
 # on the benchmark recipe with the demo's model edits.
 _base_ = [
     '../_base_/models/dfq-ram_mit-b0.py',

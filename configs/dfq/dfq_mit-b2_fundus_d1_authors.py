@@ -8,15 +8,27 @@
 # - the logged RDWT value includes their constant diagonal (same gradient);
 # - keys/values pooled with their fixed AvgPool2d(2, 4, 8) (equal to the
 #   adaptive default at sizes divisible by 32, as their 256 crops are);
-# - two sigmoid channels (disc, cup) trained with BCE + a batch-pooled Dice
-#   and thresholded at 0.75 on probabilities resized to the image, instead
-#   of the 3-class softmax; the metric still reports OD (disc or cup) and OC.
+# - two sigmoid channels (cup, disc: their order) trained with BCE + a
+#   batch-pooled Dice and thresholded at 0.75 on probabilities resized to
+#   the image, instead of the 3-class softmax; the metric still reports OD
+#   (disc or cup) and OC;
+# - PIL resizes (bilinear images, nearest masks) instead of cv2's;
+# - their distance penalty: a structure predicted empty gets ASD = HD95 =
+#   100 px, counted in the means;
+# - their seed, 1337 (their script seeds only with --deterministic).
 # What still differs is listed in the departures table of docs/design.md.
 # Checkpoints of the authors' train_feed.py load into this model after
 # tools/convert/dfq_official_to_mmseg.py (their MiT-b3: the _b3_ config).
 _base_ = './dfq_mit-b2_fundus_d1.py'
-# Output channel -> the labels it covers: disc = rim + cup, cup.
-label_sets = [[1, 2], [2]]
+from mmseg_dfq.datasets.pipelines import (  # noqa: E402
+    flip_tta_pipeline,
+    fundus_test_pipeline,
+    fundus_train_pipeline,
+)
+
+# Output channel -> the labels it covers, in the authors' channel order
+# (their to_multilabel and test script): 0 cup, 1 disc = rim + cup.
+label_sets = [[2], [1, 2]]
 model = dict(
     type='MultiLabelEncoderDecoder',
     label_sets=label_sets,
@@ -33,3 +45,14 @@ model = dict(
         loss_rdwt=dict(layout='authors', with_diagonal=True),
     ),
 )
+# The base's crop (a config's own code cannot read a base variable).
+crop_size = (256, 256)
+train_pipeline = fundus_train_pipeline(crop_size, resize_backend='pillow')
+test_pipeline = fundus_test_pipeline(crop_size, resize_backend='pillow')
+tta_pipeline = flip_tta_pipeline(test_pipeline)
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='DomainMetric', empty_distance=100)
+test_evaluator = val_evaluator
+randomness = dict(seed=1337)

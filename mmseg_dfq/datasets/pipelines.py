@@ -23,8 +23,19 @@ def _size(crop_size: Sequence[int]) -> tuple:
     return size
 
 
+def _backend(resize_backend: str) -> dict:
+    """The Resize arguments for a backend (none for mmcv's default)."""
+    if resize_backend not in ('cv2', 'pillow'):
+        raise ValueError(
+            f"resize_backend must be 'cv2' or 'pillow', got {resize_backend!r}"
+        )
+    return {} if resize_backend == 'cv2' else dict(backend=resize_backend)
+
+
 def fundus_train_pipeline(
-    crop_size: Sequence[int], cache_loading: bool = False
+    crop_size: Sequence[int],
+    cache_loading: bool = False,
+    resize_backend: str = 'cv2',
 ) -> List[dict]:
     """The authors' fundus training pipeline at ``crop_size``.
 
@@ -37,15 +48,19 @@ def fundus_train_pipeline(
         cache_loading (bool): Wrap the deterministic steps (loading and the
             first resize) in ``MemoryCache`` so they run once per worker
             (the GPU fast path). Default: False.
+        resize_backend (str): ``'cv2'`` (mmcv's default) or ``'pillow'``
+            (the authors' PIL resizes: bilinear images, nearest masks; PIL
+            antialiases when it shrinks). Default: 'cv2'.
 
     Returns:
         list[dict]: The pipeline.
     """
     size = _size(crop_size)
+    backend = _backend(resize_backend)
     deterministic = [
         dict(type='LoadFundusImageFromFile'),
         dict(type='LoadFundusAnnotations'),
-        dict(type='Resize', scale=size, keep_ratio=False),
+        dict(type='Resize', scale=size, keep_ratio=False, **backend),
     ]
     if cache_loading:
         deterministic = [dict(type='MemoryCache', transforms=deterministic)]
@@ -57,6 +72,7 @@ def fundus_train_pipeline(
                     type='RandomAnisotropicResize',
                     scale=size,
                     ratio_range=(1.0, 1.5),
+                    **backend,
                 )
             ],
             prob=0.5,
@@ -66,7 +82,9 @@ def fundus_train_pipeline(
     ]
 
 
-def fundus_test_pipeline(crop_size: Sequence[int]) -> List[dict]:
+def fundus_test_pipeline(
+    crop_size: Sequence[int], resize_backend: str = 'cv2'
+) -> List[dict]:
     """The fundus test pipeline at ``crop_size``.
 
     Annotations are loaded after ``Resize`` so the metric sees original-size
@@ -77,13 +95,20 @@ def fundus_test_pipeline(crop_size: Sequence[int]) -> List[dict]:
 
     Args:
         crop_size (Sequence[int]): (width, height) the model sees.
+        resize_backend (str): As for :func:`fundus_train_pipeline`.
+            Default: 'cv2'.
 
     Returns:
         list[dict]: The pipeline.
     """
     return [
         dict(type='LoadImageFromFile', _scope_='mmseg_dfq'),
-        dict(type='Resize', scale=_size(crop_size), keep_ratio=False),
+        dict(
+            type='Resize',
+            scale=_size(crop_size),
+            keep_ratio=False,
+            **_backend(resize_backend),
+        ),
         dict(type='LoadFundusAnnotations'),
         dict(type='PackDomainSegInputs'),
     ]

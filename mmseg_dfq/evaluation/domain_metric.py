@@ -90,14 +90,16 @@ class DomainMetric(BaseMetric):
     Empty masks: a case where both prediction and ground truth are empty for
     a structure has Dice 100 and distances 0. If exactly one is empty, Dice is
     0 and the distances are undefined: the case is left out of that
-    structure's distance means and counted in ``<domain>/<S>_n_excluded``.
+    structure's distance means and counted in ``<domain>/<S>_n_excluded``,
+    unless ``empty_distance`` gives them a value.
 
     Samples must carry the meta keys ``domain``, ``domain_idx``, ``seen`` and
     ``case_id``; ``'3d'`` mode also needs ``slice_index`` and ``num_slices``
     (slice k of a volume is ``volume[:, :, k]``). Distances are in mm when
     the samples carry ``spacing`` (voxel size in mm, array axis order; in
-    ``'2d'`` mode its first two values), otherwise in pixels / voxels; the
-    log and the per-case CSV state the unit. A case is identified by its
+    ``'2d'`` mode its first two values) and ``use_spacing`` is True,
+    otherwise in pixels / voxels; the log and the per-case CSV state the
+    unit. A case is identified by its
     domain and ``case_id`` (and ``slice_index`` where a ``'2d'`` sample has
     one): the same id in two domains is two cases, while the same case
     evaluated twice in ``'2d'`` mode (e.g. two images with one file stem)
@@ -135,6 +137,16 @@ class DomainMetric(BaseMetric):
             structure before post-processing. This reproduces the DFQ
             authors' prostate evaluation, which LOOKS AT THE ANSWER; use it
             only to compare with their published numbers. Default: False.
+        empty_distance (float, optional): The ASD / ASSD / HD95 of a case
+            whose prediction or ground truth (not both) is empty for a
+            structure, counted in the means. The DFQ authors' fundus
+            evaluation gives 100 (pixels) when the prediction is empty.
+            None leaves such cases out of the distance means (counted as
+            excluded). Default: None.
+        use_spacing (bool): Measure distances in mm where the samples carry
+            a ``spacing``. False measures them in pixels / voxels whatever
+            the samples carry: the DFQ authors' prostate evaluation calls
+            medpy without a voxel spacing. Default: True.
         per_case_file (str, optional): Path of a CSV file written at every
             evaluation with one row per case (domain, case_id, seen and each
             structure's metrics). Default: None.
@@ -152,6 +164,8 @@ class DomainMetric(BaseMetric):
         cc_connectivity: Optional[int] = None,
         fill_holes: Optional[bool] = None,
         restrict_to_gt_slices: bool = False,
+        empty_distance: Optional[float] = None,
+        use_spacing: bool = True,
         per_case_file: Optional[str] = None,
         collect_device: str = 'cpu',
         prefix: Optional[str] = None,
@@ -182,8 +196,21 @@ class DomainMetric(BaseMetric):
             raise ValueError(
                 "DomainMetric: restrict_to_gt_slices needs mode='3d'"
             )
+        if empty_distance is not None and not (
+            isinstance(empty_distance, (int, float))
+            and not isinstance(empty_distance, bool)
+            and 0 <= empty_distance < float('inf')
+        ):
+            raise ValueError(
+                'DomainMetric: empty_distance must be None or a finite '
+                f'number >= 0, got {empty_distance!r}'
+            )
         self.metrics = list(metrics)
         self.restrict_to_gt_slices = restrict_to_gt_slices
+        self.empty_distance = (
+            None if empty_distance is None else float(empty_distance)
+        )
+        self.use_spacing = bool(use_spacing)
         self.per_case_file = per_case_file
         self._settings = None
         if all(value is not None for value in self._given.values()):
@@ -299,7 +326,7 @@ class DomainMetric(BaseMetric):
                     f'shape {pred.shape} and ground truth shape {gt.shape}'
                 )
             if mode == '2d':
-                spacing = meta['spacing']
+                spacing = meta['spacing'] if self.use_spacing else None
                 if spacing is not None:
                     spacing = spacing[:2]
                 meta['values'] = self._case_values(
@@ -333,6 +360,8 @@ class DomainMetric(BaseMetric):
                 case['Dice'] = 100.0 * dice(pred, gt)
             if wants_distance:
                 distances = surface_metrics(pred, gt, spacing)
+                if self.empty_distance is not None and pred.any() != gt.any():
+                    distances = dict.fromkeys(distances, self.empty_distance)
                 for metric in self.metrics:
                     if metric in DISTANCE_METRICS:
                         case[metric] = distances[metric]
@@ -360,8 +389,9 @@ class DomainMetric(BaseMetric):
         if self.mode == '3d':
             cases = []
             for case, preds, gts in gather_volumes(results, self.structures):
-                case['unit'] = 'vox' if case['spacing'] is None else 'mm'
-                case['values'] = self._case_values(preds, gts, case['spacing'])
+                spacing = case['spacing'] if self.use_spacing else None
+                case['unit'] = 'vox' if spacing is None else 'mm'
+                case['values'] = self._case_values(preds, gts, spacing)
                 cases.append(case)
         else:
             cases = list(results)
@@ -369,7 +399,15 @@ class DomainMetric(BaseMetric):
         unit = case_unit(cases)
         structures = list(self.structures)
         out, summary, seen = summarize_domains(cases, structures, self.metrics)
-        log_table(summary, seen, structures, self.metrics, unit, self.mode)
+        log_table(
+            summary,
+            seen,
+            structures,
+            self.metrics,
+            unit,
+            self.mode,
+            self.empty_distance,
+        )
         if self.per_case_file:
             write_cases_csv(
                 self.per_case_file, cases, structures, self.metrics, unit

@@ -5,7 +5,7 @@ import math
 import os
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mmengine.logging import print_log
@@ -114,15 +114,20 @@ def log_table(
     metrics: Sequence[str],
     unit: str,
     mode: str,
+    empty_distance: Optional[float] = None,
 ) -> None:
-    """Print the per-domain table to the current logger."""
+    """Print the per-domain table to the current logger.
+
+    ``empty_distance``: the distance given to cases with exactly one empty
+    mask (None: they are left out, the "excl." column).
+    """
     has_distance = any(m in DISTANCE_METRICS for m in metrics)
     table = PrettyTable()
     header = ['Domain', 'n']
     for s in structures:
         for m in metrics:
             header.append(f'{s} {m} ({"%" if m == "Dice" else unit})')
-        if has_distance:
+        if has_distance and empty_distance is None:
             header.append(f'{s} excl.')
     table.field_names = header
     for name, row in summary.items():
@@ -134,13 +139,22 @@ def log_table(
         for s in structures:
             for m in metrics:
                 cells.append(f'{row[f"{s}_{m}"]:.2f}')
-            if has_distance:
+            if has_distance and empty_distance is None:
                 cells.append(row.get(f'{s}_n_excluded', ''))
         table.add_row(cells)
+    if empty_distance is None:
+        empty = (
+            '"excl." = cases with exactly one empty mask, left out of the '
+            'distance means'
+        )
+    else:
+        empty = (
+            f'cases with exactly one empty mask have distance '
+            f'{empty_distance:g}'
+        )
     print_log(
         f'DomainMetric ({mode}, per-case means; distances in '
-        f'{_UNIT_TEXT[unit]}; "excl." = cases with exactly one empty mask, '
-        'left out of the distance means):\n' + table.get_string(),
+        f'{_UNIT_TEXT[unit]}; {empty}):\n' + table.get_string(),
         logger='current',
     )
 

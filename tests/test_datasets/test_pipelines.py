@@ -3,6 +3,7 @@ pipelines the configs spelled out before (behaviour kept)."""
 
 import os.path as osp
 
+import numpy as np
 import pytest
 from mmengine.config import Config
 from mmseg.registry import TRANSFORMS
@@ -124,3 +125,35 @@ def test_flip_tta_pipeline_packs_both_views_and_refuses_unpacked():
     assert packs == [test[-1]]
     with pytest.raises(ValueError, match='packing step'):
         flip_tta_pipeline(test[:2])
+
+
+def test_pillow_backend_resizes_as_pil(tmp_path):
+    # The authors resize with PIL (bilinear images, nearest masks), which
+    # antialiases when it shrinks; cv2 does not.
+    from mmcv.transforms import Compose
+    from PIL import Image
+
+    from mmseg_dfq.testing.synthetic import make_fundus
+
+    make_fundus(str(tmp_path), seed=0, cases=2, size=96)
+    image = sorted((tmp_path / 'Domain1').rglob('image/*.png'))[0]
+    pipeline = fundus_test_pipeline((40, 40), resize_backend='pillow')
+    assert [t.get('backend') for t in pipeline if t['type'] == 'Resize'] == [
+        'pillow'
+    ]
+    out = Compose([TRANSFORMS.build(dict(t)) for t in pipeline[:2]])(
+        dict(img_path=str(image))
+    )
+    # mmcv loads BGR; PIL's resize of the RGB file, flipped to BGR.
+    rgb = Image.open(image).convert('RGB').resize((40, 40), Image.BILINEAR)
+    expected = np.asarray(rgb)[..., ::-1]
+    np.testing.assert_array_equal(out['img'], expected)
+    cv2_out = Compose(
+        [TRANSFORMS.build(dict(t)) for t in fundus_test_pipeline((40, 40))[:2]]
+    )(dict(img_path=str(image)))
+    assert not np.array_equal(cv2_out['img'], expected)
+    train = fundus_train_pipeline((40, 40), resize_backend='pillow')
+    assert train[2]['backend'] == 'pillow'
+    assert train[3]['transforms'][0]['backend'] == 'pillow'
+    with pytest.raises(ValueError, match='resize_backend'):
+        fundus_test_pipeline((40, 40), resize_backend='PIL')

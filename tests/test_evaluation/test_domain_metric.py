@@ -13,7 +13,7 @@ from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 from scipy import ndimage
 
-from mmseg_dfq.evaluation import DomainMetric
+from mmseg_dfq.evaluation import DomainMetric, report
 
 # The datasets' METAINFO facts that the metric reads (the contract with
 # FundusDGDataset / ProstateDGDataset): the authors' protocols.
@@ -180,6 +180,44 @@ def test_fundus_empty_structures_policy():
     assert results['mean/OD_Dice'] == 50.0
 
 
+def test_fundus_empty_distance_is_the_authors_penalty(monkeypatch):
+    # The authors' fundus test script: a structure predicted empty gets
+    # HD95 = ASD = 100 (pixels), counted in the means.
+    empty = np.zeros((16, 16), np.int64)
+    disc = empty.copy()
+    disc[4:10, 4:10] = 1
+    shifted = np.roll(disc, 2, axis=1)
+    meta = dict(domain='D', domain_idx=1, seen=False)
+    samples = [
+        sample_dict(empty, disc, case_id='missed', **meta),
+        sample_dict(shifted, disc, case_id='found', **meta),
+    ]
+    found = medpy_binary.hd95(shifted > 0, disc > 0)
+    found_asd = medpy_binary.asd(shifted > 0, disc > 0)
+    logged = []
+    monkeypatch.setattr(
+        report, 'print_log', lambda msg, **kwargs: logged.append(msg)
+    )
+    metric = fundus_metric(metrics=['Dice', 'ASD', 'HD95'], empty_distance=100)
+    metric.process({}, samples)
+    results = metric.compute_metrics(metric.results)
+    assert results['D/OD_HD95'] == pytest.approx((100 + found) / 2)
+    assert results['D/OD_ASD'] == pytest.approx((100 + found_asd) / 2)
+    assert results['D/OD_n_excluded'] == 0
+    assert 'have distance 100' in logged[-1]
+    assert 'OD excl.' not in logged[-1]
+    # The default leaves the missed case out of the distance means.
+    metric = fundus_metric(metrics=['Dice', 'ASD', 'HD95'])
+    metric.process({}, samples)
+    results = metric.compute_metrics(metric.results)
+    assert results['D/OD_HD95'] == pytest.approx(found)
+    assert results['D/OD_n_excluded'] == 1
+    assert 'OD excl.' in logged[-1]
+    for bad in (-1, float('inf'), float('nan'), True, '100'):
+        with pytest.raises(ValueError, match='empty_distance'):
+            DomainMetric(empty_distance=bad)
+
+
 def prostate_volume(rng, shape, center, radius):
     zz = np.arange(shape[2]) * 3.0
     yy, xx = np.mgrid[: shape[0], : shape[1]] * 0.5
@@ -262,6 +300,23 @@ def test_prostate_3d_shuffled_slices_against_medpy():
         dices.append(100 * medpy_binary.dc(p, gt))
     assert restricted['RUNMC/Prostate_Dice'] == pytest.approx(np.mean(dices))
     assert restricted['RUNMC/Prostate_Dice'] > results['RUNMC/Prostate_Dice']
+
+
+def test_prostate_distances_in_voxels_without_spacing():
+    # The authors' prostate script calls medpy without a voxel spacing.
+    rng = np.random.default_rng(3)
+    samples, volumes, spacing = prostate_samples(rng)
+    order = rng.permutation(len(samples))
+    results = run_split(samples, order, use_spacing=False)
+    asds, hds = [], []
+    for pred, gt in volumes.values():
+        p = by_hand_lcc(pred.astype(bool))
+        asds.append(medpy_binary.asd(p, gt))
+        hds.append(medpy_binary.hd95(p, gt))
+    assert results['RUNMC/Prostate_ASD'] == pytest.approx(np.mean(asds))
+    assert results['RUNMC/Prostate_HD95'] == pytest.approx(np.mean(hds))
+    in_mm = run_split(samples, order)
+    assert in_mm['RUNMC/Prostate_HD95'] != pytest.approx(np.mean(hds))
 
 
 def test_prostate_3d_missing_or_duplicated_slice_raises():

@@ -43,3 +43,38 @@ def test_class_dice_matches_numpy_and_ignores(include_background):
     # ...but it does elsewhere (the test can fail).
     other[:, :, 4:] += 5 * torch.randn(2, 3, 8, 16, generator=g)
     assert abs(float(loss(other, target, ignore_index=255)) - value) > 1e-3
+
+
+def authors_prostate_dice(logits, target, num_classes):
+    """The authors' prostate Dice as their code states it: softmax, then
+    for each class but 0, sums over the whole batch with squared terms in
+    the denominator, smooth 1e-5, averaged over those classes."""
+    z = logits.double().numpy()
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    t = target.numpy()
+    losses = []
+    for c in range(1, num_classes):
+        g = (t == c).astype(np.float64)
+        p = prob[:, c]
+        dice = (2 * (p * g).sum() + 1e-5) / (
+            (p * p).sum() + (g * g).sum() + 1e-5
+        )
+        losses.append(1 - dice)
+    return np.mean(losses)
+
+
+@pytest.mark.parametrize('num_classes', [2, 3])
+def test_batch_pooled_squared_is_the_authors_prostate_dice(num_classes):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, num_classes, 10, 12, generator=g) * 2
+    target = torch.randint(0, num_classes, (3, 10, 12), generator=g)
+    target[0] = 0  # a slice without foreground: pooled, it still counts
+    loss = ClassDiceLoss(batch_pooled=True, squared=True, smooth=1e-5)
+    expected = authors_prostate_dice(logits, target, num_classes)
+    np.testing.assert_allclose(
+        float(loss(logits, target)), expected, rtol=1e-5
+    )
+    # Not the per-sample default.
+    per_sample = ClassDiceLoss(smooth=1e-5)
+    assert abs(float(per_sample(logits, target)) - expected) > 1e-3

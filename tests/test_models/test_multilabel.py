@@ -12,7 +12,8 @@ from mmseg.structures import SegDataSample
 import mmseg_dfq  # noqa: F401  (registers the plugin)
 from mmseg_dfq.models.losses import MultiLabelBCELoss, MultiLabelDiceLoss
 
-SETS = [[1, 2], [2]]  # disc = rim + cup, cup
+# The authors' channel order: cup, then disc = rim + cup.
+SETS = [[2], [1, 2]]
 
 
 def labels_and_logits(seed=0, b=2, h=12, w=10):
@@ -28,7 +29,7 @@ def numpy_targets(labels):
     valid = (lab != 255).astype(np.float64)
     disc = np.isin(lab, [1, 2]) * valid
     cup = (lab == 2) * valid
-    return np.stack([disc, cup], 1), valid[:, None]
+    return np.stack([cup, disc], 1), valid[:, None]
 
 
 def test_bce_matches_numpy():
@@ -61,12 +62,12 @@ def test_losses_check_channels_and_sets():
         MultiLabelDiceLoss(label_sets=[[]])
 
 
-def build_segmentor(threshold=0.75):
+def build_segmentor(threshold=0.75, label_sets=SETS):
     init_default_scope('mmseg')
     return MODELS.build(
         dict(
             type='MultiLabelEncoderDecoder',
-            label_sets=SETS,
+            label_sets=label_sets,
             threshold=threshold,
             backbone=dict(
                 type='RDWTMixVisionTransformer',
@@ -84,8 +85,8 @@ def build_segmentor(threshold=0.75):
                 out_channels=2,
                 norm_cfg=dict(type='BN'),
                 loss_decode=[
-                    dict(type='MultiLabelBCELoss', label_sets=SETS),
-                    dict(type='MultiLabelDiceLoss', label_sets=SETS),
+                    dict(type='MultiLabelBCELoss', label_sets=label_sets),
+                    dict(type='MultiLabelDiceLoss', label_sets=label_sets),
                 ],
             ),
         )
@@ -104,7 +105,7 @@ def test_probabilities_are_resized_then_thresholded():
     probs = F.interpolate(
         logits.sigmoid(), (40, 30), mode='bilinear', align_corners=False
     )[0]
-    disc, cup = (probs > 0.75).numpy()
+    cup, disc = (probs > 0.75).numpy()
     expected = np.where(cup, 2, np.where(disc, 1, 0))
     np.testing.assert_array_equal(out.pred_sem_seg.data[0].numpy(), expected)
     torch.testing.assert_close(out.seg_logits.data, probs)
@@ -128,3 +129,21 @@ def test_segmentor_trains_and_checks_channels():
     sum(v for k, v in losses.items() if 'loss' in k).backward()
     with pytest.raises(ValueError, match='threshold'):
         build_segmentor(threshold=1.5)
+
+
+def test_labels_do_not_depend_on_channel_order():
+    # Every combination of (cup, disc) on/off, in both channel orders:
+    # disc and cup -> 2 (cup), disc alone -> 1 (rim), cup alone -> 2,
+    # neither -> 0. Writing the channels in their given order would turn
+    # the authors' (cup, disc) into rim wherever both are on.
+    cup = torch.tensor([[0.9, 0.9, 0.1, 0.1]])
+    disc = torch.tensor([[0.9, 0.1, 0.9, 0.1]])
+    expected = torch.tensor([[[2, 2, 1, 0]]])
+    authors = build_segmentor(label_sets=[[2], [1, 2]])
+    swapped = build_segmentor(label_sets=[[1, 2], [2]])
+    assert torch.equal(
+        authors.labels_from_probs(torch.stack([cup, disc])), expected
+    )
+    assert torch.equal(
+        swapped.labels_from_probs(torch.stack([disc, cup])), expected
+    )

@@ -27,6 +27,31 @@ def test_authors_config_sets_the_published_options(benchmark):
     assert head.loss_rdwt.loss_weight == 1e-4
     assert tuple(head.pool_ratios) == (2, 4, 8)
     assert head.dropout_ratio == 0.0
+    assert cfg.randomness.seed == 1337
+    metric = cfg.test_evaluator
+    if benchmark == 'fundus':
+        # Their channel order: 0 cup, 1 disc (= rim + cup).
+        assert cfg.model.label_sets == [[2], [1, 2]]
+        assert metric.empty_distance == 100
+        for loader in ('train_dataloader', 'test_dataloader'):
+            resizes = [
+                t
+                for t in cfg[loader].dataset.pipeline
+                for t in [t, *t.get('transforms', [])]
+                if 'Resize' in t['type']
+            ]
+            assert resizes and all(
+                t['backend'] == 'pillow' for t in resizes
+            ), loader
+    else:
+        dice = head.loss_decode[1]
+        assert (dice.type, dice.batch_pooled, dice.squared, dice.smooth) == (
+            'ClassDiceLoss',
+            True,
+            True,
+            1e-5,
+        )
+        assert metric.restrict_to_gt_slices and not metric.use_spacing
 
 
 def test_authors_fundus_config_trains_on_cpu(tmp_path):

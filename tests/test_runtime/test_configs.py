@@ -127,7 +127,7 @@ def test_config_builds(config):
         cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     if hasattr(model, 'label_sets'):
-        # The authors' two sigmoid channels (disc, cup) over labels 0-2.
+        # The authors' two sigmoid channels (cup, disc) over labels 0-2.
         expected = len(model.label_sets)
     else:
         expected = 3 if 'fundus' in config else 2

@@ -1,8 +1,9 @@
 """RAM (random amplitude mixup, RAM-DSIR, ECCV 2022) as a data preprocessor.
 
-The DFQ authors' ``train_feed.py --ram --consistency`` trains on a second
-view of every image whose low-frequency Fourier amplitude is mixed with that
-of an image from another source domain, phase kept. Here the partner is
+RAM-DSIR trains on a second view of every image whose low-frequency
+Fourier amplitude is mixed with that of another training image, phase kept
+(the DFQ authors' ``train_feed.py`` has its ``--ram --consistency`` flags,
+but as published that branch does not run). Here the partner is
 drawn from the same domain-mixed batch (``DomainMixSampler`` guarantees
 every source domain in every batch), using the ``domain_idx`` meta that
 travels with each sample, and the second views are appended to the batch.
@@ -18,7 +19,7 @@ import torch
 from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
-# r ~ U{0.1, 0.2, ..., 1.0}, as the authors' randint(1, 10) / 10.
+# r ~ U{0.1, 0.2, ..., 1.0}, as RAM-DSIR's randint(1, 10) / 10.
 DEFAULT_RATIOS = tuple(k / 10 for k in range(1, 11))
 
 
@@ -90,7 +91,7 @@ class RAMSegDataPreProcessor(SegDataPreProcessor):
     In training, for a batch of B images it draws for each image i a partner
     j from another source domain of the same batch and a ratio r, mixes the
     low-frequency amplitudes of the raw pixels (before BGR->RGB and
-    normalisation, as the authors do on 0-255 images), clips to
+    normalisation, as RAM-DSIR does on 0-255 fundus images), clips to
     ``clip_range`` and returns 2B images: the B originals, then the B mixed
     views. The second-view data samples are copies of the originals with
     metainfo ``ram_view=True``, ``ram_partner=j`` (index in the batch) and
@@ -98,18 +99,19 @@ class RAMSegDataPreProcessor(SegDataPreProcessor):
     shared: the mix keeps the phase, hence the anatomy. Validation and test
     batches pass through unchanged.
 
-    Departure from the authors: their partner is a random training image of
-    another domain, resized but not augmented; here it is another image of
-    the same batch, after the training augmentation.
+    Departure from RAM-DSIR: its partner is a random training image of any
+    source domain (another one with ``--is_out_domain``), resized but not
+    augmented; here it is another image of the same batch, after the
+    training augmentation.
 
     Args:
         ram_window (float): Half-size of the low-frequency window as a
-            fraction of min(H, W) (the authors' ``L``). Default: 0.1.
+            fraction of min(H, W) (RAM-DSIR's ``L``). Default: 0.1.
         ratios (Sequence[float]): Values r is drawn from, uniformly.
             Default: (0.1, 0.2, ..., 1.0).
-        cross_domain (bool): Partner from another domain (the authors'
+        cross_domain (bool): Partner from another domain (RAM-DSIR's
             ``--is_out_domain``); False allows any other image of the
-            batch. Default: True.
+            batch, of any domain (RAM-DSIR's default). Default: True.
         clip_range (Sequence[float], optional): Range the mixed pixels are
             clipped to; None keeps them unclipped. Default: (0, 255).
         domain_key (str): Metainfo key holding each sample's domain.

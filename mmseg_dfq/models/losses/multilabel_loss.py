@@ -1,10 +1,10 @@
 """Losses on nested binary targets: the authors' two-sigmoid fundus form.
 
-The authors predict the optic disc and the optic cup as two independent
-sigmoid channels (multi-label: the disc channel includes the cup). Labels in
-mmseg are one map of class indices ({0 background, 1 rim, 2 cup} for
-fundus), so each channel c is given the set of labels it covers
-(``label_sets``, fundus: ``[[1, 2], [2]]``) and its target is "label in
+The authors predict the optic cup and the optic disc as two independent
+sigmoid channels, in that order (multi-label: the disc channel includes the
+cup). Labels in mmseg are one map of class indices ({0 background, 1 rim,
+2 cup} for fundus), so each channel c is given the set of labels it covers
+(``label_sets``, fundus: ``[[2], [1, 2]]``) and its target is "label in
 set c".
 """
 
@@ -94,7 +94,8 @@ class MultiLabelBCELoss(_MultiLabelLoss):
 
     Args:
         label_sets (Sequence[Sequence[int]]): Labels covered by each output
-            channel (fundus: ``[[1, 2], [2]]`` = disc, cup).
+            channel (fundus: ``[[2], [1, 2]]`` = cup, disc, the authors'
+            channel order).
         loss_weight (float): Multiplier. Default: 1.0.
         loss_name (str): Key in the losses dict. Default: 'loss_bce'.
     """

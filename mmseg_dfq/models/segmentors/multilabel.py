@@ -14,14 +14,16 @@ from ..losses.multilabel_loss import check_label_sets
 class MultiLabelEncoderDecoder(EncoderDecoder):
     """Predict labels from independently thresholded sigmoid channels.
 
-    The authors' fundus model: channel 0 is the optic disc, channel 1 the
-    cup, each ``sigmoid > threshold`` (0.75). Probabilities, not logits, are
-    resized to the original image (bilinear), as in their evaluation. The
-    label map is built channel by channel, a later channel overwriting an
-    earlier one: channel c writes the smallest label of ``label_sets[c]``
-    (fundus ``[[1, 2], [2]]``: disc pixels -> 1 (rim), then cup pixels ->
-    2), so the metric's OD = {1, 2} is disc OR cup and OC = {2} the cup.
-    ``seg_logits`` of the results hold the resized probabilities.
+    The authors' fundus model: channel 0 is the optic cup, channel 1 the
+    disc (their ``to_multilabel`` and test script), each ``sigmoid >
+    threshold`` (0.75). Probabilities, not logits, are resized to the
+    original image (bilinear), as in their evaluation. Channel c stands for
+    the labels ``label_sets[c]`` (fundus ``[[2], [1, 2]]``: cup, then disc =
+    rim + cup); a pixel gets the smallest label of each channel that is on,
+    the largest of these winning (disc and cup on -> 2, disc alone -> 1,
+    cup alone -> 2), whatever the channel order. The metric's OD = {1, 2}
+    is then disc OR cup and OC = {2} the cup. ``seg_logits`` of the results
+    hold the resized probabilities.
 
     Train with :class:`~mmseg_dfq.models.losses.MultiLabelBCELoss` and
     :class:`~mmseg_dfq.models.losses.MultiLabelDiceLoss` on the same
@@ -55,6 +57,9 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
                 f'got {threshold}'
             )
         self.threshold = float(threshold)
+        self._write_order = sorted(
+            range(len(self.label_sets)), key=lambda c: min(self.label_sets[c])
+        )
 
     def labels_from_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """Compose a label map from per-channel probabilities.
@@ -70,8 +75,9 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
             dtype=torch.long,
             device=probs.device,
         )
-        for channel, label_set in zip(probs, self.label_sets):
-            labels[0][channel > self.threshold] = min(label_set)
+        # Written from the smallest label up, so that the largest wins.
+        for c in self._write_order:
+            labels[0][probs[c] > self.threshold] = min(self.label_sets[c])
         return labels
 
     def postprocess_result(

@@ -13,9 +13,10 @@ from mmseg.utils import add_prefix
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor):
     """KL(p || q) + KL(q || p) of two softmax predictions, element mean.
 
-    The DFQ authors' ``KD`` consistency: two ``torch.nn.KLDivLoss()`` terms
-    with the default element-wise mean over (B, C, H, W); computed from log
-    softmax so that a probability that underflows to 0 gives no NaN.
+    The ``KD`` consistency of the DFQ authors' script: two
+    ``torch.nn.KLDivLoss()`` terms with the default element-wise mean over
+    (B, C, H, W); computed from log softmax so that a probability that
+    underflows to 0 gives no NaN.
 
     Args:
         logits_a (Tensor): Logits of one view, (B, C, H, W).
