@@ -15,6 +15,7 @@
 # - PIL resizes (bilinear images, nearest masks) instead of cv2's;
 # - their distance penalty: a structure predicted empty gets ASD = HD95 =
 #   100 px, counted in the means;
+# - the classifier's PyTorch default initialisation (mmseg: normal, 0.01);
 # - their seed, 1337 (their script seeds only with --deterministic).
 # What still differs is listed in the departures table of docs/design.md.
 # Checkpoints of the authors' train_feed.py load into this model after
@@ -38,6 +39,8 @@ model = dict(
         num_classes=2,
         out_channels=2,
         pool_ratios=(2, 4, 8),
+        # Their classifier keeps PyTorch's default initialisation.
+        init_cfg=None,
         loss_decode=[
             dict(type='MultiLabelBCELoss', label_sets=label_sets),
             dict(type='MultiLabelDiceLoss', label_sets=label_sets),

@@ -28,6 +28,7 @@ def test_authors_config_sets_the_published_options(benchmark):
     assert tuple(head.pool_ratios) == (2, 4, 8)
     assert head.dropout_ratio == 0.0
     assert cfg.randomness.seed == 1337
+    assert head.init_cfg is None
     metric = cfg.test_evaluator
     if benchmark == 'fundus':
         # Their channel order: 0 cup, 1 disc (= rim + cup).
