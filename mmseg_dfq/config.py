@@ -1,11 +1,49 @@
-"""Config loading shared by the command-line tools."""
+"""Config loading shared by the command-line tools, and its checks."""
 
 import os.path as osp
+from typing import Optional
 
 from mmengine.config import Config
 
 from .compat import adapt_cfg_to_device
+from .datasets.base import DomainSplitDataset, resolve_domains
 from .datasets.samplers import check_domain_mix_batch_size
+
+# The top-level keys mmengine's Runner reads from a config (Runner.from_cfg
+# and mmengine's and mmseg's tools). A config may hold any other variable,
+# so only a near miss of one of these is taken for a typo.
+RUNNER_KEYS = (
+    'model',
+    'work_dir',
+    'train_dataloader',
+    'val_dataloader',
+    'test_dataloader',
+    'train_cfg',
+    'val_cfg',
+    'test_cfg',
+    'auto_scale_lr',
+    'optim_wrapper',
+    'param_scheduler',
+    'val_evaluator',
+    'test_evaluator',
+    'default_hooks',
+    'custom_hooks',
+    'data_preprocessor',
+    'load_from',
+    'resume',
+    'launcher',
+    'env_cfg',
+    'log_processor',
+    'log_level',
+    'visualizer',
+    'default_scope',
+    'randomness',
+    'experiment_name',
+    'model_wrapper_cfg',
+    'custom_imports',
+    'tta_model',
+    'tta_pipeline',
+)
 
 
 def load_config(path, cfg_options=None, launcher='none', work_dir=None):
@@ -21,7 +59,8 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
     Raises:
         FileNotFoundError: If the config file does not exist.
         ValueError: If the train batch size is not the sum of a
-            ``DomainMixSampler``'s per-domain counts.
+            ``DomainMixSampler``'s per-domain counts, or
+            :func:`check_config` finds a problem.
 
     Returns:
         mmengine.Config: The config (adapted by
@@ -43,4 +82,164 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
         # A batch size other than the sum of the per-domain counts would
         # silently break the mix: stop here instead.
         check_domain_mix_batch_size(cfg.train_dataloader)
+    check_config(cfg, path)
     return adapt_cfg_to_device(cfg)
+
+
+def check_config(cfg: Config, path: str = 'config') -> None:
+    """Stop on config mistakes that would otherwise run without a word.
+
+    - a top-level key that is a near miss of a key the Runner reads (e.g.
+      ``train_dataloder``): mmengine ignores unknown keys, so the base's
+      value would silently be used;
+    - a held-out (``unseen_domains``) domain of the validation or test set
+      that the training set also loads from the same ``data_root``: its
+      results would be reported as unseen;
+    - a decode head whose ``num_classes`` is not the number of classes the
+      training set declares (its ``METAINFO`` or the config's
+      ``metainfo``); with the two-sigmoid form (``label_sets``), labels
+      the data set does not have.
+
+    Data sets other than this project's domain data sets, and models
+    without a ``decode_head`` dict, are not checked.
+
+    Args:
+        cfg (Config): The merged config.
+        path (str): The config's file, for messages. Default: 'config'.
+
+    Raises:
+        ValueError: On any of the above.
+    """
+    _check_top_level_keys(cfg, path)
+    train = _domain_dataset(cfg.get('train_dataloader'))
+    if train is not None:
+        _check_held_out(cfg, train, path)
+        _check_num_classes(cfg, train, path)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(
+                min(
+                    previous[j] + 1,
+                    current[j - 1] + 1,
+                    previous[j - 1] + (ca != cb),
+                )
+            )
+        previous = current
+    return previous[-1]
+
+
+def _near_miss(key: str) -> Optional[str]:
+    """The Runner key that ``key`` looks like a typo of, if any.
+
+    At most two edits away, and not a longer name built on it (a config
+    variable such as ``data_preprocessor_cfg`` is deliberate).
+    """
+    if key in RUNNER_KEYS or key.startswith('_') or len(key) < 6:
+        return None
+    for known in RUNNER_KEYS:
+        if known in key or key in known:
+            continue
+        if _edit_distance(key, known) <= 2:
+            return known
+    return None
+
+
+def _check_top_level_keys(cfg: Config, path: str) -> None:
+    for key in cfg.keys():
+        known = _near_miss(key)
+        if known is not None:
+            raise ValueError(
+                f'{path}: unknown top-level key {key!r}; did you mean '
+                f'{known!r}? (mmengine ignores unknown keys, so {known!r} '
+                'would keep its base value)'
+            )
+
+
+def _domain_dataset(dataloader: Optional[dict]):
+    """(class, dataset cfg) of a dataloader's domain data set, or None."""
+    if not dataloader:
+        return None
+    dataset = dataloader.get('dataset') or {}
+    kind = dataset.get('type')
+    if isinstance(kind, str):
+        from mmseg.registry import DATASETS
+
+        kind = DATASETS.get(kind.split('.')[-1])
+    if not (isinstance(kind, type) and issubclass(kind, DomainSplitDataset)):
+        return None
+    return kind, dataset
+
+
+def _domain_ids(kind, dataset: dict, key: str) -> list:
+    names = kind.declared_facts(dataset.get('metainfo'))['domains']
+    value = dataset.get(key)
+    if value is None:
+        return list(range(1, len(names) + 1)) if key == 'domains' else []
+    return resolve_domains(value, names, key)
+
+
+def _same_root(a: dict, b: dict) -> bool:
+    root_a, root_b = a.get('data_root'), b.get('data_root')
+    if root_a is None or root_b is None:
+        return root_a == root_b
+    return osp.realpath(str(root_a)) == osp.realpath(str(root_b))
+
+
+def _check_held_out(cfg: Config, train, path: str) -> None:
+    kind, train_set = train
+    trained = set(_domain_ids(kind, train_set, 'domains'))
+    names = kind.declared_facts(train_set.get('metainfo'))['domains']
+    for loader in ('val_dataloader', 'test_dataloader'):
+        found = _domain_dataset(cfg.get(loader))
+        if found is None or found[0] is not kind:
+            continue
+        dataset = found[1]
+        if not _same_root(train_set, dataset):
+            continue
+        leaked = sorted(
+            trained & set(_domain_ids(kind, dataset, 'unseen_domains'))
+        )
+        if leaked:
+            listed = ', '.join(f'{i} ({names[i - 1]})' for i in leaked)
+            raise ValueError(
+                f'{path}: {loader}.dataset.unseen_domains holds domain(s) '
+                f'{listed} that train_dataloader.dataset.domains also '
+                'trains on (same data_root): their results would be '
+                'reported as unseen. Leave the held-out domain out of the '
+                "training domains (and out of the sampler's domain_counts)"
+            )
+
+
+def _check_num_classes(cfg: Config, train, path: str) -> None:
+    kind, train_set = train
+    head = (cfg.get('model') or {}).get('decode_head')
+    if not isinstance(head, dict) or head.get('num_classes') is None:
+        return
+    classes = kind.declared_facts(train_set.get('metainfo'))['classes']
+    label_sets = cfg.model.get('label_sets')
+    if label_sets is not None:
+        # Two-sigmoid form: one channel per label set, labels from the data.
+        unknown = sorted(
+            {int(v) for s in label_sets for v in s} - set(range(len(classes)))
+        )
+        if unknown:
+            raise ValueError(
+                f'{path}: model.label_sets name labels {unknown}, but the '
+                f'training set ({kind.__name__}) has {len(classes)} classes '
+                f'{tuple(classes)} (labels 0..{len(classes) - 1})'
+            )
+        return
+    if int(head['num_classes']) != len(classes):
+        raise ValueError(
+            f'{path}: model.decode_head.num_classes is '
+            f'{head["num_classes"]}, but the training set '
+            f'({kind.__name__}) has {len(classes)} classes '
+            f'{tuple(classes)}: set num_classes={len(classes)} (or the '
+            "data set's metainfo classes)"
+        )

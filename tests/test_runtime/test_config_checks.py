@@ -1,0 +1,84 @@
+"""load_config's checks: mistakes that would otherwise run silently."""
+
+import glob
+import os.path as osp
+
+import pytest
+
+from mmseg_dfq.config import load_config
+
+REPO = osp.join(osp.dirname(__file__), '..', '..')
+FUNDUS = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_fundus.py')
+PROSTATE = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-tiny_demo_prostate.py')
+AUTHORS = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-b2_fundus_d1_authors.py')
+
+
+@pytest.mark.parametrize(
+    'config',
+    sorted(
+        c
+        for c in glob.glob(
+            osp.join(REPO, 'configs', '**', '*.py'), recursive=True
+        )
+        if '_base_' not in c
+    ),
+)
+def test_every_shipped_config_passes_the_checks(config):
+    load_config(config)
+
+
+def test_a_near_miss_of_a_runner_key_is_refused():
+    with pytest.raises(ValueError, match="did you mean 'train_dataloader'"):
+        load_config(FUNDUS, {'train_dataloder.batch_size': 3})
+    with pytest.raises(ValueError, match="did you mean 'val_evaluator'"):
+        load_config(FUNDUS, {'val_evaluater': dict(type='DomainMetric')})
+    # Longer names built on a Runner key are deliberate variables.
+    load_config(FUNDUS, {'data_preprocessor_cfg': dict(), 'crop_sizes': 1})
+
+
+def test_a_held_out_domain_that_is_also_trained_on_is_refused():
+    everything = {
+        'train_dataloader.dataset.domains': [1, 2, 3, 4],
+        'train_dataloader.sampler.domain_counts': {
+            '_delete_': True,
+            **{f'Domain{i}': 1 for i in range(1, 5)},
+        },
+        'train_dataloader.batch_size': 4,
+    }
+    with pytest.raises(ValueError, match=r'1 \(Domain1\).*reported as unseen'):
+        load_config(FUNDUS, everything)
+    # By name too.
+    with pytest.raises(ValueError, match='reported as unseen'):
+        load_config(
+            FUNDUS,
+            {
+                **everything,
+                'val_dataloader.dataset.unseen_domains': ['Domain1'],
+                'test_dataloader.dataset.unseen_domains': ['Domain1'],
+            },
+        )
+    # Another data root is other data: not checked.
+    load_config(
+        FUNDUS,
+        {
+            **everything,
+            'val_dataloader.dataset.data_root': '/elsewhere',
+            'test_dataloader.dataset.data_root': '/elsewhere',
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    'config, wrong, classes',
+    [(FUNDUS, 2, 3), (FUNDUS, 4, 3), (PROSTATE, 3, 2)],
+)
+def test_num_classes_must_match_the_data_set(config, wrong, classes):
+    with pytest.raises(
+        ValueError, match=f'num_classes is {wrong}.*has {classes} classes'
+    ):
+        load_config(config, {'model.decode_head.num_classes': wrong})
+
+
+def test_label_sets_must_name_labels_of_the_data_set():
+    with pytest.raises(ValueError, match=r'label_sets name labels \[3\]'):
+        load_config(AUTHORS, {'model.label_sets': [[2], [1, 3]]})
