@@ -1,13 +1,21 @@
 """What to segment: telling images from volumes, listing a folder, slices."""
 
+import logging
 import os
 import os.path as osp
 from typing import List, Optional, Tuple
 
 import numpy as np
+from mmengine.logging import print_log
 
-from ..datasets.base import IMAGE_EXTS
-from ..datasets.nifti import NIFTI_EXTS, SEG_SUFFIX, decode_nifti, is_nifti
+from ..datasets.base import IMAGE_EXTS, name_list
+from ..datasets.nifti import (
+    NIFTI_EXTS,
+    SEG_SUFFIX,
+    decode_nifti,
+    is_nifti,
+    read_nifti_header,
+)
 from ..datasets.transforms.volume import normalise_volume, slice_25d
 
 
@@ -30,6 +38,9 @@ def input_kind(path: str) -> Optional[str]:
 def find_inputs(path: str) -> Tuple[List[str], List[str]]:
     """List the images / volumes to segment in a file or folder.
 
+    Files of a folder with other extensions (``notes.txt``, ``x.webp``) and
+    its sub-folders are not segmented; a warning names them.
+
     Args:
         path (str): An image, a NIfTI volume, or a folder of either.
 
@@ -51,20 +62,36 @@ def find_inputs(path: str) -> Tuple[List[str], List[str]]:
                 f'{", ".join(IMAGE_EXTS + NIFTI_EXTS)}): {path}'
             )
         return [path], []
-    files, skipped = [], []
+    files, skipped, ignored = [], [], []
     for name in sorted(os.listdir(path)):
         full = osp.join(path, name)
-        if not osp.isfile(full) or input_kind(name) is None:
+        if not osp.isfile(full):
+            ignored.append(name + os.sep)
+            continue
+        if input_kind(name) is None:
+            ignored.append(name)
             continue
         # The SAML layout keeps labels beside the volumes: not inputs.
         if SEG_SUFFIX + '.nii' in name.lower():
             skipped.append(full)
         else:
             files.append(full)
+    # Never passed over in silence (a .webp or .gif is not segmented
+    # either: the extensions above are the ones the loaders read).
+    others = (
+        f'{len(ignored)} other file(s) / folder(s) (not '
+        f'{", ".join(IMAGE_EXTS + NIFTI_EXTS)}): {name_list(ignored)}'
+    )
     if not files:
         raise ValueError(
             f'no image ({", ".join(IMAGE_EXTS)}) or NIfTI volume found in '
-            f'folder {path}'
+            f'folder {path}' + (f'; it holds {others}' if ignored else '')
+        )
+    if ignored:
+        print_log(
+            f'{path}: not segmenting {others}',
+            logger='current',
+            level=logging.WARNING,
         )
     return files, skipped
 
@@ -72,11 +99,12 @@ def find_inputs(path: str) -> Tuple[List[str], List[str]]:
 def nifti_slices(path: str) -> List[np.ndarray]:
     """The 2.5D slices of a NIfTI volume, as a volume model's inputs.
 
-    Decoded, checked and min-max scaled as the volume data sets do, then
-    cut as ``LoadProstateSlice`` cuts them, so ``inference_model(model,
-    nifti_slices(path))`` (mmseg's API) predicts slice k of the volume as
-    ``tools/test.py`` does. Post-processing (largest 3D component) and NIfTI
-    output are :class:`SegInferencer`'s / ``tools/infer.py``'s job.
+    Checked (header included), decoded and min-max scaled as the volume
+    data sets do, then cut as ``LoadProstateSlice`` cuts them, so
+    ``inference_model(model, nifti_slices(path))`` (mmseg's API) predicts
+    slice k of the volume as ``tools/test.py`` does. Post-processing
+    (largest 3D component) and NIfTI output are :class:`SegInferencer`'s /
+    ``tools/infer.py``'s job.
 
     Args:
         path (str): A ``.nii`` / ``.nii.gz`` volume.
@@ -85,5 +113,9 @@ def nifti_slices(path: str) -> List[np.ndarray]:
         list[np.ndarray]: One float32 (H, W, 3) array in [-1, 1] per slice
         ``volume[:, :, k]``.
     """
+    # The header is checked as everywhere else (a voxel size that is not
+    # positive and finite is refused), so this function and tools/infer.py
+    # accept the same files.
+    read_nifti_header(path)
     vol = normalise_volume(decode_nifti(path), path)
     return [slice_25d(vol, k) for k in range(vol.shape[2])]

@@ -20,16 +20,18 @@ as ``metainfo``), which the metric and the inferencer read from
   dimensions for the full neighbourhood).
 """
 
+import logging
 import os
 import os.path as osp
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 
 from ..evaluation.postprocess import check_eval_mode, post_process_from_meta
-from .nifti import read_nifti_header
+from .nifti import NIFTI_EXTS, check_same_voxel_size, read_nifti_header
 
 DomainSpec = Union[int, str]
 
@@ -330,7 +332,9 @@ class DomainSplitDataset(BaseSegDataset):
         """One data info per slice ``volume[:, :, k]`` of a case.
 
         Shapes, spacing and affine come from the NIfTI headers (no voxel is
-        decoded here).
+        decoded here). Each header's voxel size must be positive and finite,
+        and the segmentation's must equal the image's (up to 0.1%, see
+        :func:`~mmseg_dfq.datasets.nifti.check_same_voxel_size`).
 
         Args:
             domain_idx (int): 1-based domain of the case.
@@ -346,7 +350,7 @@ class DomainSplitDataset(BaseSegDataset):
             (4x4 nested tuples).
         """
         shape, spacing, affine = read_nifti_header(img_path)
-        seg_shape, _, _ = read_nifti_header(seg_path)
+        seg_shape, seg_spacing, _ = read_nifti_header(seg_path)
         if len(shape) != 3:
             raise ValueError(
                 f'image must be a 3D volume, got shape {shape}: {img_path}'
@@ -356,6 +360,8 @@ class DomainSplitDataset(BaseSegDataset):
                 f'segmentation shape {seg_shape} differs from image shape '
                 f'{shape} ({img_path}): {seg_path}'
             )
+        # The metric measures the labels in mm with the image's spacing.
+        check_same_voxel_size(img_path, spacing[:3], seg_path, seg_spacing[:3])
         affine_t = tuple(tuple(float(v) for v in r) for r in affine)
         name = self.domain_names[domain_idx - 1]
         metas = self.domain_metas(domain_idx, f'{name}/{stem}')
@@ -467,6 +473,70 @@ def check_case_split(split: str, test_fraction: float) -> None:
 # Extensions of the 2D images and masks a domain folder may hold.
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 
+# Extensions of image and volume formats in general: a file of such a type
+# that a layout does not read is refused by :func:`pair_case_files` (it is
+# a case the user means to be read); other files are passed over with a
+# warning that names them.
+DATA_FILE_EXTS = (
+    IMAGE_EXTS
+    + NIFTI_EXTS
+    + (
+        '.jpe',
+        '.jfif',
+        '.jp2',
+        '.j2k',
+        '.webp',
+        '.gif',
+        '.pbm',
+        '.pgm',
+        '.ppm',
+        '.pnm',
+        '.exr',
+        '.hdr',
+        '.img',
+        '.heic',
+        '.avif',
+        '.dcm',
+        '.dicom',
+        '.mha',
+        '.mhd',
+        '.nrrd',
+        '.nhdr',
+        '.npy',
+        '.npz',
+    )
+)
+
+
+def looks_like_data(filename: str) -> bool:
+    """Whether a file name has an image or volume extension (any format).
+
+    Args:
+        filename (str): A file name or path.
+
+    Returns:
+        bool: True for e.g. ``.png``, ``.webp``, ``.gif``, ``.nii.gz``,
+        ``.mha``, ``.dcm``, ``.npy`` (see ``DATA_FILE_EXTS``).
+    """
+    return str(filename).lower().endswith(DATA_FILE_EXTS)
+
+
+def name_list(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` names for a message, with the count of the rest.
+
+    Args:
+        names (Sequence[str]): Names, in the order to show.
+        limit (int): How many to show. Default: 5.
+
+    Returns:
+        str: E.g. ``'a.txt, b.txt'`` or ``'a, b, c, d, e and 3 more'``.
+    """
+    names = list(names)
+    shown = ', '.join(names[:limit])
+    if len(names) > limit:
+        shown += f' and {len(names) - limit} more'
+    return shown
+
 
 def split_image_ext(filename: str) -> Optional[Tuple[str, str]]:
     """Split a 2D image file name into (stem, extension), or None.
@@ -495,8 +565,15 @@ def pair_case_files(
     ``<folder>/<mask_dir>/<stem><mask_suffix><ext>`` (the extensions may
     differ, e.g. a JPEG image with a PNG mask). The SAML prostate layout is
     ``img_dir=mask_dir=''`` and ``mask_suffix='_segmentation'``. Every
-    image needs its mask and every mask its image; files ``split_ext`` does
-    not recognise are ignored.
+    image needs its mask and every mask its image. Nothing is passed over
+    silently:
+
+    - a file of an image or volume type that ``split_ext`` does not read
+      (e.g. ``case04.webp``, or a ``.png`` in a NIfTI layout; see
+      :func:`looks_like_data`) is an error, as is a file in a mask folder
+      of its own without ``mask_suffix``;
+    - any other file (``README.txt``) or sub-folder (other than the image
+      and mask folders) is passed over with a warning naming it.
 
     Args:
         folder (str): The domain folder.
@@ -522,18 +599,33 @@ def pair_case_files(
             f'{img_folder}: images and masks share a folder, so the masks '
             'need a stem suffix (mask_suffix, e.g. _segmentation)'
         )
+    # Files and folders passed over (warned about), and files of an image
+    # or volume type the layout does not read (refused); sets, as a shared
+    # folder is scanned twice.
+    ignored, unread = set(), set()
 
     def scan(path: str, masks: bool) -> Dict[str, str]:
         found = {}
         for fname in sorted(os.listdir(path)):
+            full = osp.join(path, fname)
+            if not osp.isfile(full):
+                if osp.normpath(full) not in (img_folder, mask_folder):
+                    ignored.add(full + os.sep)
+                continue
             parts = split_ext(fname)
-            if parts is None or not osp.isfile(osp.join(path, fname)):
+            if parts is None:
+                (unread if looks_like_data(fname) else ignored).add(full)
                 continue
             stem = parts[0]
             is_mask = bool(mask_suffix) and stem.endswith(mask_suffix)
             if masks:
                 if mask_suffix and not is_mask:
-                    continue
+                    if shared:
+                        continue  # an image, found by the other scan
+                    raise ValueError(
+                        f'{full}: a file in the mask folder {path} whose '
+                        f'stem lacks the mask suffix {mask_suffix!r}'
+                    )
                 stem = stem[: len(stem) - len(mask_suffix)]
             elif shared and is_mask:
                 continue
@@ -542,11 +634,26 @@ def pair_case_files(
                     f'{path}: two files for one case {stem!r}: '
                     f'{osp.basename(found[stem])} and {fname}'
                 )
-            found[stem] = osp.join(path, fname)
+            found[stem] = full
         return found
 
     images = scan(img_folder, False)
     masks = scan(mask_folder, True)
+    if unread:
+        reads = [e for e in DATA_FILE_EXTS if split_ext('x' + e) is not None]
+        raise ValueError(
+            f'{folder}: {len(unread)} file(s) of a type this data set does '
+            f'not read (it reads {", ".join(reads)}): '
+            f'{name_list(sorted(unread))}; convert them or move them out of '
+            'the domain folder'
+        )
+    if ignored:
+        print_log(
+            f'{folder}: passing over {len(ignored)} file(s) / folder(s) '
+            f'that are not images or masks: {name_list(sorted(ignored))}',
+            logger='current',
+            level=logging.WARNING,
+        )
     for stem in masks:
         if stem not in images:
             raise FileNotFoundError(

@@ -60,8 +60,89 @@ def file_stem(path: str) -> str:
     return parts[0] if parts is not None else osp.splitext(name)[0]
 
 
+def _raw_voxel_size(img, ndim: int) -> np.ndarray:
+    """The voxel size a NIfTI header stores, before nibabel's fixes.
+
+    ``nib.load`` checks the header and fixes it in place: a 0 in
+    ``pixdim[1:4]`` becomes 1 and a negative size its absolute value, with
+    only a log line that does not name the file. The header is read again
+    here without that check (``check=False``), as stored.
+
+    Args:
+        img: The image ``nib.load`` returned.
+        ndim (int): Its number of array dimensions.
+
+    Returns:
+        np.ndarray: ``pixdim[1 : 1 + min(ndim, 3)]`` as stored (float64).
+    """
+    holder = img.file_map.get('header', img.file_map['image'])
+    with holder.get_prepare_fileobj(mode='rb') as fobj:
+        raw = type(img.header).from_fileobj(fobj, check=False)
+    return np.asarray(raw['pixdim'][1 : 1 + min(ndim, 3)], np.float64)
+
+
+def _sizes_text(sizes) -> str:
+    """Voxel sizes for a message, e.g. ``'(0.5, 0.6, 3)'``."""
+    return '(' + ', '.join(f'{float(v):.6g}' for v in sizes) + ')'
+
+
+def check_voxel_size(pixdim, path: str) -> None:
+    """Refuse a voxel size that is not positive and finite.
+
+    Args:
+        pixdim (Sequence[float]): The spatial voxel sizes of a header.
+        path (str): Its file, named in the error.
+    """
+    sizes = np.asarray(pixdim, np.float64)
+    if np.all(np.isfinite(sizes)) and np.all(sizes > 0):
+        return
+    raise ValueError(
+        f'NIfTI voxel size (header pixdim[1:{len(sizes) + 1}]) is '
+        f'{_sizes_text(sizes)}; every spatial size must be '
+        'positive and finite (a 0 or negative size would be read silently '
+        'as 1 or as its absolute value, and distances in mm would be '
+        f'wrong): {path}'
+    )
+
+
+# Relative difference up to which two voxel sizes count as the same (float32
+# headers and rounding by converters differ in the last digits).
+VOXEL_SIZE_RTOL = 1e-3
+
+
+def check_same_voxel_size(
+    img_path: str, img_spacing, seg_path: str, seg_spacing
+) -> None:
+    """Refuse a segmentation whose voxel size differs from its image's.
+
+    Sizes count as equal up to a relative difference of
+    ``VOXEL_SIZE_RTOL`` (0.1%).
+
+    Args:
+        img_path (str): The image volume, named in the error.
+        img_spacing (Sequence[float]): Its voxel size (mm).
+        seg_path (str): The segmentation, named in the error.
+        seg_spacing (Sequence[float]): Its voxel size (mm).
+    """
+    a = np.asarray(img_spacing, np.float64)
+    b = np.asarray(seg_spacing, np.float64)
+    if a.shape == b.shape and np.all(
+        np.abs(a - b) <= VOXEL_SIZE_RTOL * np.maximum(np.abs(a), np.abs(b))
+    ):
+        return
+    raise ValueError(
+        f'segmentation voxel size {_sizes_text(b)} mm differs from its '
+        f'image voxel size {_sizes_text(a)} mm (by more than '
+        f'{VOXEL_SIZE_RTOL:.1%}): image {img_path}, segmentation {seg_path}'
+    )
+
+
 def read_nifti_header(path: str) -> Tuple[tuple, tuple, np.ndarray]:
     """Read shape, voxel size and affine of a NIfTI file without its voxels.
+
+    The voxel size must be positive and finite in every spatial dimension
+    of the array (up to 3) as stored in the header: see
+    :func:`check_voxel_size`.
 
     Args:
         path (str): Path of a ``.nii`` / ``.nii.gz`` file.
@@ -78,8 +159,10 @@ def read_nifti_header(path: str) -> Tuple[tuple, tuple, np.ndarray]:
         shape = tuple(int(s) for s in img.header.get_data_shape())
         spacing = tuple(float(z) for z in img.header.get_zooms())
         affine = np.asarray(img.affine, dtype=np.float64)
+        raw_sizes = _raw_voxel_size(img, len(shape))
     except Exception as e:
         raise ValueError(f'cannot read NIfTI header of {path}: {e}') from e
+    check_voxel_size(raw_sizes, path)
     return shape, spacing, affine
 
 
