@@ -56,4 +56,6 @@ test_dataloader = dict(
     persistent_workers=False,
     dataset=dict(data_root=data_root, pipeline=test_pipeline),
 )
-default_hooks = dict(visualization=dict(type='SegVisualizationHook'))
+# The schedule's visualisation hook (mmseg's, which also paints NIfTI
+# slices; off unless a test tool asks for pictures).
+default_hooks = dict(visualization=dict(type='DomainVisualizationHook'))

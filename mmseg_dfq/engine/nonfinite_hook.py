@@ -26,13 +26,18 @@ def batch_files(data_batch) -> List[str]:
     """The image files of a batch (with the slice index of 2.5D samples).
 
     Args:
-        data_batch (dict): A batch as the dataloader yields it.
+        data_batch (dict): A batch as the dataloader yields it; in a
+            test-time augmentation batch (``TestTimeAug``) ``data_samples``
+            holds one list of samples per view, and the first view names
+            them.
 
     Returns:
         list[str]: One entry per sample.
     """
     files = []
     samples = (data_batch or {}).get('data_samples') or []
+    if len(samples) and isinstance(samples[0], (list, tuple)):
+        samples = samples[0]  # TTA: the views hold the same samples
     for sample in samples:
         meta = getattr(sample, 'metainfo', {})
         name = str(meta.get('img_path', '<unknown file>'))

@@ -3,6 +3,7 @@
 import os.path as osp
 
 import numpy as np
+from mmengine.runner import BaseLoop
 from mmseg.engine.hooks import SegVisualizationHook
 from mmseg.registry import HOOKS
 
@@ -16,8 +17,9 @@ class DomainVisualizationHook(SegVisualizationHook):
     mmseg's hook reads ``img_path`` as an image file, which fails for a
     prostate volume. For a sample with a ``slice_index`` this hook paints
     the middle channel of the network input (slice k, already scaled to
-    [-1, 1]) instead. Windows are named ``<domain>_<case>[_slice<k>]`` so
-    overlays of different domains do not overwrite each other.
+    [-1, 1]; with ``--tta`` that of the unflipped view) instead. Windows
+    are named ``<domain>_<case>[_slice<k>]`` so overlays of different
+    domains do not overwrite each other.
 
     With ``painter='overlay'`` (the default) saved pictures come from
     :class:`OverlayWriter`: ground truth and prediction blended into the
@@ -82,6 +84,7 @@ class DomainVisualizationHook(SegVisualizationHook):
         if not self.every_n_inner_iters(batch_idx, self.interval):
             return
         fast = self.painter == 'overlay' and not self.show
+        step = self._step(runner)
         for i, output in enumerate(outputs):
             meta = output.metainfo
             case = meta.get('case_id', osp.basename(output.img_path))
@@ -93,14 +96,14 @@ class DomainVisualizationHook(SegVisualizationHook):
             )
             if 'slice_index' in meta:
                 name += f'_slice{meta["slice_index"]:03d}'
-                img = self._slice_image(data_batch['inputs'][i])
+                img = self._slice_image(self._sample_input(data_batch, i))
             elif fast:
                 img = None  # decoded by the writer's thread
             else:
                 img = self._read_image(output.img_path)
             if fast:
                 self._overlay_writer(runner).submit(
-                    f'{name}_{runner.iter}',
+                    f'{name}_{step}',
                     self._labels(output, 'pred_sem_seg'),
                     gt=self._labels(output, 'gt_sem_seg'),
                     image=img,
@@ -113,8 +116,40 @@ class DomainVisualizationHook(SegVisualizationHook):
                 data_sample=output,
                 show=self.show,
                 wait_time=self.wait_time,
-                step=runner.iter,
+                step=step,
             )
+
+    @staticmethod
+    def _step(runner):
+        """``runner.iter`` without building a training loop to read it.
+
+        In a test run the Runner's ``iter`` builds the configured training
+        loop, dataset and sampler included, only to return 0 (and fails when
+        the training data is absent, e.g. testing with only a test set).
+        """
+        if not hasattr(runner, '_train_loop'):
+            return runner.iter
+        loop = runner._train_loop
+        return loop.iter if isinstance(loop, BaseLoop) else 0
+
+    @staticmethod
+    def _sample_input(data_batch, i):
+        """The network input of sample ``i``; a TTA batch's unflipped view.
+
+        A test-time augmentation batch (``TestTimeAug``) holds one list of
+        samples per view: ``inputs[view][i]``. The view whose sample is not
+        flipped is painted (the first view if every one is).
+        """
+        inputs = data_batch['inputs']
+        if hasattr(inputs, 'shape') or not isinstance(
+            inputs[0], (list, tuple)
+        ):
+            return inputs[i]  # one view: (B, C, H, W) or a list of (C, H, W)
+        views = data_batch.get('data_samples') or []
+        for view, samples in enumerate(views):
+            if not samples[i].metainfo.get('flip', False):
+                return inputs[view][i]
+        return inputs[0][i]
 
     @staticmethod
     def _labels(output, key):

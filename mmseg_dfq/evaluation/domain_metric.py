@@ -1,11 +1,17 @@
 """Per-domain medical segmentation metric (Dice, ASD, HD95) for mmseg."""
 
-from collections import OrderedDict
+import logging
+import os
+import os.path as osp
+from collections import OrderedDict, defaultdict
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 from mmseg.registry import METRICS
+from PIL import Image
 
 from .cases import (
     check_unique_cases,
@@ -24,7 +30,7 @@ from .report import (
 )
 from .surface import dice, surface_metrics
 
-__all__ = ['DomainMetric']
+__all__ = ['DomainMetric', 'prediction_file_name']
 
 _KNOWN_METRICS = ('Dice', 'ASD', 'ASSD', 'HD95')
 # Argument -> where the dataset declares it: (METAINFO key, sub-key).
@@ -66,6 +72,51 @@ def _check_mode(mode, where: str) -> str:
     return check_eval_mode(mode, f'DomainMetric: mode ({where})')
 
 
+def _file_stem(path: str) -> str:
+    """``x`` of ``.../x.png`` or ``.../x.nii.gz``."""
+    name = osp.basename(str(path))
+    if name.endswith('.gz'):
+        name = name[:-3]
+    return osp.splitext(name)[0]
+
+
+def _sample_name(data_sample: dict) -> str:
+    """A sample's name in messages: its file, and slice where it has one."""
+    name = str(data_sample.get('img_path', '<unknown file>'))
+    if data_sample.get('slice_index') is not None:
+        name += f' (slice {data_sample["slice_index"]})'
+    return name
+
+
+def prediction_file_name(data_sample: dict) -> str:
+    """The PNG name of a sample's predicted label map (``output_dir``).
+
+    An image is named as mmseg's ``IoUMetric`` names it, after its file:
+    ``<stem>.png``. A slice of a volume (a sample with ``slice_index``),
+    whose ``img_path`` is the whole volume, is named after its case and
+    slice, ``<case_id>_<k>.png`` with ``/`` in the case id replaced by
+    ``_`` and k zero-padded to 3 digits (more for a volume of over 1000
+    slices): ``RUNMC/Case00`` slice 7 is ``RUNMC_Case00_007.png``, so that
+    the slices of a volume, and volumes of one name in two domains, do not
+    overwrite each other.
+
+    Args:
+        data_sample (dict): ``SegDataSample.to_dict()`` output.
+
+    Returns:
+        str: The file name.
+    """
+    index = data_sample.get('slice_index')
+    if index is None:
+        return f'{_file_stem(data_sample.get("img_path", "unknown"))}.png'
+    case = data_sample.get('case_id')
+    if case is None:
+        case = _file_stem(data_sample.get('img_path', 'unknown'))
+    num = data_sample.get('num_slices')
+    width = max(3, len(str(int(num) - 1))) if num else 3
+    return f'{str(case).replace("/", "_")}_{int(index):0{width}d}.png'
+
+
 @METRICS.register_module()
 class DomainMetric(BaseMetric):
     """Per-case Dice / ASD / HD95 averaged per domain, as in medical DG papers.
@@ -75,9 +126,11 @@ class DomainMetric(BaseMetric):
     structure, computed as ``medpy.metric.binary`` does (see
     :mod:`mmseg_dfq.evaluation.surface`). A domain reports the mean over its
     cases; ``mean/...`` is the mean over the domains present and
-    ``mean_unseen/...`` the mean over the held-out domains when seen and
-    unseen domains are evaluated together. Unlike ``IoUMetric``'s mDice,
-    pixels are never pooled across cases and background is not a class.
+    ``mean_unseen/...`` the mean over the held-out (unseen) domains, present
+    whenever one is evaluated (alone, as in the default validation set, or
+    with seen domains): the key for ``CheckpointHook(save_best=...)``.
+    Unlike ``IoUMetric``'s mDice, pixels are never pooled across cases and
+    background is not a class.
 
     What is measured is a fact of the dataset, read from its metainfo
     (mmengine's evaluator hands the metric ``dataset_meta`` after building
@@ -105,6 +158,12 @@ class DomainMetric(BaseMetric):
     evaluated twice in ``'2d'`` mode (e.g. two images with one file stem)
     stops the evaluation with an error naming them instead of counting it
     twice.
+
+    ``output_dir`` (set by mmseg's ``tools/test.py --out``, as for
+    ``IoUMetric``) writes each sample's predicted label map there as a PNG
+    (see :func:`prediction_file_name` for the names). ``format_only`` then
+    only writes them, as ``IoUMetric(format_only=True)`` does: no ground
+    truth is read and no metric is computed.
 
     Args:
         structures (dict[str, list[int]], optional): Structure name -> the
@@ -150,6 +209,23 @@ class DomainMetric(BaseMetric):
         per_case_file (str, optional): Path of a CSV file written at every
             evaluation with one row per case (domain, case_id, seen and each
             structure's metrics). Default: None.
+        output_dir (str, optional): Folder for a PNG of every sample's
+            predicted label map, uint8 labels as the model predicts them
+            (``pred_sem_seg``, before this metric's post-processing; plus 1
+            where the sample has ``reduce_zero_label``, as ``IoUMetric``
+            does). An image's PNG is named after its file (``<stem>.png``),
+            a volume slice's after its case and slice
+            (``<case_id>_<k>.png``, ``/`` as ``_``): see
+            :func:`prediction_file_name`. Names that two samples share are
+            reported with a warning at the evaluation. Default: None.
+        format_only (bool): ``IoUMetric``'s switch: only write the PNGs to
+            ``output_dir``; no ground truth or domain meta keys are needed
+            and the evaluation returns no metrics. Default: False.
+        keep_results (bool): Accepted because mmseg's ``tools/test.py
+            --out`` sets it with ``output_dir``; as for ``IoUMetric`` it
+            changes nothing: the PNGs are the output and are always kept
+            (``CityscapesMetric``, which writes them only to evaluate them,
+            deletes them unless it is set). Default: True.
         collect_device (str): Device used to gather results from the ranks,
             ``'cpu'`` or ``'gpu'``. Default: 'cpu'.
         prefix (str, optional): Prefix of the metric names. Default: None.
@@ -167,6 +243,9 @@ class DomainMetric(BaseMetric):
         empty_distance: Optional[float] = None,
         use_spacing: bool = True,
         per_case_file: Optional[str] = None,
+        output_dir: Optional[str] = None,
+        format_only: bool = False,
+        keep_results: bool = True,
         collect_device: str = 'cpu',
         prefix: Optional[str] = None,
         **kwargs,
@@ -212,7 +291,15 @@ class DomainMetric(BaseMetric):
         )
         self.use_spacing = bool(use_spacing)
         self.per_case_file = per_case_file
+        self.output_dir = output_dir
+        self.format_only = bool(format_only)
+        self.keep_results = bool(keep_results)
+        if self.output_dir and is_main_process():
+            os.makedirs(self.output_dir, exist_ok=True)
         self._settings = None
+        if self.format_only:
+            # Writes predictions only: no settings are needed.
+            return
         if all(value is not None for value in self._given.values()):
             # Fully specified here: check the combination now.
             self._settings = self._resolve()
@@ -229,7 +316,7 @@ class DomainMetric(BaseMetric):
         """
         self._dataset_meta = dataset_meta
         self._settings = None
-        if dataset_meta is not None:
+        if dataset_meta is not None and not self.format_only:
             self._settings = self._resolve()
 
     def _lookup(self, name: str):
@@ -315,6 +402,19 @@ class DomainMetric(BaseMetric):
                 outputs, with ``pred_sem_seg`` and ``gt_sem_seg`` (1, H, W)
                 and the meta keys listed in the class docstring.
         """
+        if self.format_only:
+            for data_sample in data_samples:
+                name = data_sample.get(
+                    'case_id', data_sample.get('img_path', '<unknown>')
+                )
+                pred = label_map(data_sample, 'pred_sem_seg', name)
+                item = dict(sample=_sample_name(data_sample))
+                if self.output_dir is not None:
+                    item['out_file'] = self._write_prediction(
+                        data_sample, pred
+                    )
+                self.results.append(item)
+            return
         structures, mode = self.structures, self.mode
         for data_sample in data_samples:
             meta = read_sample_meta(data_sample, mode)
@@ -325,6 +425,9 @@ class DomainMetric(BaseMetric):
                     f'DomainMetric: sample {meta["case_id"]!r} has prediction '
                     f'shape {pred.shape} and ground truth shape {gt.shape}'
                 )
+            if self.output_dir is not None:
+                meta['out_file'] = self._write_prediction(data_sample, pred)
+                meta['sample'] = _sample_name(data_sample)
             if mode == '2d':
                 spacing = meta['spacing'] if self.use_spacing else None
                 if spacing is not None:
@@ -340,6 +443,40 @@ class DomainMetric(BaseMetric):
                 meta['pred'] = pack_masks(pred, structures)
                 meta['gt'] = pack_masks(gt, structures)
             self.results.append(meta)
+
+    def _write_prediction(self, data_sample: dict, pred: np.ndarray) -> str:
+        """Write one predicted label map to ``output_dir``; its path."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = osp.abspath(
+            osp.join(self.output_dir, prediction_file_name(data_sample))
+        )
+        if data_sample.get('reduce_zero_label', False):
+            pred = pred + 1
+        Image.fromarray(pred.astype(np.uint8)).save(path)
+        return path
+
+    def _check_output_names(self, results: list) -> None:
+        """Warn about PNGs of ``output_dir`` written by several samples."""
+        if self.output_dir is None:
+            return
+        writers = defaultdict(set)
+        for item in results:
+            if 'out_file' in item:
+                writers[item['out_file']].add(item['sample'])
+        shared = {f: s for f, s in writers.items() if len(s) > 1}
+        if shared:
+            lines = [
+                f'  {osp.basename(f)}: {sorted(s)}'
+                for f, s in sorted(shared.items())[:10]
+            ]
+            print_log(
+                f'DomainMetric: {len(shared)} prediction file(s) of '
+                f'{self.output_dir} were written by more than one sample '
+                '(files of one name in two folders); each holds the last '
+                'prediction written:\n' + '\n'.join(lines),
+                logger='current',
+                level=logging.WARNING,
+            )
 
     def _case_values(
         self,
@@ -381,11 +518,22 @@ class DomainMetric(BaseMetric):
             dict[str, float]: ``'<domain>/<structure>_<metric>'``,
             ``'<domain>/n_cases'``, ``'<domain>/<structure>_n_excluded'``
             (cases without a defined distance), and the same metric keys
-            under ``'mean/'`` and, with seen and unseen domains,
-            ``'mean_unseen/'``.
+            under ``'mean/'`` and, where any domain is unseen,
+            ``'mean_unseen/'``. Nothing with ``format_only``.
         """
         if not results:
             raise ValueError('DomainMetric: no results to evaluate')
+        self._check_output_names(results)
+        if self.format_only:
+            print_log(
+                f'DomainMetric: {len(results)} predictions are saved to '
+                f'{osp.abspath(self.output_dir)}'
+                if self.output_dir
+                else 'DomainMetric: format_only without an output_dir '
+                'wrote nothing',
+                logger='current',
+            )
+            return OrderedDict()
         if self.mode == '3d':
             cases = []
             for case, preds, gts in gather_volumes(results, self.structures):

@@ -176,8 +176,9 @@ def test_fundus_empty_structures_policy():
     assert results['D/OD_n_excluded'] == 1
     # OC: both cases empty-empty.
     assert results['D/OC_Dice'] == 100.0 and results['D/OC_HD95'] == 0.0
-    assert 'mean_unseen/OD_Dice' not in results  # only unseen domains
-    assert results['mean/OD_Dice'] == 50.0
+    # Only unseen domains (the default validation set): mean_unseen is
+    # their mean, the same as mean, so that save_best can name it.
+    assert results['mean_unseen/OD_Dice'] == results['mean/OD_Dice'] == 50.0
 
 
 def test_fundus_empty_distance_is_the_authors_penalty(monkeypatch):
@@ -570,3 +571,155 @@ def test_2d_duplicated_case_raises_3d_same_id_in_two_domains_is_two_cases():
     results = metric.compute_metrics(metric.results)
     assert results['BMC/n_cases'] == results['HK/n_cases'] == 1
     assert results['mean/Prostate_Dice'] == 100.0
+
+
+def _read_png(path):
+    from PIL import Image
+
+    return np.array(Image.open(path))
+
+
+def test_output_dir_names_and_writes_predictions_as_iou_metric(tmp_path):
+    """mmseg's test.py --out: output_dir (and keep_results) as IoUMetric."""
+    rng = np.random.default_rng(3)
+    images = []
+    for domain, idx, seen in (('Domain1', 1, False), ('Domain2', 2, True)):
+        for i in range(2):
+            images.append(
+                sample_dict(
+                    fundus_map(rng, 32),
+                    fundus_map(rng, 32),
+                    domain=domain,
+                    domain_idx=idx,
+                    seen=seen,
+                    case_id=f'{domain[-1]}img{i}',
+                    img_path=f'/data/{domain}/test/{domain[-1]}img{i}.png',
+                )
+            )
+    ours, theirs = tmp_path / 'ours', tmp_path / 'iou'
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        # What mmseg's tools/test.py --out sets on the test evaluator.
+        evaluator = Evaluator(
+            dict(type='DomainMetric', output_dir=str(ours), keep_results=True)
+        )
+        iou = Evaluator(dict(type='IoUMetric', output_dir=str(theirs)))
+    evaluator.dataset_meta = iou.dataset_meta = FUNDUS_META
+    evaluator.process(images)
+    iou.process(images)
+    results = evaluator.evaluate(len(images))
+    # The metrics are those of a metric without output_dir.
+    plain = fundus_metric()
+    plain.process({}, images)
+    assert results == pytest.approx(
+        plain.compute_metrics(plain.results), nan_ok=True
+    )
+    # IoUMetric's names and pixels.
+    names = sorted(p.name for p in ours.iterdir())
+    assert names == sorted(p.name for p in theirs.iterdir())
+    assert names == [f'{d}img{i}.png' for d in '12' for i in range(2)]
+    for sample, name in zip(images, names):
+        pred = sample['pred_sem_seg']['data'][0].numpy()
+        written = _read_png(ours / name)
+        assert written.dtype == np.uint8
+        np.testing.assert_array_equal(written, pred)
+        np.testing.assert_array_equal(written, _read_png(theirs / name))
+
+    # Volume slices: img_path is the whole volume; one PNG per slice,
+    # named after case and slice, volumes of one name in two domains apart.
+    slices = []
+    for domain, idx in (('RUNMC', 1), ('BMC', 2)):
+        for k in range(3):
+            label = np.full((8, 8), k % 2, np.int64)
+            label[0, 0] = idx
+            slices.append(
+                sample_dict(
+                    label,
+                    label,
+                    domain=domain,
+                    domain_idx=idx,
+                    seen=idx == 2,
+                    case_id=f'{domain}/Case00',
+                    img_path=f'/data/{domain}/Case00.nii.gz',
+                    slice_index=k,
+                    num_slices=3,
+                )
+            )
+    metric = prostate_metric(output_dir=str(tmp_path / 'vol'))
+    metric.process({}, slices)
+    metric.compute_metrics(metric.results)
+    names = sorted(p.name for p in (tmp_path / 'vol').iterdir())
+    assert names == sorted(
+        f'{d}_Case00_{k:03d}.png' for d in ('RUNMC', 'BMC') for k in range(3)
+    )
+    for sample in slices:
+        name = (
+            f'{sample["case_id"].replace("/", "_")}_'
+            f'{sample["slice_index"]:03d}.png'
+        )
+        np.testing.assert_array_equal(
+            _read_png(tmp_path / 'vol' / name),
+            sample['pred_sem_seg']['data'][0].numpy(),
+        )
+
+
+def test_format_only_writes_predictions_without_metrics(tmp_path, monkeypatch):
+    """IoUMetric's format_only: no ground truth read, no metric returned."""
+    from mmseg_dfq.evaluation import domain_metric
+
+    label = np.zeros((6, 6), np.int64)
+    label[1:4, 1:4] = 2
+    sample = SegDataSample()
+    sample.pred_sem_seg = PixelData(data=torch.from_numpy(label[None]))
+    # No gt_sem_seg and no domain meta keys (a test set without masks).
+    sample.set_metainfo(dict(img_path='/in/a/x.png'))
+    logged = []
+    monkeypatch.setattr(
+        domain_metric, 'print_log', lambda msg, **kw: logged.append(msg)
+    )
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        evaluator = Evaluator(
+            dict(
+                type='DomainMetric',
+                output_dir=str(tmp_path / 'out'),
+                format_only=True,
+            )
+        )
+    # A dataset without the metric's facts is fine: nothing is measured.
+    evaluator.dataset_meta = dict(classes=('bg', 'a', 'b'))
+    evaluator.process([sample.to_dict()])
+    assert evaluator.evaluate(1) == {}
+    np.testing.assert_array_equal(_read_png(tmp_path / 'out' / 'x.png'), label)
+    assert any('1 predictions are saved to' in m for m in logged), logged
+
+
+def test_prediction_names_shared_by_two_samples_are_reported(
+    tmp_path, monkeypatch
+):
+    from mmseg_dfq.evaluation import domain_metric
+
+    logged = []
+    monkeypatch.setattr(
+        domain_metric, 'print_log', lambda msg, **kw: logged.append(msg)
+    )
+    label = np.zeros((6, 6), np.int64)
+    label[1:4, 1:4] = 1
+    metric = fundus_metric(output_dir=str(tmp_path))
+    metric.process(
+        {},
+        [
+            sample_dict(
+                label,
+                label,
+                domain=f'Domain{k}',
+                domain_idx=k,
+                seen=True,
+                case_id='x',
+                img_path=f'/d/Domain{k}/x.png',
+            )
+            for k in (1, 2)
+        ],
+    )
+    metric.compute_metrics(metric.results)
+    (message,) = [m for m in logged if 'more than one sample' in m]
+    assert 'x.png' in message and '/d/Domain1/x.png' in message
+    assert '/d/Domain2/x.png' in message

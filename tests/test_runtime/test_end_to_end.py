@@ -392,13 +392,14 @@ def test_prostate_train_validate_test(prostate_run):
     for group in ('RUNMC', 'mean'):
         check_structure_metrics(metrics, group, 'Prostate')
     assert metrics['RUNMC/n_cases'] == PROSTATE_TEST_CASES
-    # Only the held-out site is tested, so there is no seen/unseen split
-    # (no mean_unseen group) and the mean is RUNMC's.
+    # Only the held-out site is tested: the mean and the unseen mean are
+    # RUNMC's.
     domains = {key.split('/')[0] for key in metrics}
-    assert domains == {'RUNMC', 'mean'}, domains
+    assert domains == {'RUNMC', 'mean', 'mean_unseen'}, domains
     for name in METRICS:
         key = f'Prostate_{name}'
         assert metrics[f'mean/{key}'] == metrics[f'RUNMC/{key}']
+        assert metrics[f'mean_unseen/{key}'] == metrics[f'RUNMC/{key}']
 
     # 3D: one row per volume, not per slice.
     rows = prostate_run['rows']

@@ -42,11 +42,18 @@ default_hooks = dict(
         by_epoch=True,
         interval=10,
         max_keep_ckpts=2,
-        # A dataset config may add save_best='mean_unseen/OD_Dice' (any key
-        # DomainMetric reports) to keep the best checkpoint as well.
+        # A config may add save_best='mean_unseen/OD_Dice', rule='greater'
+        # (prostate: 'mean_unseen/Prostate_Dice') to keep the best
+        # checkpoint as well. DomainMetric reports mean_unseen/... whenever
+        # an unseen domain is validated, as in the default validation set
+        # (the held-out domain alone); any key it reports works. The rule
+        # is needed: mmengine cannot infer it from these names.
     ),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'),
+    # mmseg's SegVisualizationHook that also paints NIfTI slices (mmseg's
+    # reads img_path with cv2, which fails on a volume), so that mmseg's
+    # tools/test.py --show-dir works on every config; off unless asked.
+    visualization=dict(type='DomainVisualizationHook'),
 )
 # Reliability (mmseg_dfq.engine, see README "Reliability"): --resume repeats
 # the uninterrupted run exactly and loads no already-trained data; SIGTERM /
