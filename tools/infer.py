@@ -24,7 +24,10 @@ One bad input never stops a folder: volumes whose slices are smaller than
 the network accepts (its patch embeddings and attention reductions; the
 minimum is found once by probing the model) are refused up front with the
 minimum size, and any error while segmenting one input is reported with
-its path; the others are still segmented and the exit status is 1.
+its path; the others are still segmented and the exit status is 1. A
+checkpoint that does not fit the config's model (another class count,
+head or backbone) is refused before anything is segmented, in one line
+naming the file and the weights that differ.
 """
 
 import argparse
@@ -51,6 +54,7 @@ from mmseg_dfq.apis import (
     save_label_volume,
     volume_slice_overlay,
 )
+from mmseg_dfq.compat import CheckpointError
 from mmseg_dfq.datasets import FundusDGDataset
 from mmseg_dfq.datasets.mask_values import encoding_table
 from mmseg_dfq.datasets.nifti import decode_nifti, read_nifti_header
@@ -259,7 +263,8 @@ def main():
             postprocess=args.largest_cc,
             cfg_options=args.cfg_options,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, CheckpointError) as err:
+        # CheckpointError: unreadable, or another model's weights.
         raise SystemExit(f'error: {err}') from None
     os.makedirs(args.out, exist_ok=True)
     min_size = None

@@ -19,9 +19,11 @@ What differs, and why:
 - ``--per-case FILE.csv`` writes one row per image/volume (domain, case,
   seen/unseen, every metric) through ``DomainMetric(per_case_file=...)``.
 - ``--out`` keeps mmseg's meaning (the evaluator's ``output_dir`` for raw
-  predictions); it is refused with a clear message when the test evaluator
-  has no ``output_dir`` argument (``DomainMetric`` has none; use
-  ``--show-dir`` for overlays and ``tools/infer.py`` for masks and NIfTI).
+  predictions: ``DomainMetric`` writes each sample's predicted label map
+  as a PNG, ``<image stem>.png`` or ``<case>_<slice>.png``); it is refused
+  with a clear message when a test evaluator has no ``output_dir``
+  argument (use ``--show-dir`` for overlays and ``tools/infer.py`` for
+  masks and NIfTI volumes).
 - ``--show``/``--show-dir`` use ``DomainVisualizationHook`` (mmseg's hook,
   which also paints NIfTI slices) and paint every test sample. For
   ``--show-dir`` it writes plain overlays (ground truth | prediction blended
@@ -38,6 +40,13 @@ What differs, and why:
   renamed or scoped ``DomainMetric`` subclass gets the CSV, a user's own
   visualisation hook is kept.
 - A missing config or checkpoint file is reported before anything is built.
+- A checkpoint that does not fit the config's model (weights missing,
+  unexpected or of another shape: another class count, head or backbone)
+  is refused with one line naming the file and the first keys of each
+  kind, exit status 1, as is one that cannot be read; mmseg's tool warns
+  and tests the model with the rest left at its initialisation. The
+  check (:class:`mmseg_dfq.engine.checkpoint.CheckpointFitHook`) runs when
+  the Runner has read the checkpoint, before it loads it.
 - One failing case does not stop the evaluation: a plain ``TestLoop``
   becomes :class:`mmseg_dfq.engine.TolerantTestLoop`, which logs the
   failing batch's files and goes on; the metrics cover the other cases and
@@ -61,9 +70,14 @@ from mmseg.engine.hooks import SegVisualizationHook
 from mmseg.registry import HOOKS, METRICS
 
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
-from mmseg_dfq.compat import setup_distributed, teardown_distributed
+from mmseg_dfq.compat import (
+    CheckpointError,
+    setup_distributed,
+    teardown_distributed,
+)
 from mmseg_dfq.config import load_config
 from mmseg_dfq.engine import DomainVisualizationHook
+from mmseg_dfq.engine.checkpoint import CheckpointFitHook
 from mmseg_dfq.evaluation import DomainMetric
 
 
@@ -97,7 +111,8 @@ def parse_args(argv=None):
         '--out',
         type=str,
         help='the directory to save output prediction for offline '
-        'evaluation (evaluators with an output_dir argument, e.g. IoUMetric)',
+        'evaluation (evaluators with an output_dir argument: DomainMetric, '
+        'IoUMetric)',
     )
     parser.add_argument(
         '--show', action='store_true', help='show prediction results'
@@ -353,8 +368,14 @@ def main(argv=None):
         cfg.test_cfg['type'] = 'TolerantTestLoop'
 
     runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    # mmengine loads load_from non-strictly; refuse another model's weights.
+    runner.register_hook(CheckpointFitHook(args.checkpoint, args.config))
+    try:
+        metrics = runner.test()
+    except CheckpointError as err:  # unreadable, or not this model's
+        raise SystemExit(f'error: {err}') from None
     failures = getattr(runner.test_loop, 'failures', [])
+    hook_failures = getattr(runner.test_loop, 'hook_failures', [])
 
     if is_main_process():
         path = dump_metrics(
@@ -363,6 +384,24 @@ def main(argv=None):
         )
         print(f'Metrics written to {path}', flush=True)
     teardown_distributed()
+    message = failure_message(failures, hook_failures)
+    if message:
+        sys.exit(message)
+
+
+def failure_message(failures, hook_failures):
+    """The exit message for a test run with failures, or None.
+
+    Args:
+        failures (list): ``TolerantTestLoop.failures``: (files, error) of
+            batches left out of the metrics.
+        hook_failures (list): ``TolerantTestLoop.hook_failures``: (hook,
+            files, error) of hook errors after a tested batch (e.g. an
+            overlay that could not be painted).
+
+    Returns:
+        str | None: One line naming the files or hooks.
+    """
     if failures:
         # One entry per file (2.5D samples name their slice).
         files = Counter(
@@ -371,10 +410,21 @@ def main(argv=None):
         listed = ', '.join(
             f'{f} ({n} samples)' if n > 1 else f for f, n in files.items()
         )
-        sys.exit(
+        return (
             f'error: {len(failures)} test batch(es) failed and were left '
             f'out of the metrics: {listed}'
         )
+    if hook_failures:
+        # The metrics are complete; what a hook should have written is not.
+        hooks = Counter(name for name, _, _ in hook_failures)
+        listed = ', '.join(
+            f'{name} ({n} batches)' for name, n in hooks.items()
+        )
+        return (
+            f'error: hooks failed after {len(hook_failures)} tested '
+            f'batch(es) (the metrics are complete; see the log): {listed}'
+        )
+    return None
 
 
 if __name__ == '__main__':

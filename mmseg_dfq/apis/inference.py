@@ -32,6 +32,7 @@ from ..config import load_config
 from ..datasets.base import DomainSplitDataset
 from ..datasets.nifti import decode_nifti, read_nifti_header
 from ..datasets.transforms.volume import normalise_volume, slice_25d
+from ..engine.checkpoint import load_checked_checkpoint
 from ..evaluation import (
     DomainMetric,
     fill_holes,
@@ -130,7 +131,12 @@ def init_segmentor(
     """Build a model from its config and load a checkpoint, for inference.
 
     The config is read by :func:`mmseg_dfq.config.load_config`, so a
-    GPU-minded config (SyncBN) also runs on a CPU-only host.
+    GPU-minded config (SyncBN) also runs on a CPU-only host. The model is
+    built by mmseg's ``init_model``; the checkpoint is read once and must
+    fit the model exactly (mmseg loads whatever keys match and only warns):
+    see :func:`mmseg_dfq.engine.checkpoint.check_checkpoint_fits`.
+    ``model.dataset_meta`` is the checkpoint's, as mmseg sets it, else the
+    config's test data set's classes and palette.
 
     Args:
         config (str): Config file.
@@ -141,6 +147,10 @@ def init_segmentor(
 
     Raises:
         FileNotFoundError: If the config or checkpoint does not exist.
+        mmseg_dfq.compat.CheckpointError: If the checkpoint cannot be read
+            or, as :class:`~mmseg_dfq.engine.checkpoint.
+            CheckpointMismatchError`, does not fit the model (a
+            ``RuntimeError``; the message names the file and the keys).
 
     Returns:
         BaseSegmentor: The model in eval mode, ``model.cfg`` set.
@@ -148,8 +158,41 @@ def init_segmentor(
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
     cfg = load_config(config, cfg_options)
-    model = init_model(cfg, checkpoint, device=device)
+    model = init_model(cfg, None, device=device)
+    if checkpoint is not None:
+        loaded = load_checked_checkpoint(model, checkpoint, config=config)
+        model.dataset_meta = _dataset_meta(loaded, cfg, checkpoint)
     return model.eval()
+
+
+def _dataset_meta(checkpoint, cfg, filename) -> Optional[dict]:
+    """Classes and palette of a model: its checkpoint's, else its config's.
+
+    mmseg's ``init_model`` takes ``meta['dataset_meta']`` (mmseg 1.x) or
+    ``meta['CLASSES']``/``['PALETTE']`` (0.x); a checkpoint without either
+    (converted ones) gets the config's test data set's ``metainfo`` here,
+    where mmseg would guess a data set from the number of classes.
+    """
+    meta = checkpoint.get('meta') or {}
+    if meta.get('dataset_meta'):
+        return meta['dataset_meta']
+    if 'CLASSES' in meta:
+        return dict(classes=meta['CLASSES'], palette=meta.get('PALETTE'))
+    metainfo = {}
+    try:
+        dataset_cfg = cfg.test_dataloader.dataset
+    except AttributeError:
+        dataset_cfg = {}
+    dataset_cls = DATASETS.get(dataset_cfg.get('type', '') or '')
+    metainfo.update(getattr(dataset_cls, 'METAINFO', None) or {})
+    metainfo.update(dataset_cfg.get('metainfo', None) or {})
+    print_log(
+        f'{filename}: its meta has no dataset_meta; the classes and palette '
+        "are the config's test data set's",
+        logger='current',
+        level=logging.WARNING,
+    )
+    return metainfo or None
 
 
 class SegInferencer:

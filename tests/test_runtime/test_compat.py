@@ -9,9 +9,13 @@
   default and through the Runner's ``load_from``; a checkpoint whose pickle
   runs a command is refused with an error naming the file. (That ``resume``
   restores the optimizer, the schedulers and the iteration is checked, bit
-  for bit, by tests/test_engine/test_resume.py.)
+  for bit, by tests/test_engine/test_resume.py.) mmengine's log names our
+  loaders' backends ("local", "http", "openmmlab").
 - ``tools/dist_train.sh`` with two CPU processes trains the demo: gloo, DDP
   without device ids, ``SyncBN`` turned into ``BN``.
+- mmengine's FLOP counter counts torch's fused attention as the two matrix
+  products of the explicit form: a DFQ model has the same FLOPs with
+  ``fused_attention`` on and off, and no unsupported attention operator.
 """
 
 import glob
@@ -21,6 +25,7 @@ import os.path as osp
 import pickle
 import pkgutil
 import re
+from unittest import mock
 
 import mmseg
 import mmseg.models
@@ -28,6 +33,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.analysis import FlopAnalyzer, get_model_complexity_info
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
 from mmengine.structures import PixelData
@@ -35,6 +42,7 @@ from mmseg.models.losses import focal_loss as mmseg_focal
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from mmseg_dfq import compat
 from mmseg_dfq.compat import HAS_COMPILED_MMCV_OPS, adapt_cfg_to_device
 from mmseg_dfq.config import load_config
 
@@ -448,6 +456,30 @@ def test_malicious_checkpoint_is_refused(tmp_path, fundus_root):
     assert not marker.exists()
 
 
+def test_checkpoint_loaders_log_their_backend(tmp_path):
+    path = str(tmp_path / 'w.pth')
+    torch.save({'state_dict': {}}, path)
+    assert CheckpointLoader._get_checkpoint_loader(path) is (
+        compat.load_from_local
+    )
+    logged = []
+    with mock.patch(
+        'mmengine.runner.checkpoint.print_log',
+        lambda msg, **kwargs: logged.append(msg),
+    ):
+        CheckpointLoader.load_checkpoint(path)
+    assert logged == [f'Loads checkpoint by local backend from path: {path}']
+    # The URL loaders (wrapped with advice) keep mmengine's names, which
+    # its log cuts to name[10:].
+    for url, backend in (
+        ('https://example.org/w.pth', 'http'),
+        ('open-mmlab://resnet50', 'openmmlab'),
+    ):
+        loader = CheckpointLoader._get_checkpoint_loader(url)
+        assert loader.__module__ == 'mmseg_dfq.compat'
+        assert loader.__name__[10:] == backend
+
+
 # --------------------------------------------------------------------------
 # Two CPU processes with tools/dist_train.sh
 # --------------------------------------------------------------------------
@@ -488,3 +520,93 @@ def test_two_processes_train_with_dist_train_sh(fundus_dist_run):
     assert dumped.env_cfg.dist_cfg.backend == 'gloo'
     assert dumped.model_wrapper_cfg.device_ids is None
     assert dumped.launcher == 'pytorch'
+
+
+# --------------------------------------------------------------------------
+# FLOPs of torch's fused attention
+# --------------------------------------------------------------------------
+class _Attention(nn.Module):
+    """softmax(q k^T / sqrt(d)) v, fused or as two matmuls."""
+
+    def __init__(self, fused):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, q, k, v):
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v)
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        return scores.softmax(dim=-1) @ v
+
+
+def test_fused_attention_flops_are_the_explicit_matmuls():
+    # Queries and keys of other lengths, values of another width.
+    b, h, lq, lk, d, dv = 2, 3, 5, 7, 4, 6
+    q = torch.randn(b, h, lq, d)
+    k = torch.randn(b, h, lk, d)
+    v = torch.randn(b, h, lk, dv)
+    fused = FlopAnalyzer(_Attention(True), (q, k, v))
+    explicit = FlopAnalyzer(_Attention(False), (q, k, v))
+    # mmengine's matmul convention: one flop per multiply-add, q k^T then
+    # (scores) v; the softmax and the scale are not counted.
+    assert explicit.by_operator() == {'matmul': b * h * lq * lk * (d + dv)}
+    assert fused.by_operator() == {
+        'scaled_dot_product_attention': b * h * lq * lk * (d + dv)
+    }
+    assert not fused.unsupported_ops()
+
+
+def _tiny_dfq(fused):
+    """A two-stage RDWT MiT + DFQ head, its attention fused or explicit."""
+    torch.manual_seed(0)
+    return MODELS.build(
+        dict(
+            type='EncoderDecoder',
+            backbone=dict(
+                type='RDWTMixVisionTransformer',
+                embed_dims=8,
+                num_stages=2,
+                num_layers=[1, 1],
+                num_heads=[1, 2],
+                patch_sizes=[7, 3],
+                strides=[4, 2],
+                sr_ratios=[8, 4],
+                out_indices=(0, 1),
+                rdwt_stages=(0, 1),
+                fused_attention=fused,
+            ),
+            decode_head=dict(
+                type='DFQHead',
+                in_channels=[8, 16],
+                in_index=[0, 1],
+                channels=16,
+                num_heads=(1,),
+                num_classes=3,
+                norm_cfg=dict(type='BN', requires_grad=True),
+                loss_decode=dict(type='CrossEntropyLoss'),
+                fused_attention=fused,
+            ),
+        )
+    ).eval()
+
+
+def test_dfq_flops_do_not_depend_on_fused_attention():
+    inputs = torch.rand(1, 3, 64, 64)
+    flops, ops = {}, {}
+    for fused in (True, False):
+        model = _tiny_dfq(fused)
+        # As mmseg's tools/analysis_tools/get_flops.py counts them.
+        flops[fused] = get_model_complexity_info(
+            model, inputs=inputs, show_table=False, show_arch=False
+        )['flops']
+        analyzer = FlopAnalyzer(model, (inputs,))
+        ops[fused] = (analyzer.by_operator(), analyzer.unsupported_ops())
+    assert flops[True] == flops[False]
+    (fused_ops, fused_unsupported), (explicit_ops, _) = ops[True], ops[False]
+    # MiT's attention (nn.MultiheadAttention: bmm) and the head's (matmul).
+    assert fused_ops['scaled_dot_product_attention'] > 0
+    assert fused_ops['scaled_dot_product_attention'] == (
+        explicit_ops['bmm'] + explicit_ops['matmul']
+    )
+    assert 'bmm' not in fused_ops and 'matmul' not in fused_ops
+    assert 'aten::scaled_dot_product_attention' not in fused_unsupported

@@ -68,7 +68,11 @@ def test_out_needs_an_evaluator_with_output_dir():
     test.set_prediction_dir(cfg, 'preds')
     assert cfg.test_evaluator['output_dir'] == 'preds'
     cfg.test_evaluator = dict(type='DomainMetric')
-    with pytest.raises(SystemExit, match='DomainMetric has none'):
+    test.set_prediction_dir(cfg, 'preds')
+    assert cfg.test_evaluator['output_dir'] == 'preds'
+    # A metric without the argument (mmengine's DumpResults) is refused.
+    cfg.test_evaluator = dict(type='DumpResults', out_file_path='r.pkl')
+    with pytest.raises(SystemExit, match='DumpResults has none'):
         test.set_prediction_dir(cfg, 'preds')
 
 
@@ -109,3 +113,16 @@ def test_metrics_json_values(tmp_path):
         'd': None,
         'e': 'n/a',
     }
+
+
+def test_failure_message_names_files_then_hooks():
+    test = _load_tool('test')
+    assert test.failure_message([], []) is None
+    left_out = [(['a.png'], 'ValueError: x'), (['v.nii.gz (slice 3)'], 'e')]
+    hooks = [('DomainVisualizationHook', ['b.png'], 'AttributeError: y')] * 2
+    message = test.failure_message(left_out, hooks)
+    assert message.startswith('error: 2 test batch(es) failed')
+    assert 'a.png' in message and 'v.nii.gz' in message
+    message = test.failure_message([], hooks)
+    assert 'metrics are complete' in message
+    assert 'DomainVisualizationHook (2 batches)' in message
