@@ -95,7 +95,7 @@ setup(
         'torch>=1.12',
         # mmpretrain imports torchvision but does not declare it.
         'torchvision',
-        'mmengine>=0.10.0,<0.11',
+        'mmengine>=0.10.5,<0.11',
         _mmcv_requirement(),
         'mmsegmentation==1.2.2',
         'mmpretrain>=1.2.0,<1.3',

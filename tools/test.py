@@ -20,10 +20,10 @@ What differs, and why:
   seen/unseen, every metric) through ``DomainMetric(per_case_file=...)``.
 - ``--out`` keeps mmseg's meaning (the evaluator's ``output_dir`` for raw
   predictions: ``DomainMetric`` writes each sample's predicted label map
-  as a PNG, ``<image stem>.png`` or ``<case>_<slice>.png``); it is refused
-  with a clear message when a test evaluator has no ``output_dir``
-  argument (use ``--show-dir`` for overlays and ``tools/infer.py`` for
-  masks and NIfTI volumes).
+  as a PNG, ``<domain>/<image stem>.png`` or ``<domain>/<volume>_<k>.png``);
+  it is refused with a clear message when a test evaluator has no
+  ``output_dir`` argument (use ``--show-dir`` for overlays and
+  ``tools/infer.py`` for masks and NIfTI volumes).
 - ``--show``/``--show-dir`` use ``DomainVisualizationHook`` (mmseg's hook,
   which also paints NIfTI slices) and paint every test sample. For
   ``--show-dir`` it writes plain overlays (ground truth | prediction blended
@@ -402,6 +402,7 @@ def failure_message(failures, hook_failures):
     Returns:
         str | None: One line naming the files or hooks.
     """
+    parts = []
     if failures:
         # One entry per file (2.5D samples name their slice).
         files = Counter(
@@ -410,20 +411,23 @@ def failure_message(failures, hook_failures):
         listed = ', '.join(
             f'{f} ({n} samples)' if n > 1 else f for f, n in files.items()
         )
-        return (
-            f'error: {len(failures)} test batch(es) failed and were left '
-            f'out of the metrics: {listed}'
+        parts.append(
+            f'{len(failures)} test batch(es) failed and were left out of '
+            f'the metrics: {listed}'
         )
     if hook_failures:
-        # The metrics are complete; what a hook should have written is not.
+        # What a hook should have written is missing; the batches were
+        # tested.
         hooks = Counter(name for name, _, _ in hook_failures)
         listed = ', '.join(
             f'{name} ({n} batches)' for name, n in hooks.items()
         )
-        return (
-            f'error: hooks failed after {len(hook_failures)} tested '
-            f'batch(es) (the metrics are complete; see the log): {listed}'
+        parts.append(
+            f'hooks failed after {len(hook_failures)} tested batch(es), '
+            f'which are in the metrics (see the log): {listed}'
         )
+    if parts:
+        return 'error: ' + '; '.join(parts)
     return None
 
 

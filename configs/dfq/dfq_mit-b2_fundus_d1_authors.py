@@ -13,8 +13,8 @@
 #   the image, instead of the 3-class softmax; the metric still reports OD
 #   (disc or cup) and OC;
 # - PIL resizes (bilinear images, nearest masks) instead of cv2's;
-# - their distance penalty: a structure predicted empty gets ASD = HD95 =
-#   100 px, counted in the means;
+# - their distance penalty: a structure predicted empty (while the ground
+#   truth is not) gets ASD = HD95 = 100 px, counted in the means;
 # - the classifier's PyTorch default initialisation (mmseg: normal, 0.01);
 # - their seed, 1337 (their script seeds only with --deterministic).
 # What still differs is listed in the departures table of docs/design.md.

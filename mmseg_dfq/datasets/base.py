@@ -332,8 +332,9 @@ class DomainSplitDataset(BaseSegDataset):
         """One data info per slice ``volume[:, :, k]`` of a case.
 
         Shapes, spacing and affine come from the NIfTI headers (no voxel is
-        decoded here). Each header's voxel size must be positive and finite,
-        and the segmentation's must equal the image's (up to 0.1%, see
+        decoded here). Each header's voxel size must be positive and finite;
+        a segmentation whose voxel size differs from the image's (by more
+        than 0.1%) is named in a warning (see
         :func:`~mmseg_dfq.datasets.nifti.check_same_voxel_size`).
 
         Args:

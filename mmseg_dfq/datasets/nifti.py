@@ -6,11 +6,13 @@ source's geometry; all three go through these functions, so a file is
 named, read and refused the same way everywhere (every error names it).
 """
 
+import logging
 import os.path as osp
 from typing import Optional, Tuple
 
 import nibabel as nib
 import numpy as np
+from mmengine.logging import print_log
 
 # ``.nii.gz`` first: the longest extension is matched first.
 NIFTI_EXTS = ('.nii.gz', '.nii')
@@ -112,29 +114,39 @@ VOXEL_SIZE_RTOL = 1e-3
 
 def check_same_voxel_size(
     img_path: str, img_spacing, seg_path: str, seg_spacing
-) -> None:
-    """Refuse a segmentation whose voxel size differs from its image's.
+) -> bool:
+    """Warn when a segmentation's voxel size differs from its image's.
 
     Sizes count as equal up to a relative difference of
-    ``VOXEL_SIZE_RTOL`` (0.1%).
+    ``VOXEL_SIZE_RTOL`` (0.1%). A difference is logged as a warning naming
+    both files, not refused: converters often write a label volume's
+    header on their own (e.g. 1 mm voxels), and the voxels still match
+    when the shapes do (checked apart). Distances use the image's size.
 
     Args:
-        img_path (str): The image volume, named in the error.
+        img_path (str): The image volume, named in the warning.
         img_spacing (Sequence[float]): Its voxel size (mm).
-        seg_path (str): The segmentation, named in the error.
+        seg_path (str): The segmentation, named in the warning.
         seg_spacing (Sequence[float]): Its voxel size (mm).
+
+    Returns:
+        bool: Whether the two agree.
     """
     a = np.asarray(img_spacing, np.float64)
     b = np.asarray(seg_spacing, np.float64)
     if a.shape == b.shape and np.all(
         np.abs(a - b) <= VOXEL_SIZE_RTOL * np.maximum(np.abs(a), np.abs(b))
     ):
-        return
-    raise ValueError(
+        return True
+    print_log(
         f'segmentation voxel size {_sizes_text(b)} mm differs from its '
         f'image voxel size {_sizes_text(a)} mm (by more than '
-        f'{VOXEL_SIZE_RTOL:.1%}): image {img_path}, segmentation {seg_path}'
+        f"{VOXEL_SIZE_RTOL:.1%}); distances use the image's: image "
+        f'{img_path}, segmentation {seg_path}',
+        logger='current',
+        level=logging.WARNING,
     )
+    return False
 
 
 def read_nifti_header(path: str) -> Tuple[tuple, tuple, np.ndarray]:

@@ -25,6 +25,7 @@ from mmengine.runner.checkpoint import load_state_dict
 from mmseg.registry import HOOKS
 
 from ..compat import CheckpointError, load_checkpoint_file
+from ..datasets.base import name_list
 
 # How many keys of each kind a mismatch error lists.
 SHOWN_KEYS = 5
@@ -225,9 +226,7 @@ def compare_weights(model, weights: Mapping) -> Tuple[list, list, list]:
 
 
 def _listed(items: list) -> str:
-    shown = ', '.join(str(i) for i in items[:SHOWN_KEYS])
-    more = len(items) - SHOWN_KEYS
-    return f'{shown}, ... and {more} more' if more > 0 else shown
+    return name_list([str(i) for i in items], SHOWN_KEYS)
 
 
 def _mismatch_hint(checkpoint, weights, unexpected, shapes) -> str:

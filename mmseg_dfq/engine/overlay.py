@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from mmengine import fileio
 
+from ..datasets.transforms.loading import imdecode_as_stored
+
 # Background unpainted; then mmseg-like distinct colours (RGB).
 DEFAULT_PALETTE = (
     (0, 0, 0),
@@ -221,11 +223,8 @@ class OverlayWriter:
     def _write(self, path, pred, gt, image, image_path):
         if image is None:
             data = fileio.get(image_path, backend_args=self.backend_args)
-            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(
-                    f'cannot decode image {image_path!r} for painting'
-                )
+            # As the data set reads it: as stored, 8-bit, no EXIF rotation.
+            bgr = imdecode_as_stored(data, image_path, 'image to paint')
             image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         rgb = paint_pair(image, pred, gt, self.palette)
         if not cv2.imwrite(

@@ -5,6 +5,7 @@ import re
 from typing import List, Optional
 
 import torch
+from mmengine.dist import get_world_size
 from mmengine.logging import print_log
 from mmengine.runner import TestLoop
 from mmengine.runner.amp import autocast
@@ -59,7 +60,8 @@ class TolerantTestLoop(TestLoop):
     tested; a 3D case missing a slice stops ``DomainMetric``, which refuses
     an incomplete volume (a volume is read whole, so its slices fail
     together). ``tools/test.py`` uses this loop and exits with status 1
-    when any batch failed.
+    when any batch failed. In a distributed test a failing batch is an
+    error instead (the ranks' results are gathered by position).
 
     An error of an ``after_test_iter`` hook (e.g. the visualisation hook)
     comes after the batch was evaluated: it is logged as that hook's
@@ -83,6 +85,7 @@ class TolerantTestLoop(TestLoop):
         super().__init__(runner, dataloader, evaluator, fp16)
         self.failures = []
         self.hook_failures = []
+        self._paths = None
 
     def run(self) -> dict:
         """Test every batch that loads, evaluate, and return the metrics.
@@ -194,8 +197,20 @@ class TolerantTestLoop(TestLoop):
     def _left_out(
         self, idx: int, files: List[str], err: BaseException, what: str
     ) -> None:
-        """Record and log a batch left out of the metrics."""
+        """Record and log a batch left out of the metrics.
+
+        In a distributed test the error is raised instead: mmengine
+        gathers the ranks' results by position, so a rank with one batch
+        less would shift the others' samples (the metric would then see a
+        padding duplicate in place of a case).
+        """
         detail = error_text(err)
+        if get_world_size() > 1:
+            raise RuntimeError(
+                f'test batch {idx} ({", ".join(files)}) {what}: {detail} '
+                '(a distributed test cannot leave a batch out; test on one '
+                'process to go on past it)'
+            ) from err
         self.failures.append((files, detail))
         print_log(
             f'error: test batch {idx} ({", ".join(files)}) {what} and is '
@@ -206,18 +221,23 @@ class TolerantTestLoop(TestLoop):
 
     def _files_named(self, text: str) -> Optional[List[str]]:
         """The dataset's image / mask files that ``text`` names."""
+        if self._paths is None:
+            self._paths = self._dataset_paths()
+        return [path for path in self._paths if path in text] or None
+
+    def _dataset_paths(self) -> List[str]:
+        """Every image / mask file of the test set, once (in order)."""
         dataset = self.dataloader.dataset
         get_info = getattr(dataset, 'get_data_info', None)
+        paths = {}
         if get_info is None:
-            return None
-        found = []
+            return []
         try:
             for i in range(len(dataset)):
                 info = get_info(i)
                 for key in ('img_path', 'seg_map_path'):
-                    path = info.get(key)
-                    if path and str(path) in text and path not in found:
-                        found.append(str(path))
+                    if info.get(key):
+                        paths[str(info[key])] = None
         except Exception:  # noqa: BLE001 - the message says it anyway
-            return None
-        return found
+            return []
+        return list(paths)

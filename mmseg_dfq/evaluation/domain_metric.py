@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from mmseg.registry import METRICS
 from PIL import Image
 
+from ..datasets.nifti import file_stem
 from .cases import (
     check_unique_cases,
     gather_volumes,
@@ -72,14 +73,6 @@ def _check_mode(mode, where: str) -> str:
     return check_eval_mode(mode, f'DomainMetric: mode ({where})')
 
 
-def _file_stem(path: str) -> str:
-    """``x`` of ``.../x.png`` or ``.../x.nii.gz``."""
-    name = osp.basename(str(path))
-    if name.endswith('.gz'):
-        name = name[:-3]
-    return osp.splitext(name)[0]
-
-
 def _sample_name(data_sample: dict) -> str:
     """A sample's name in messages: its file, and slice where it has one."""
     name = str(data_sample.get('img_path', '<unknown file>'))
@@ -89,32 +82,33 @@ def _sample_name(data_sample: dict) -> str:
 
 
 def prediction_file_name(data_sample: dict) -> str:
-    """The PNG name of a sample's predicted label map (``output_dir``).
+    """The PNG path of a sample's predicted label map, in ``output_dir``.
 
-    An image is named as mmseg's ``IoUMetric`` names it, after its file:
-    ``<stem>.png``. A slice of a volume (a sample with ``slice_index``),
-    whose ``img_path`` is the whole volume, is named after its case and
-    slice, ``<case_id>_<k>.png`` with ``/`` in the case id replaced by
-    ``_`` and k zero-padded to 3 digits (more for a volume of over 1000
-    slices): ``RUNMC/Case00`` slice 7 is ``RUNMC_Case00_007.png``, so that
-    the slices of a volume, and volumes of one name in two domains, do not
-    overwrite each other.
+    One folder per domain (the sample's ``domain`` meta; none for a sample
+    without it), since sites often name their files alike (``case00.png``
+    in every hospital's folder). In it, an image is named as mmseg's
+    ``IoUMetric`` names it, after its file: ``<stem>.png``. A slice of a
+    volume (a sample with ``slice_index``), whose ``img_path`` is the whole
+    volume, is named after its volume and slice, ``<stem>_<k>.png`` with k
+    zero-padded to 3 digits (more for a volume of over 1000 slices):
+    slice 7 of ``RUNMC/Case00.nii.gz`` is ``RUNMC/Case00_007.png``.
 
     Args:
         data_sample (dict): ``SegDataSample.to_dict()`` output.
 
     Returns:
-        str: The file name.
+        str: The path relative to ``output_dir``.
     """
+    stem = file_stem(str(data_sample.get('img_path', 'unknown')))
     index = data_sample.get('slice_index')
     if index is None:
-        return f'{_file_stem(data_sample.get("img_path", "unknown"))}.png'
-    case = data_sample.get('case_id')
-    if case is None:
-        case = _file_stem(data_sample.get('img_path', 'unknown'))
-    num = data_sample.get('num_slices')
-    width = max(3, len(str(int(num) - 1))) if num else 3
-    return f'{str(case).replace("/", "_")}_{int(index):0{width}d}.png'
+        name = f'{stem}.png'
+    else:
+        num = data_sample.get('num_slices')
+        width = max(3, len(str(int(num) - 1))) if num else 3
+        name = f'{stem}_{int(index):0{width}d}.png'
+    domain = data_sample.get('domain')
+    return name if domain is None else osp.join(str(domain), name)
 
 
 @METRICS.register_module()
@@ -213,11 +207,11 @@ class DomainMetric(BaseMetric):
             predicted label map, uint8 labels as the model predicts them
             (``pred_sem_seg``, before this metric's post-processing; plus 1
             where the sample has ``reduce_zero_label``, as ``IoUMetric``
-            does). An image's PNG is named after its file (``<stem>.png``),
-            a volume slice's after its case and slice
-            (``<case_id>_<k>.png``, ``/`` as ``_``): see
-            :func:`prediction_file_name`. Names that two samples share are
-            reported with a warning at the evaluation. Default: None.
+            does), in one folder per domain: ``<domain>/<stem>.png`` for an
+            image, ``<domain>/<volume stem>_<k>.png`` for a volume slice
+            (see :func:`prediction_file_name`). Names that two samples
+            share are reported with a warning at the evaluation.
+            Default: None.
         format_only (bool): ``IoUMetric``'s switch: only write the PNGs to
             ``output_dir``; no ground truth or domain meta keys are needed
             and the evaluation returns no metrics. Default: False.
@@ -446,10 +440,10 @@ class DomainMetric(BaseMetric):
 
     def _write_prediction(self, data_sample: dict, pred: np.ndarray) -> str:
         """Write one predicted label map to ``output_dir``; its path."""
-        os.makedirs(self.output_dir, exist_ok=True)
         path = osp.abspath(
             osp.join(self.output_dir, prediction_file_name(data_sample))
         )
+        os.makedirs(osp.dirname(path), exist_ok=True)
         if data_sample.get('reduce_zero_label', False):
             pred = pred + 1
         Image.fromarray(pred.astype(np.uint8)).save(path)

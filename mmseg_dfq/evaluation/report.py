@@ -135,6 +135,9 @@ def log_table(
             header.append(f'{s} excl.')
     table.field_names = header
     for name, row in summary.items():
+        if name == 'mean_unseen' and not any(seen.values()):
+            # Every domain is unseen: the row would repeat 'mean'.
+            continue
         if name in seen:
             label = f'{name} ({"seen" if seen[name] else "unseen"})'
         else:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmseg_dfq.datasets import MultiSiteDataset, ProstateDGDataset
+from mmseg_dfq.datasets import MultiSiteDataset, ProstateDGDataset, nifti
 from mmseg_dfq.datasets import base as base_module
 from mmseg_dfq.datasets.base import (
     pair_case_files,
@@ -21,6 +21,7 @@ from mmseg_dfq.datasets.base import (
 from mmseg_dfq.datasets.nifti import read_nifti_header, split_nifti_ext
 from mmseg_dfq.datasets.transforms import (
     LoadFundusImageFromFile,
+    loading,
     read_grey_mask,
     read_image_as_stored,
 )
@@ -97,7 +98,9 @@ def _prostate_case(root, img_spacing, seg_spacing):
     return img, seg
 
 
-def test_dataset_refuses_bad_or_disagreeing_voxel_sizes(tmp_path):
+def test_dataset_refuses_bad_and_names_disagreeing_voxel_sizes(
+    tmp_path, monkeypatch
+):
     # Good files load with their spacing.
     img, seg = _prostate_case(tmp_path / 'ok', (0.5, 0.6, 3.0), (0.5, 0.6, 3))
     ds = ProstateDGDataset(data_root=str(tmp_path / 'ok'), domains=[1])
@@ -122,10 +125,16 @@ def test_dataset_refuses_bad_or_disagreeing_voxel_sizes(tmp_path):
     img, seg = _prostate_case(
         tmp_path / 'diff', (0.5, 0.6, 3.0), (0.5, 0.6, 4)
     )
-    with pytest.raises(ValueError, match='differs from its image') as err:
-        ProstateDGDataset(data_root=str(tmp_path / 'diff'), domains=[1])
-    msg = str(err.value)
+    logged = []
+    monkeypatch.setattr(
+        nifti, 'print_log', lambda msg, **kwargs: logged.append(msg)
+    )
+    ds = ProstateDGDataset(data_root=str(tmp_path / 'diff'), domains=[1])
+    (msg,) = logged
+    assert 'differs from its image' in msg
     assert img in msg and seg in msg and '(0.5, 0.6, 4)' in msg
+    # The image's size is used.
+    assert ds.get_data_info(0)['spacing'] == pytest.approx((0.5, 0.6, 3.0))
 
 
 # ---------------------------------------------------------------- images
@@ -186,6 +195,40 @@ def test_damaged_jpeg_names_the_file(tmp_path, capfd):
     with pytest.raises(ValueError, match='corrupt mask') as err:
         read_grey_mask(str(garbage))
     assert str(garbage) in str(err.value)
+
+
+def test_jpeg_padding_between_markers_is_a_warning(tmp_path, monkeypatch):
+    # libjpeg skips bytes between two markers ("extraneous bytes before
+    # marker", under its "Corrupt JPEG data" heading); some encoders write
+    # them, and the pixels are those of the clean file.
+    good = tmp_path / 'good.jpg'
+    data = write_jpeg(good)
+    sof = data.index(b'\xff\xc0')
+    padded = tmp_path / 'padded.jpg'
+    padded.write_bytes(data[:sof] + b'\x00\x01\x02' + data[sof:])
+    logged = []
+    monkeypatch.setattr(
+        loading, 'print_log', lambda msg, **kwargs: logged.append(msg)
+    )
+    np.testing.assert_array_equal(
+        read_image_as_stored(str(padded)), read_image_as_stored(str(good))
+    )
+    (msg,) = logged
+    assert 'extraneous bytes' in msg and str(padded) in msg
+
+
+def test_a_failed_decode_leaves_no_text_for_the_next(tmp_path):
+    # A decode that raises after libjpeg wrote a damage line must not make
+    # the next, good JPEG look damaged.
+    def noisy_failure(*args):
+        os.write(2, b'Corrupt JPEG data: premature end of data segment\n')
+        raise RuntimeError('decoder failed')
+
+    with pytest.raises(RuntimeError, match='decoder failed'):
+        loading._call_capturing_fd2(noisy_failure)
+    good = tmp_path / 'good.jpg'
+    write_jpeg(good)
+    assert read_image_as_stored(str(good)).shape == (64, 64, 3)
 
 
 def test_alpha_and_bit_depth(tmp_path):

@@ -79,6 +79,7 @@ def _loop(hooks, process, dataloader=None):
     loop.fp16 = False
     loop.test_loss = {}
     loop.failures, loop.hook_failures = [], []
+    loop._paths = None
     return loop, metric
 
 
@@ -243,3 +244,17 @@ def test_test_tool_goes_on_past_an_unreadable_image(
     # images of the other domains.
     assert metrics['Domain1/n_cases'] == 1
     assert metrics['Domain2/n_cases'] == 2
+
+
+def test_a_distributed_test_cannot_leave_a_batch_out(monkeypatch):
+    from mmseg_dfq.engine import tolerant_test_loop
+
+    def process(metric, samples):
+        raise ValueError('bad prediction')
+
+    loop, metric = _loop([_Recorder()], process)
+    monkeypatch.setattr(tolerant_test_loop, 'get_world_size', lambda: 2)
+    batch = dict(data_samples=[_sample('/d/bad.png')])
+    with pytest.raises(RuntimeError, match='distributed test cannot leave'):
+        loop.run_iter(0, batch)
+    assert not loop.failures and metric.results == []

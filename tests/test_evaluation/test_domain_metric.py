@@ -613,16 +613,22 @@ def test_output_dir_names_and_writes_predictions_as_iou_metric(tmp_path):
     assert results == pytest.approx(
         plain.compute_metrics(plain.results), nan_ok=True
     )
-    # IoUMetric's names and pixels.
-    names = sorted(p.name for p in ours.iterdir())
-    assert names == sorted(p.name for p in theirs.iterdir())
-    assert names == [f'{d}img{i}.png' for d in '12' for i in range(2)]
+    # IoUMetric's names and pixels, in one folder per domain.
+    names = sorted(str(p.relative_to(ours)) for p in ours.rglob('*.png'))
+    assert names == [
+        f'Domain{d}/{d}img{i}.png' for d in '12' for i in range(2)
+    ]
+    assert [n.split('/')[1] for n in names] == sorted(
+        p.name for p in theirs.iterdir()
+    )
     for sample, name in zip(images, names):
         pred = sample['pred_sem_seg']['data'][0].numpy()
         written = _read_png(ours / name)
         assert written.dtype == np.uint8
         np.testing.assert_array_equal(written, pred)
-        np.testing.assert_array_equal(written, _read_png(theirs / name))
+        np.testing.assert_array_equal(
+            written, _read_png(theirs / name.split('/')[1])
+        )
 
     # Volume slices: img_path is the whole volume; one PNG per slice,
     # named after case and slice, volumes of one name in two domains apart.
@@ -647,15 +653,13 @@ def test_output_dir_names_and_writes_predictions_as_iou_metric(tmp_path):
     metric = prostate_metric(output_dir=str(tmp_path / 'vol'))
     metric.process({}, slices)
     metric.compute_metrics(metric.results)
-    names = sorted(p.name for p in (tmp_path / 'vol').iterdir())
+    vol = tmp_path / 'vol'
+    names = sorted(str(p.relative_to(vol)) for p in vol.rglob('*.png'))
     assert names == sorted(
-        f'{d}_Case00_{k:03d}.png' for d in ('RUNMC', 'BMC') for k in range(3)
+        f'{d}/Case00_{k:03d}.png' for d in ('RUNMC', 'BMC') for k in range(3)
     )
     for sample in slices:
-        name = (
-            f'{sample["case_id"].replace("/", "_")}_'
-            f'{sample["slice_index"]:03d}.png'
-        )
+        name = f'{sample["case_id"]}_{sample["slice_index"]:03d}.png'
         np.testing.assert_array_equal(
             _read_png(tmp_path / 'vol' / name),
             sample['pred_sem_seg']['data'][0].numpy(),
@@ -704,22 +708,23 @@ def test_prediction_names_shared_by_two_samples_are_reported(
     label = np.zeros((6, 6), np.int64)
     label[1:4, 1:4] = 1
     metric = fundus_metric(output_dir=str(tmp_path))
+    # One domain, two folders with a file of one name: one PNG name.
     metric.process(
         {},
         [
             sample_dict(
                 label,
                 label,
-                domain=f'Domain{k}',
-                domain_idx=k,
+                domain='Domain1',
+                domain_idx=1,
                 seen=True,
-                case_id='x',
-                img_path=f'/d/Domain{k}/x.png',
+                case_id=f'{folder}/x',
+                img_path=f'/d/Domain1/{folder}/x.png',
             )
-            for k in (1, 2)
+            for folder in ('a', 'b')
         ],
     )
     metric.compute_metrics(metric.results)
     (message,) = [m for m in logged if 'more than one sample' in m]
-    assert 'x.png' in message and '/d/Domain1/x.png' in message
-    assert '/d/Domain2/x.png' in message
+    assert 'x.png' in message and '/d/Domain1/a/x.png' in message
+    assert '/d/Domain1/b/x.png' in message

@@ -9,7 +9,6 @@ recommend works with the default validation set (the held-out domain).
 """
 
 import glob
-import os
 import os.path as osp
 import re
 import sys
@@ -48,13 +47,16 @@ def checkpoints(tmp_path_factory):
 
 
 def _expected_pngs(task, root):
-    """The prediction PNG of every test sample, as DomainMetric names it."""
+    """The prediction PNG of every test sample, as DomainMetric names it
+    (one folder per domain)."""
     if task == 'fundus':
         names = []
         for k in range(1, 5):
             with open(osp.join(root, f'Domain{k}_test.list')) as f:
                 names += [
-                    osp.splitext(osp.basename(line.split()[0]))[0] + '.png'
+                    f'Domain{k}/'
+                    + osp.splitext(osp.basename(line.split()[0]))[0]
+                    + '.png'
                     for line in f
                     if line.strip()
                 ]
@@ -65,8 +67,16 @@ def _expected_pngs(task, root):
     for path in glob.glob(osp.join(root, 'RUNMC', 'Case??.nii.gz')):
         stem = osp.basename(path)[: -len('.nii.gz')]
         depth = nib.load(path).shape[2]
-        names += [f'RUNMC_{stem}_{k:03d}.png' for k in range(depth)]
+        names += [f'RUNMC/{stem}_{k:03d}.png' for k in range(depth)]
     return sorted(names)
+
+
+def _written(out_dir):
+    """The PNGs under ``out_dir``, relative to it."""
+    return sorted(
+        osp.relpath(p, out_dir)
+        for p in glob.glob(osp.join(out_dir, '**', '*.png'), recursive=True)
+    )
 
 
 def _painted(show_dir):
@@ -101,7 +111,7 @@ def test_mmseg_test_tool_out_and_show_dir(
         cwd=tmp_path,
     )
     expected = _expected_pngs(task, root)
-    assert sorted(os.listdir(out_dir)) == expected, log[-3000:]
+    assert _written(out_dir) == expected, log[-3000:]
     assert len(_painted(show_dir)) == len(expected), log[-3000:]
     assert re.search(r'Iter\(test\) \[\d+/\d+\].*mean_unseen/', log)
 
@@ -133,7 +143,7 @@ def test_our_test_tool_tta_show_dir_on_prostate(
     assert 'is left out' not in log, log[-3000:]
     assert 'were left out of the metrics' not in log, log[-3000:]
     assert len(_painted(show_dir)) == len(expected)
-    assert sorted(os.listdir(tmp_path / 'pred')) == expected
+    assert _written(str(tmp_path / 'pred')) == expected
     metrics = load_metrics(osp.join(work_dir, 'metrics.json'))
     assert metrics['RUNMC/n_cases'] == 3
 

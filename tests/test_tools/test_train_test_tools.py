@@ -123,6 +123,7 @@ def test_failure_message_names_files_then_hooks():
     message = test.failure_message(left_out, hooks)
     assert message.startswith('error: 2 test batch(es) failed')
     assert 'a.png' in message and 'v.nii.gz' in message
+    assert 'DomainVisualizationHook (2 batches)' in message
     message = test.failure_message([], hooks)
-    assert 'metrics are complete' in message
+    assert message.startswith('error: hooks failed after 2 tested')
     assert 'DomainVisualizationHook (2 batches)' in message
