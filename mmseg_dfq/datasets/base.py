@@ -31,7 +31,12 @@ from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 
 from ..evaluation.postprocess import check_eval_mode, post_process_from_meta
-from .nifti import NIFTI_EXTS, check_same_voxel_size, read_nifti_header
+from .nifti import (
+    NIFTI_EXTS,
+    check_same_affine,
+    check_same_voxel_size,
+    read_nifti_header,
+)
 
 DomainSpec = Union[int, str]
 
@@ -333,8 +338,8 @@ class DomainSplitDataset(BaseSegDataset):
 
         Shapes, spacing and affine come from the NIfTI headers (no voxel is
         decoded here). Each header's voxel size must be positive and finite;
-        a segmentation whose voxel size differs from the image's (by more
-        than 0.1%) is named in a warning (see
+        a segmentation whose voxel size or affine differs from the image's
+        (by more than 0.1%) is named in a warning (see
         :func:`~mmseg_dfq.datasets.nifti.check_same_voxel_size`).
 
         Args:
@@ -351,7 +356,7 @@ class DomainSplitDataset(BaseSegDataset):
             (4x4 nested tuples).
         """
         shape, spacing, affine = read_nifti_header(img_path)
-        seg_shape, seg_spacing, _ = read_nifti_header(seg_path)
+        seg_shape, seg_spacing, seg_affine = read_nifti_header(seg_path)
         if len(shape) != 3:
             raise ValueError(
                 f'image must be a 3D volume, got shape {shape}: {img_path}'
@@ -362,7 +367,10 @@ class DomainSplitDataset(BaseSegDataset):
                 f'{shape} ({img_path}): {seg_path}'
             )
         # The metric measures the labels in mm with the image's spacing.
-        check_same_voxel_size(img_path, spacing[:3], seg_path, seg_spacing[:3])
+        if check_same_voxel_size(
+            img_path, spacing[:3], seg_path, seg_spacing[:3]
+        ):
+            check_same_affine(img_path, affine, seg_path, seg_affine)
         affine_t = tuple(tuple(float(v) for v in r) for r in affine)
         name = self.domain_names[domain_idx - 1]
         metas = self.domain_metas(domain_idx, f'{name}/{stem}')

@@ -149,6 +149,41 @@ def check_same_voxel_size(
     return False
 
 
+def check_same_affine(img_path: str, img_affine, seg_path: str, seg_affine):
+    """Warn when a segmentation's affine (orientation, origin) differs.
+
+    The labels are read voxel for voxel (the shapes are checked apart), so
+    a segmentation stored in another orientation or position would not lie
+    on its image; a difference beyond rounding (0.1% of the entries' scale,
+    the same tolerance as :func:`check_same_voxel_size`) is logged as a
+    warning naming both files.
+
+    Args:
+        img_path (str): The image volume, named in the warning.
+        img_affine (array-like): Its 4x4 affine.
+        seg_path (str): The segmentation, named in the warning.
+        seg_affine (array-like): Its 4x4 affine.
+
+    Returns:
+        bool: Whether the two agree.
+    """
+    a = np.asarray(img_affine, np.float64)
+    b = np.asarray(seg_affine, np.float64)
+    scale = max(float(np.abs(a[:3, :3]).max()), 1e-12)
+    if a.shape == b.shape and np.allclose(
+        a, b, rtol=VOXEL_SIZE_RTOL, atol=VOXEL_SIZE_RTOL * scale
+    ):
+        return True
+    print_log(
+        'segmentation affine differs from its image affine (orientation or '
+        'origin); its labels are read voxel for voxel with the image: '
+        f'image {img_path}, segmentation {seg_path}',
+        logger='current',
+        level=logging.WARNING,
+    )
+    return False
+
+
 def read_nifti_header(path: str) -> Tuple[tuple, tuple, np.ndarray]:
     """Read shape, voxel size and affine of a NIfTI file without its voxels.
 

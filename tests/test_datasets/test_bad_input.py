@@ -137,6 +137,30 @@ def test_dataset_refuses_bad_and_names_disagreeing_voxel_sizes(
     assert ds.get_data_info(0)['spacing'] == pytest.approx((0.5, 0.6, 3.0))
 
 
+def test_a_segmentation_in_another_orientation_is_named(tmp_path, monkeypatch):
+    folder = tmp_path / 'RUNMC'
+    folder.mkdir()
+    img = write_volume(folder / 'Case00.nii.gz')
+    seg = str(folder / 'Case00_segmentation.nii.gz')
+    data = (np.random.RandomState(0).rand(6, 5, 4) > 0.5).astype(np.uint8)
+    # Same voxel sizes, x flipped: the labels would not lie on the image.
+    affine = np.diag([-0.5, 0.6, 3.0, 1.0])
+    affine[0, 3] = 2.5
+    nib.save(nib.Nifti1Image(data, affine), seg)
+    logged = []
+    monkeypatch.setattr(
+        nifti, 'print_log', lambda msg, **kwargs: logged.append(msg)
+    )
+    ProstateDGDataset(data_root=str(tmp_path), domains=[1])
+    (msg,) = logged
+    assert 'affine differs' in msg and img in msg and seg in msg
+    # The same affine: no warning.
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.6, 3.0, 1.0])), seg)
+    logged.clear()
+    ProstateDGDataset(data_root=str(tmp_path), domains=[1])
+    assert logged == []
+
+
 # ---------------------------------------------------------------- images
 
 
