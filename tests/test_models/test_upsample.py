@@ -1,5 +1,7 @@
 """bilinear_resize / upsample_by_slices against torch's bilinear kernel."""
 
+import os.path as osp
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,3 +72,44 @@ def test_compiled_resize_keeps_torchs_memory_format(channels_last):
     out = compiled(x)
     assert out.stride() == ref.stride()
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_a_traced_dfq_model_takes_other_sizes():
+    # torch.jit.trace records the sizes the model computes from its input;
+    # turning them into Python ints would fix the traced model's size.
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmseg_dfq  # noqa: F401  (registers the plugin)
+
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(
+        osp.join(
+            osp.dirname(__file__),
+            '..',
+            '..',
+            'configs',
+            'dfq',
+            'dfq_mit-tiny_demo_fundus.py',
+        )
+    )
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, mode='tensor')
+
+    wrapped = Logits()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        traced = torch.jit.trace(
+            wrapped, torch.randn(1, 3, 64, 64), check_trace=False
+        )
+        x = torch.randn(1, 3, 96, 96)
+        torch.testing.assert_close(traced(x), wrapped(x))

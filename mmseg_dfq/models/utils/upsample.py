@@ -39,16 +39,13 @@ def bilinear_resize(
     Returns:
         Tensor: (B, C, *size).
     """
-    size = tuple(int(v) for v in size)
-    h, w = x.shape[-2:]
-    if (
-        is_compiling()
-        and not align_corners
-        and x.ndim == 4
-        and size[0] % h == 0
-        and size[1] % w == 0
-    ):
-        return upsample_by_slices(x, size[0] // h, size[1] // w)
+    # Not int(): under torch.jit.trace the sizes are traced values, and
+    # ints would fix the traced model's input size.
+    size = tuple(size)
+    if is_compiling() and not align_corners and x.ndim == 4:
+        (oh, ow), (h, w) = (int(v) for v in size), x.shape[-2:]
+        if oh % h == 0 and ow % w == 0:
+            return upsample_by_slices(x, oh // h, ow // w)
     return F.interpolate(
         x, size=size, mode='bilinear', align_corners=align_corners
     )
