@@ -340,9 +340,12 @@ def _with_fetch_advice(loader):
                 f'Could not fetch the checkpoint {filename!r} ({err}). '
                 'Download it on a machine with internet access and point '
                 'the config at the local file (e.g. --cfg-options '
-                'model.backbone.init_cfg.checkpoint=/path/to/mit_b2.pth), '
+                'model.backbone.init_cfg.checkpoint=/path/to/weights.pth), '
                 'or train without pretrained weights with --cfg-options '
-                'model.backbone.init_cfg=None (expect lower accuracy).'
+                'model.backbone.init_cfg=None model.pretrained=None (both: '
+                "mmseg turns a config's model.pretrained back into the "
+                "backbone's init_cfg; expect lower accuracy, and a frozen "
+                'backbone then stays random).'
             ) from err
 
     load.__doc__ = f'{loader.__name__}, with advice when it cannot fetch.'

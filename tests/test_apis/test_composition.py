@@ -198,6 +198,13 @@ def test_example_config_is_dfq_from_mmseg_segformer():
     shapes = {k: v.shape for k, v in example.state_dict().items()}
     assert shapes == {k: v.shape for k, v in reference.state_dict().items()}
     assert type(example.backbone).__name__ == 'RDWTMixVisionTransformer'
+    # The same modules with the same settings (dropout and drop-path rates,
+    # norms, losses), not only the same weight shapes.
+    assert repr(example) == repr(reference)
+    for name in ('dropout_ratio', 'align_corners', 'ignore_index'):
+        assert getattr(example.decode_head, name) == getattr(
+            reference.decode_head, name
+        ), name
     assert example.backbone.rdwt_stages == (0, 1, 2, 3)
 
     # A training step computes the RDWT loss next to the segmentation ones.

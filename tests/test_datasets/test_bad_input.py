@@ -393,3 +393,23 @@ def test_multisite_dataset_refuses_a_webp(site):
     (site / 'images' / 'case04.webp').write_bytes(b'RIFF')
     with pytest.raises(ValueError, match='case04.webp'):
         MultiSiteDataset(**ds_cfg)
+
+
+def test_palette_png_masks_give_their_indices(tmp_path):
+    # The usual mmseg / VOC label PNG: indexed colour, labels = indices
+    # (as mmseg's pillow loader reads them), whatever the palette's colours.
+    labels = np.zeros((6, 7), np.uint8)
+    labels[1:4, 2:5] = 1
+    labels[2, 3] = 2
+    img = Image.fromarray(labels, mode='P')
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))
+    path = tmp_path / 'mask.png'
+    img.save(path)
+    np.testing.assert_array_equal(read_grey_mask(str(path)), labels)
+    # Truncated: an error naming the file.
+    data = path.read_bytes()
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match='cannot decode') as err:
+        read_grey_mask(str(bad))
+    assert str(bad) in str(err.value)

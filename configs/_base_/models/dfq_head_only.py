@@ -20,7 +20,8 @@ dfq_head = dict(
     type='DFQHead',
     in_index=[0, 1, 2, 3],
     drop_path_rate=0.1,
-    dropout_ratio=0.1,
+    # The authors' head has no dropout before the classifier.
+    dropout_ratio=0.0,
     num_classes=3,
     norm_cfg=dict(type='SyncBN', requires_grad=True),
     align_corners=False,

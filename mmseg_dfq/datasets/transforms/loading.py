@@ -17,6 +17,7 @@ the test pipelines load images with
 (:class:`LoadImageOrSliceFromFile`).
 """
 
+import io
 import logging
 import os
 import os.path as osp
@@ -31,6 +32,7 @@ from mmcv.transforms import LoadImageFromFile
 from mmengine.logging import print_log
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
+from PIL import Image
 
 from ...registry import TRANSFORMS as DFQ_TRANSFORMS
 from ..fundus_codec import decode_fundus_mask
@@ -309,12 +311,23 @@ class LoadFundusImageFromFile(LoadImageFromFile):
         return f'{self.__class__.__name__}(to_float32={self.to_float32})'
 
 
+def _is_palette_png(data: bytes) -> bool:
+    """Whether ``data`` is a PNG of indexed colour (IHDR colour type 3)."""
+    return (
+        data[:8] == b'\x89PNG\r\n\x1a\n'
+        and data[12:16] == b'IHDR'
+        and len(data) > 25
+        and data[25] == 3
+    )
+
+
 def read_grey_mask(path: str, what: str = 'mask') -> np.ndarray:
     """Read a single-channel label mask as stored, 8- or 16-bit.
 
-    An RGB or RGBA file whose colour channels are identical, or grey +
-    alpha, is accepted as grey; anything else is refused, since its labels
-    would be a guess. A JPEG that libjpeg reports as damaged is refused
+    An indexed-colour (palette) PNG gives its indices, as mmseg's loader
+    reads them. An RGB or RGBA file whose colour channels are identical, or
+    grey + alpha, is accepted as grey; anything else is refused, since its
+    labels would be a guess. A JPEG that libjpeg reports as damaged is refused
     (see :func:`_imdecode_checked`).
 
     Args:
@@ -324,7 +337,19 @@ def read_grey_mask(path: str, what: str = 'mask') -> np.ndarray:
     Returns:
         np.ndarray: (H, W) uint8 or uint16 values.
     """
-    mask = _imdecode_checked(_read_bytes(path, what), path, what)
+    data = _read_bytes(path, what)
+    if _is_palette_png(data):
+        # Indexed colour (the usual mmseg / VOC label PNG): the labels are
+        # the palette indices, as mmseg's pillow loader reads them; cv2
+        # would expand them to the palette's colours.
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return np.array(img, dtype=np.uint8)
+        except Exception as err:
+            raise ValueError(
+                f'cannot decode {what} (corrupt?): {path} ({err})'
+            ) from err
+    mask = _imdecode_checked(data, path, what)
     if mask.ndim == 3:
         if mask.shape[2] == 2:
             # grey + alpha
