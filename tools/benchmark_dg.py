@@ -336,6 +336,9 @@ def benchmark(args, root):
         dict: ``results[variant][target]``: list of
         :func:`benchmark_dg_report.run_result` outputs in seed order.
     """
+    # One folder per data set: runs trained on other generated data are
+    # never taken for these (the sweep keeps finished runs of a folder).
+    root = osp.join(root, f'cases{args.cases}_seed{args.data_seed}')
     data_root = osp.join(root, 'fundus_shifted')
     start = time.time()
     make_shifted_fundus(data_root, seed=args.data_seed, cases=args.cases)

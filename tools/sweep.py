@@ -492,10 +492,25 @@ def build_run(variant, split, seed, args, benchmark):
 
 
 def run_state(run):
-    """'done', 'trained' (checkpoint, no metrics) or 'todo'."""
+    """'done', 'trained' (checkpoint, no readable metrics) or 'todo'.
+
+    A metrics JSON that does not parse (a test killed while an older tool
+    wrote it in place) counts as missing: the run is tested again.
+    """
     if osp.isfile(run['checkpoint']):
-        return 'done' if osp.isfile(run['metrics']) else 'trained'
+        return 'done' if _readable_json(run['metrics']) else 'trained'
     return 'todo'
+
+
+def _readable_json(path) -> bool:
+    if not osp.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def write_config(run):

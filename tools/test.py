@@ -72,6 +72,7 @@ from mmseg.registry import HOOKS, METRICS
 import mmseg_dfq  # noqa: F401  (before mmseg.models: compat + registry)
 from mmseg_dfq.compat import (
     CheckpointError,
+    atomic_write,
     setup_distributed,
     teardown_distributed,
 )
@@ -329,11 +330,14 @@ def dump_metrics(metrics, path):
         str: The absolute path written.
     """
     path = osp.abspath(path)
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(
-            {k: to_json_value(v) for k, v in metrics.items()}, f, indent=2
-        )
+    # Atomic: a test killed while writing leaves the old file or none,
+    # never a truncated one (tools/sweep.py takes the file as "done").
+    atomic_write(
+        path,
+        json.dumps(
+            {k: to_json_value(v) for k, v in metrics.items()}, indent=2
+        ),
+    )
     return path
 
 

@@ -269,6 +269,13 @@ class DomainMixSampler(Sampler):
                         f'DomainMixSampler: domain_counts keys are domain '
                         f'names or 1-based indices, got {key!r}'
                     )
+                if (
+                    isinstance(key, str)
+                    and key not in by_domain
+                    and key.isdigit()
+                ):
+                    # '2' from --cfg-options ...domain_counts.2=5
+                    key = int(key)
                 name = (
                     idx_to_name.get(key, key) if isinstance(key, int) else key
                 )
@@ -281,7 +288,10 @@ class DomainMixSampler(Sampler):
                 if name in given:
                     raise ValueError(
                         f'DomainMixSampler: domain {name!r} counted twice '
-                        f'in domain_counts {dict(domain_counts)}'
+                        f'in domain_counts {dict(domain_counts)} (with '
+                        '--cfg-options, counts are merged into the '
+                        "config's: give train_dataloader.sampler."
+                        'domain_counts._delete_=True to replace them)'
                     )
                 given[name] = count
         elif isinstance(domain_counts, Sequence) and not isinstance(

@@ -126,6 +126,8 @@ def test_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in tool.VARIANTS:
         assert f'\n{variant:<18} Domain1' in proc.stdout
+    # One folder per generated data set (--quick: 10 cases, data seed 0).
+    runs_dir = osp.join(work_dir, 'cases10_seed0', 'runs')
     assert 'Total wall time' in proc.stdout
     with open(out_json) as f:
         data = json.load(f)
@@ -136,15 +138,15 @@ def test_quick_run(tmp_path):
         for key in ('unseen_OD', 'unseen_OC', 'seen_OD', 'seen_OC'):
             assert 0.0 <= run[key] <= 100.0
         # The printed number is the one the run's tools/test.py wrote.
-        with open(osp.join(work_dir, 'runs', variant, 'fundus_dg_d1',
-                           'seed0', 'metrics.json')) as f:  # fmt: skip
+        with open(osp.join(runs_dir, variant, 'fundus_dg_d1', 'seed0',
+                           'metrics.json')) as f:  # fmt: skip
             metrics = json.load(f)
         assert run['unseen_OD'] == pytest.approx(metrics['Domain1/OD_Dice'])
         seen = [metrics[f'Domain{d}/OC_Dice'] for d in (2, 3, 4)]
         assert run['seen_OC'] == pytest.approx(np.mean(seen))
     # The sweep's own tables of the same runs.
     for ext in ('md', 'csv', 'json'):
-        assert osp.isfile(osp.join(work_dir, 'runs', f'sweep_table.{ext}'))
+        assert osp.isfile(osp.join(runs_dir, f'sweep_table.{ext}'))
 
 
 def test_report_numbers_and_table():

@@ -414,3 +414,18 @@ def test_split_counts_replace_the_recipe_counts():
     cfg.merge_from_dict(dict(splits[1]['keys']))
     assert cfg.train_dataloader.sampler.domain_counts == {1: 2, 3: 7, 4: 7}
     assert cfg.train_dataloader.dataset.domains == [1, 3, 4]
+
+
+def test_a_run_whose_metrics_do_not_parse_is_tested_again(tmp_path):
+
+    run = dict(
+        checkpoint=str(tmp_path / 'iter_4.pth'),
+        metrics=str(tmp_path / 'metrics.json'),
+    )
+    assert sweep.run_state(run) == 'todo'
+    (tmp_path / 'iter_4.pth').write_bytes(b'x')
+    assert sweep.run_state(run) == 'trained'
+    (tmp_path / 'metrics.json').write_text('{"Domain1/OD_Dice": 9')
+    assert sweep.run_state(run) == 'trained'
+    (tmp_path / 'metrics.json').write_text('{"Domain1/OD_Dice": 91.5}')
+    assert sweep.run_state(run) == 'done'
