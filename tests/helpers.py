@@ -356,3 +356,23 @@ def assert_same_weights(a, b):
     assert not differ, f'{len(differ)} tensors differ, e.g. ' + str(
         dict(list(differ.items())[:3])
     )
+
+
+def tiny_rdwt_mit(**overrides):
+    """A two-stage RDWT MiT backbone config (8 and 16 channels), for tests
+    that need a real DFQ model small enough to compile or trace on CPU."""
+    return dict(
+        dict(
+            type='RDWTMixVisionTransformer',
+            embed_dims=8,
+            num_stages=2,
+            num_layers=[1, 1],
+            num_heads=[1, 2],
+            patch_sizes=[7, 3],
+            strides=[4, 2],
+            sr_ratios=[8, 4],
+            out_indices=(0, 1),
+            rdwt_stages=(0, 1),
+        ),
+        **overrides,
+    )

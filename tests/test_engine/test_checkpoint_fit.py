@@ -41,6 +41,7 @@ from ..helpers import (
     REPO_ROOT,
     TEST,
     data_options,
+    tiny_rdwt_mit,
     tool_env,
     write_checkpoint,
 )
@@ -64,18 +65,7 @@ def tiny_cfg(num_classes=3, head='DFQHead'):
         data_preprocessor=dict(
             type='SegDataPreProcessor', mean=[0.0] * 3, std=[1.0] * 3
         ),
-        backbone=dict(
-            type='RDWTMixVisionTransformer',
-            embed_dims=8,
-            num_stages=2,
-            num_layers=[1, 1],
-            num_heads=[1, 2],
-            patch_sizes=[7, 3],
-            strides=[4, 2],
-            sr_ratios=[8, 4],
-            out_indices=(0, 1),
-            rdwt_stages=(0, 1),
-        ),
+        backbone=tiny_rdwt_mit(),
         decode_head=decode_head,
     )
 

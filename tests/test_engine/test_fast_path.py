@@ -36,7 +36,7 @@ from mmseg_dfq.engine.fast_path import (
     resolve_compile_kwargs,
 )
 
-from ..helpers import FUNDUS_CONFIG
+from ..helpers import FUNDUS_CONFIG, tiny_rdwt_mit
 
 CUDA = torch.cuda.is_available()
 SIZE = 64
@@ -52,21 +52,9 @@ def tiny_dfq_cfg():
             std=[127.5] * 3,
             size=(SIZE, SIZE),
         ),
-        backbone=dict(
-            type='RDWTMixVisionTransformer',
-            embed_dims=8,
-            num_stages=2,
-            num_layers=[1, 1],
-            num_heads=[1, 2],
-            patch_sizes=[7, 3],
-            strides=[4, 2],
-            sr_ratios=[8, 4],
-            out_indices=(0, 1),
-            rdwt_stages=(0, 1),
-            # No randomness, so eager and compiled steps see the same net
-            # (inductor draws its own random numbers).
-            drop_path_rate=0.0,
-        ),
+        # No randomness, so eager and compiled steps see the same net
+        # (inductor draws its own random numbers).
+        backbone=tiny_rdwt_mit(drop_path_rate=0.0),
         decode_head=dict(
             type='DFQHead',
             in_channels=[8, 16],

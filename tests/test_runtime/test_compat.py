@@ -46,7 +46,7 @@ from mmseg_dfq import compat
 from mmseg_dfq.compat import HAS_COMPILED_MMCV_OPS, adapt_cfg_to_device
 from mmseg_dfq.config import load_config
 
-from ..helpers import FUNDUS_CONFIG, REPO_ROOT, TRAIN_ITERS
+from ..helpers import FUNDUS_CONFIG, REPO_ROOT, TRAIN_ITERS, tiny_rdwt_mit
 
 needs_fallback = pytest.mark.skipif(
     HAS_COMPILED_MMCV_OPS,
@@ -562,19 +562,7 @@ def _tiny_dfq(fused):
     return MODELS.build(
         dict(
             type='EncoderDecoder',
-            backbone=dict(
-                type='RDWTMixVisionTransformer',
-                embed_dims=8,
-                num_stages=2,
-                num_layers=[1, 1],
-                num_heads=[1, 2],
-                patch_sizes=[7, 3],
-                strides=[4, 2],
-                sr_ratios=[8, 4],
-                out_indices=(0, 1),
-                rdwt_stages=(0, 1),
-                fused_attention=fused,
-            ),
+            backbone=tiny_rdwt_mit(fused_attention=fused),
             decode_head=dict(
                 type='DFQHead',
                 in_channels=[8, 16],

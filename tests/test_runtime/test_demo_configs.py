@@ -126,7 +126,8 @@ DFQ_HEAD = dict(
     type='DFQHead',
     in_index=[0, 1, 2, 3],
     drop_path_rate=0.1,
-    dropout_ratio=0.1,
+    # The authors' head has no dropout (0.1 before; dfq_mit-b0.py had 0).
+    dropout_ratio=0.0,
     num_classes=3,
     norm_cfg=SYNC_BN,
     align_corners=False,
