@@ -574,11 +574,6 @@ def adapt_cfg_to_device(cfg):
 # --------------------------------------------------------------------------
 # 4. FLOP counting of torch's fused attention
 # --------------------------------------------------------------------------
-def _shape(value):
-    """The sizes of a traced tensor value, or None when unknown."""
-    return value.type().sizes() if value.isCompleteTensor() else None
-
-
 def attention_flop_jit(inputs, outputs):
     """FLOPs of ``aten::scaled_dot_product_attention``, mmengine's way.
 
@@ -599,8 +594,10 @@ def attention_flop_jit(inputs, outputs):
     Returns:
         int: The flop count; 0 when the trace has no shapes for them.
     """
-    q, k, v = (_shape(x) for x in inputs[:3])
-    out = _shape(outputs[0])
+    from mmengine.analysis.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    out = get_shape(outputs[0])
     if None in (q, k, v, out):  # shapes unknown to the trace
         return 0
     batch = 1

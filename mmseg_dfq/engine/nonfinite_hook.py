@@ -11,6 +11,8 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
 from mmseg.registry import HOOKS
 
+from ..evaluation.cases import sample_name
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss went NaN or infinite."""
@@ -39,11 +41,7 @@ def batch_files(data_batch) -> List[str]:
     if len(samples) and isinstance(samples[0], (list, tuple)):
         samples = samples[0]  # TTA: the views hold the same samples
     for sample in samples:
-        meta = getattr(sample, 'metainfo', {})
-        name = str(meta.get('img_path', '<unknown file>'))
-        if meta.get('slice_index') is not None:
-            name += f' (slice {meta["slice_index"]})'
-        files.append(name)
+        files.append(sample_name(getattr(sample, 'metainfo', {})))
     return files
 
 

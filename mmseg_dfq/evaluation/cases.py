@@ -17,6 +17,21 @@ REQUIRED_META = ('domain', 'domain_idx', 'seen', 'case_id')
 VOLUME_META = ('slice_index', 'num_slices')
 
 
+def sample_name(meta) -> str:
+    """A sample's name in messages: its image file, and slice if it has one.
+
+    Args:
+        meta (Mapping): The sample's metainfo (or ``to_dict()`` output).
+
+    Returns:
+        str: E.g. ``'RUNMC/Case00.nii.gz (slice 7)'``.
+    """
+    name = str(meta.get('img_path', '<unknown file>'))
+    if meta.get('slice_index') is not None:
+        name += f' (slice {meta["slice_index"]})'
+    return name
+
+
 def _to_numpy(data) -> np.ndarray:
     """A label map from a tensor (any device) or array, as a NumPy array."""
     if hasattr(data, 'detach'):

@@ -20,6 +20,7 @@ from .cases import (
     label_map,
     pack_masks,
     read_sample_meta,
+    sample_name,
 )
 from .postprocess import PostProcess, check_eval_mode, post_process_from_meta
 from .report import (
@@ -71,14 +72,6 @@ def _check_structures(structures, where: str) -> 'OrderedDict[str, list]':
 
 def _check_mode(mode, where: str) -> str:
     return check_eval_mode(mode, f'DomainMetric: mode ({where})')
-
-
-def _sample_name(data_sample: dict) -> str:
-    """A sample's name in messages: its file, and slice where it has one."""
-    name = str(data_sample.get('img_path', '<unknown file>'))
-    if data_sample.get('slice_index') is not None:
-        name += f' (slice {data_sample["slice_index"]})'
-    return name
 
 
 def prediction_file_name(data_sample: dict) -> str:
@@ -402,7 +395,7 @@ class DomainMetric(BaseMetric):
                     'case_id', data_sample.get('img_path', '<unknown>')
                 )
                 pred = label_map(data_sample, 'pred_sem_seg', name)
-                item = dict(sample=_sample_name(data_sample))
+                item = dict(sample=sample_name(data_sample))
                 if self.output_dir is not None:
                     item['out_file'] = self._write_prediction(
                         data_sample, pred
@@ -421,7 +414,7 @@ class DomainMetric(BaseMetric):
                 )
             if self.output_dir is not None:
                 meta['out_file'] = self._write_prediction(data_sample, pred)
-                meta['sample'] = _sample_name(data_sample)
+                meta['sample'] = sample_name(data_sample)
             if mode == '2d':
                 spacing = meta['spacing'] if self.use_spacing else None
                 if spacing is not None:
