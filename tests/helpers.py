@@ -55,8 +55,8 @@ def tool_env():
     return env
 
 
-def run(cmd, cwd=REPO_ROOT, timeout=300, env=None):
-    """Run any command; return its output, failing with its tail.
+def run_status(cmd, cwd=REPO_ROOT, timeout=300, env=None):
+    """Run any command; return its exit status and output.
 
     Args:
         cmd (list): The command; items are turned into strings.
@@ -66,7 +66,7 @@ def run(cmd, cwd=REPO_ROOT, timeout=300, env=None):
         env (dict, optional): Environment; :func:`tool_env` if None.
 
     Returns:
-        str: stdout and stderr of the run, interleaved.
+        tuple[int, str]: The status, and stdout and stderr interleaved.
     """
     proc = subprocess.run(
         [str(c) for c in cmd],
@@ -77,11 +77,22 @@ def run(cmd, cwd=REPO_ROOT, timeout=300, env=None):
         text=True,
         timeout=timeout,
     )
-    assert proc.returncode == 0, (
-        f'{" ".join(map(str, cmd))} exited with {proc.returncode}:\n'
-        f'{proc.stdout[-4000:]}'
+    return proc.returncode, proc.stdout
+
+
+def run(cmd, cwd=REPO_ROOT, timeout=300, env=None):
+    """Run any command; return its output, failing with its tail.
+
+    Args: as :func:`run_status`.
+
+    Returns:
+        str: stdout and stderr of the run, interleaved.
+    """
+    status, out = run_status(cmd, cwd, timeout, env)
+    assert status == 0, (
+        f'{" ".join(map(str, cmd))} exited with {status}:\n{out[-4000:]}'
     )
-    return proc.stdout
+    return out
 
 
 def run_tool(script, args, nproc=1, timeout=300):
@@ -373,6 +384,24 @@ def tiny_rdwt_mit(**overrides):
             sr_ratios=[8, 4],
             out_indices=(0, 1),
             rdwt_stages=(0, 1),
+        ),
+        **overrides,
+    )
+
+
+def tiny_dfq_head(**overrides):
+    """A DFQHead config for :func:`tiny_rdwt_mit` (levels of 8 and 16
+    channels, one query block), BN and cross-entropy."""
+    return dict(
+        dict(
+            type='DFQHead',
+            in_channels=[8, 16],
+            in_index=[0, 1],
+            channels=16,
+            num_heads=(1,),
+            num_classes=3,
+            norm_cfg=dict(type='BN', requires_grad=True),
+            loss_decode=dict(type='CrossEntropyLoss'),
         ),
         **overrides,
     )

@@ -314,27 +314,19 @@ def _pair(folder, **kw):
 
 def test_unread_image_types_are_errors(site):
     assert [c[0] for c in _pair(site)] == ['case00', 'case01']
-    # An image of a type the layout does not read.
-    webp = site / 'images' / 'case04.webp'
-    webp.write_bytes(b'RIFF')
-    with pytest.raises(ValueError, match='does not read') as err:
-        _pair(site)
-    assert str(webp) in str(err.value) and '.png' in str(err.value)
-    webp.unlink()
-    # An orphan mask of such a type.
-    gif = site / 'masks' / 'case05.gif'
-    gif.write_bytes(b'GIF89a')
-    with pytest.raises(ValueError, match='does not read') as err:
-        _pair(site)
-    assert str(gif) in str(err.value)
-    gif.unlink()
-    # A NIfTI volume in a 2D layout (file_kind mix-up).
-    nii = site / 'images' / 'case06.nii.gz'
-    nii.write_bytes(b'')
-    with pytest.raises(ValueError, match='does not read') as err:
-        _pair(site)
-    assert str(nii) in str(err.value)
-    nii.unlink()
+    for path, data in (
+        # An image of a type the layout does not read.
+        (site / 'images' / 'case04.webp', b'RIFF'),
+        # An orphan mask of such a type.
+        (site / 'masks' / 'case05.gif', b'GIF89a'),
+        # A NIfTI volume in a 2D layout (file_kind mix-up).
+        (site / 'images' / 'case06.nii.gz', b''),
+    ):
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match='does not read') as err:
+            _pair(site)
+        assert str(path) in str(err.value) and '.png' in str(err.value)
+        path.unlink()
     # A mask folder of its own holds only suffixed masks.
     (site / 'masks' / 'case00.png').rename(site / 'masks' / 'case00_m.png')
     (site / 'masks' / 'case01.png').rename(site / 'masks' / 'case01_mask.png')

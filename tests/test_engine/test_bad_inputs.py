@@ -2,7 +2,6 @@
 
 import json
 import os.path as osp
-import subprocess
 import sys
 
 import nibabel as nib
@@ -25,7 +24,7 @@ from ..helpers import (
     REPO_ROOT,
     TEST,
     data_options,
-    tool_env,
+    run_status,
 )
 
 INFER = osp.join(REPO_ROOT, 'tools/infer.py')
@@ -133,8 +132,8 @@ def test_folder_with_a_too_small_volume(tmp_path):
         nib.save(
             nib.Nifti1Image(data, np.eye(4)), str(folder / f'{name}.nii.gz')
         )
-    out = tmp_path / 'out'
-    proc = subprocess.run(
+    out_dir = tmp_path / 'out'
+    status, out = run_status(
         [
             sys.executable,
             INFER,
@@ -142,23 +141,17 @@ def test_folder_with_a_too_small_volume(tmp_path):
             ckpt,
             str(folder),
             '--out',
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
+            str(out_dir),
+        ]
     )
-    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert status == 1, out[-3000:]
     small = str(folder / 'b_small.nii.gz')
-    assert f'error: {small}: its slices are 4 x 5 voxels' in proc.stdout
-    assert 'Traceback' not in proc.stdout
+    assert f'error: {small}: its slices are 4 x 5 voxels' in out
+    assert 'Traceback' not in out
     for name, shape in (('a_good', (40, 48, 4)), ('c_good', (48, 40, 3))):
-        pred = nib.load(str(out / f'{name}_pred.nii.gz'))
+        pred = nib.load(str(out_dir / f'{name}_pred.nii.gz'))
         assert pred.shape == shape
-    assert not (out / 'b_small_pred.nii.gz').exists()
+    assert not (out_dir / 'b_small_pred.nii.gz').exists()
 
 
 def test_evaluation_goes_on_past_a_failing_case(tmp_path):
@@ -178,7 +171,7 @@ def test_evaluation_goes_on_past_a_failing_case(tmp_path):
     ckpt = str(tmp_path / 'model.pth')
     save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
     work_dir = str(tmp_path / 'work')
-    proc = subprocess.run(
+    status, out = run_status(
         [
             sys.executable,
             TEST,
@@ -188,16 +181,10 @@ def test_evaluation_goes_on_past_a_failing_case(tmp_path):
             work_dir,
             '--cfg-options',
             *data_options(root),
-        ],
-        cwd=REPO_ROOT,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    assert f'left out of the metrics: {bad} (7 samples)' in proc.stdout
+    assert status == 1, out[-3000:]
+    assert f'left out of the metrics: {bad} (7 samples)' in out
     with open(osp.join(work_dir, 'metrics.json')) as f:
         metrics = json.load(f)
     # The two other held-out cases were evaluated.

@@ -36,7 +36,7 @@ from mmseg_dfq.engine.fast_path import (
     resolve_compile_kwargs,
 )
 
-from ..helpers import FUNDUS_CONFIG, tiny_rdwt_mit
+from ..helpers import FUNDUS_CONFIG, tiny_dfq_head, tiny_rdwt_mit
 
 CUDA = torch.cuda.is_available()
 SIZE = 64
@@ -55,16 +55,9 @@ def tiny_dfq_cfg():
         # No randomness, so eager and compiled steps see the same net
         # (inductor draws its own random numbers).
         backbone=tiny_rdwt_mit(drop_path_rate=0.0),
-        decode_head=dict(
-            type='DFQHead',
-            in_channels=[8, 16],
-            in_index=[0, 1],
-            channels=16,
-            num_heads=(1,),
+        decode_head=tiny_dfq_head(
             drop_path_rate=0.0,
             dropout_ratio=0.0,
-            num_classes=3,
-            norm_cfg=dict(type='BN', requires_grad=True),
             loss_decode=[
                 dict(type='CrossEntropyLoss', loss_weight=1.0),
                 dict(type='ClassDiceLoss', loss_weight=1.0),

@@ -8,7 +8,6 @@ reported as that hook's failure, and the batch stays in the metrics.
 
 import json
 import os.path as osp
-import subprocess
 import sys
 import types
 
@@ -24,10 +23,9 @@ from mmseg_dfq.testing.synthetic import make_fundus
 
 from ..helpers import (
     FUNDUS_CONFIG,
-    REPO_ROOT,
     TEST,
     data_options,
-    tool_env,
+    run_status,
     write_checkpoint,
 )
 
@@ -210,7 +208,7 @@ def test_test_tool_goes_on_past_an_unreadable_image(
     with open(bad, 'wb') as f:
         f.write(b'not a PNG')
     work_dir = str(tmp_path / 'work')
-    proc = subprocess.run(
+    status, out = run_status(
         [
             sys.executable,
             TEST,
@@ -221,16 +219,9 @@ def test_test_tool_goes_on_past_an_unreadable_image(
             '--cfg-options',
             *data_options(root),
             f'test_dataloader.num_workers={workers}',
-        ],
-        cwd=REPO_ROOT,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
+        ]
     )
-    out = proc.stdout
-    assert proc.returncode == 1, out[-3000:]
+    assert status == 1, out[-3000:]
     assert 'Traceback' not in out, out[-3000:]
     # Reported with the loader's message, which names the file.
     (line,) = [

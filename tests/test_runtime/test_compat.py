@@ -46,7 +46,13 @@ from mmseg_dfq import compat
 from mmseg_dfq.compat import HAS_COMPILED_MMCV_OPS, adapt_cfg_to_device
 from mmseg_dfq.config import load_config
 
-from ..helpers import FUNDUS_CONFIG, REPO_ROOT, TRAIN_ITERS, tiny_rdwt_mit
+from ..helpers import (
+    FUNDUS_CONFIG,
+    REPO_ROOT,
+    TRAIN_ITERS,
+    tiny_dfq_head,
+    tiny_rdwt_mit,
+)
 
 needs_fallback = pytest.mark.skipif(
     HAS_COMPILED_MMCV_OPS,
@@ -563,17 +569,7 @@ def _tiny_dfq(fused):
         dict(
             type='EncoderDecoder',
             backbone=tiny_rdwt_mit(fused_attention=fused),
-            decode_head=dict(
-                type='DFQHead',
-                in_channels=[8, 16],
-                in_index=[0, 1],
-                channels=16,
-                num_heads=(1,),
-                num_classes=3,
-                norm_cfg=dict(type='BN', requires_grad=True),
-                loss_decode=dict(type='CrossEntropyLoss'),
-                fused_attention=fused,
-            ),
+            decode_head=tiny_dfq_head(fused_attention=fused),
         )
     ).eval()
 
