@@ -193,6 +193,10 @@ class DomainMetric(BaseMetric):
             a ``spacing``. False measures them in pixels / voxels whatever
             the samples carry: the DFQ authors' prostate evaluation calls
             medpy without a voxel spacing. Default: True.
+        dice_smooth (float): ``s`` in a case's Dice ``(2 |P & G| + s) /
+            (|P| + |G| + s)``. 0 is the exact Dice (medpy's ``dc``; 100
+            when both masks are empty). The DFQ authors' fundus evaluation
+            adds 1 (one pixel among the ~10^4-10^5 of a disc). Default: 0.
         per_case_file (str, optional): Path of a CSV file written at every
             evaluation with one row per case (domain, case_id, seen and each
             structure's metrics). Default: None.
@@ -229,6 +233,7 @@ class DomainMetric(BaseMetric):
         restrict_to_gt_slices: bool = False,
         empty_distance: Optional[float] = None,
         use_spacing: bool = True,
+        dice_smooth: float = 0.0,
         per_case_file: Optional[str] = None,
         output_dir: Optional[str] = None,
         format_only: bool = False,
@@ -262,15 +267,19 @@ class DomainMetric(BaseMetric):
             raise ValueError(
                 "DomainMetric: restrict_to_gt_slices needs mode='3d'"
             )
-        if empty_distance is not None and not (
-            isinstance(empty_distance, (int, float))
-            and not isinstance(empty_distance, bool)
-            and 0 <= empty_distance < float('inf')
+        if empty_distance is not None and not _finite_non_negative(
+            empty_distance
         ):
             raise ValueError(
                 'DomainMetric: empty_distance must be None or a finite '
                 f'number >= 0, got {empty_distance!r}'
             )
+        if not _finite_non_negative(dice_smooth):
+            raise ValueError(
+                'DomainMetric: dice_smooth must be a finite number >= 0, '
+                f'got {dice_smooth!r}'
+            )
+        self.dice_smooth = float(dice_smooth)
         self.metrics = list(metrics)
         self.restrict_to_gt_slices = restrict_to_gt_slices
         self.empty_distance = (
@@ -481,7 +490,7 @@ class DomainMetric(BaseMetric):
             pred = self.post_process(pred)
             case = OrderedDict()
             if 'Dice' in self.metrics:
-                case['Dice'] = 100.0 * dice(pred, gt)
+                case['Dice'] = 100.0 * dice(pred, gt, self.dice_smooth)
             if wants_distance:
                 distances = surface_metrics(pred, gt, spacing)
                 if self.empty_distance is not None and pred.any() != gt.any():
@@ -548,3 +557,12 @@ class DomainMetric(BaseMetric):
                 self.per_case_file, cases, structures, self.metrics, unit
             )
         return out
+
+
+def _finite_non_negative(value) -> bool:
+    """A real number (not a bool) in [0, inf)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value < float('inf')
+    )

@@ -92,22 +92,24 @@ def _bounding_box(mask: np.ndarray, margin: int = 0) -> Tuple[slice, ...]:
     return tuple(box)
 
 
-def dice(pred, gt) -> float:
+def dice(pred, gt, smooth: float = 0.0) -> float:
     """Dice coefficient of two binary masks, as ``medpy.metric.binary.dc``.
 
     Args:
         pred (np.ndarray): Predicted mask, any shape; non-zero is foreground.
         gt (np.ndarray): Reference mask, same shape as ``pred``.
+        smooth (float): Added to numerator and denominator (0: medpy's
+            exact Dice). Default: 0.
 
     Returns:
-        float: ``2 |P & G| / (|P| + |G|)`` in [0, 1]; 1.0 when both masks are
-        empty (nothing to find, nothing found).
+        float: ``(2 |P & G| + smooth) / (|P| + |G| + smooth)`` in [0, 1];
+        1.0 when both masks are empty (nothing to find, nothing found).
     """
     pred, gt = _as_bool_pair(pred, gt)
     size = np.count_nonzero(pred) + np.count_nonzero(gt)
     if size == 0:
         return 1.0
-    return 2.0 * np.count_nonzero(pred & gt) / float(size)
+    return (2.0 * np.count_nonzero(pred & gt) + smooth) / (size + smooth)
 
 
 def _check_spacing(spacing, ndim: int) -> Optional[np.ndarray]:

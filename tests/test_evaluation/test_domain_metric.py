@@ -219,6 +219,44 @@ def test_fundus_empty_distance_is_the_authors_penalty(monkeypatch):
             DomainMetric(empty_distance=bad)
 
 
+def test_fundus_dice_smooth_is_the_authors_dice():
+    # Their fundus Dice per image: (2 |P & G| + 1) / (|P| + |G| + 1), on
+    # the post-processed masks; medpy's exact dc without smoothing.
+    rng = np.random.default_rng(3)
+    meta = dict(domain='D', domain_idx=1, seen=False)
+    gts = [fundus_map(rng) for _ in range(3)]
+    preds = [np.roll(g, int(rng.integers(-3, 4)), axis=1) for g in gts]
+    preds[2][:] = 0  # predicted empty: theirs gives 1 / (|G| + 1)
+    samples = [
+        sample_dict(p, g, case_id=f'c{i}', **meta)
+        for i, (p, g) in enumerate(zip(preds, gts))
+    ]
+
+    def theirs(p, g):
+        p, g = p.astype(bool), g.astype(bool)
+        return (2.0 * (p & g).sum() + 1.0) / (p.sum() + g.sum() + 1.0)
+
+    post = dict(largest_cc=False, fill_holes=False)
+    for smooth, per_case in (
+        (1.0, theirs),
+        (0.0, lambda p, g: medpy_binary.dc(p, g)),
+    ):
+        metric = fundus_metric(metrics=['Dice'], dice_smooth=smooth, **post)
+        metric.process({}, samples)
+        results = metric.compute_metrics(metric.results)
+        for name, labels in (('OD', [1, 2]), ('OC', [2])):
+            expected = np.mean(
+                [
+                    per_case(np.isin(p, labels), np.isin(g, labels))
+                    for p, g in zip(preds, gts)
+                ]
+            )
+            assert results[f'D/{name}_Dice'] == pytest.approx(100 * expected)
+    for bad in (-1, float('nan'), None, True):
+        with pytest.raises(ValueError, match='dice_smooth'):
+            DomainMetric(dice_smooth=bad)
+
+
 def prostate_volume(rng, shape, center, radius):
     zz = np.arange(shape[2]) * 3.0
     yy, xx = np.mgrid[: shape[0], : shape[1]] * 0.5

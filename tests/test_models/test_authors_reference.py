@@ -269,7 +269,7 @@ def test_head_converter_rejects_unknown_keys():
 
 
 # ------------------------------------------------------------- the encoder
-def build_b2_encoder(layout):
+def build_b2_encoder(layout, **kwargs):
     return RDWTMixVisionTransformer(
         in_channels=3,
         embed_dims=64,
@@ -283,6 +283,7 @@ def build_b2_encoder(layout):
         qkv_bias=True,
         drop_path_rate=0.0,
         rdwt_layout=layout,
+        **kwargs,
     ).eval()
 
 
@@ -321,6 +322,31 @@ def test_encoder_authors_layout_equals_authors_encoder(encoder_ref):
     with torch.no_grad():
         other = channels(image)
     assert (other[0] - outs[0]).abs().max() > 0.5
+
+
+def test_encoder_embed_norm_eps_is_segformers(encoder_ref):
+    # SegFormer's code (theirs) keeps PyTorch's LayerNorm eps 1e-5 after
+    # the patch embeddings and spatial reductions; mmseg uses 1e-6. With
+    # embed_norm_eps=1e-5 the outputs come 5x closer to theirs: we see
+    # 1.0e-5 at most (5.3e-5 with mmseg's eps everywhere).
+    state = load_mit_converter()(rule_weights(encoder_ref))
+    image = torch.from_numpy(encoder_ref['image'])
+    errors = {}
+    for eps in (None, 1e-5):
+        encoder = build_b2_encoder('authors', embed_norm_eps=eps)
+        encoder.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            outs = encoder(image)
+        errors[eps] = max(
+            (out - torch.from_numpy(encoder_ref[f'out_{i}'])).abs().max()
+            for i, out in enumerate(outs)
+        ).item()
+    assert errors[1e-5] <= 2e-5 < errors[None] <= 1e-4
+    # 4 patch embeddings + the 13 blocks of stages 1-3 (sr_ratio > 1).
+    norms = build_b2_encoder('authors', embed_norm_eps=1e-5)._embedding_norms()
+    assert len(norms) == 17 and {n.eps for n in norms} == {1e-5}
+    with pytest.raises(ValueError, match='embed_norm_eps'):
+        build_b2_encoder('authors', embed_norm_eps=0)
 
 
 # ------------------------------------------------------ the converter tool

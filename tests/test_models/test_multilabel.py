@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
@@ -62,13 +63,15 @@ def test_losses_check_channels_and_sets():
         MultiLabelDiceLoss(label_sets=[[]])
 
 
-def build_segmentor(threshold=0.75, label_sets=SETS):
+def build_segmentor(threshold=0.75, label_sets=SETS, **kwargs):
     init_default_scope('mmseg')
+    kwargs.setdefault('test_cfg', ConfigDict(mode='whole'))
     return MODELS.build(
         dict(
             type='MultiLabelEncoderDecoder',
             label_sets=label_sets,
             threshold=threshold,
+            **kwargs,
             backbone=dict(
                 type='RDWTMixVisionTransformer',
                 embed_dims=8,
@@ -147,3 +150,77 @@ def test_labels_do_not_depend_on_channel_order():
     assert torch.equal(
         swapped.labels_from_probs(torch.stack([disc, cup])), expected
     )
+
+
+@pytest.mark.parametrize('flip', [None, 'horizontal', 'vertical'])
+def test_resize_once_is_the_authors_test_resize(flip):
+    # Their test script: sigmoid of the head's output (1/4 of the input),
+    # one bilinear resize to the original image, 0.75 per channel.
+    torch.manual_seed(0)
+    model = build_segmentor(resize_once=True)
+    inputs = torch.randn(2, 3, 64, 64)
+    samples = []
+    for _ in range(2):
+        s = SegDataSample()
+        meta = dict(img_shape=(64, 64), ori_shape=(50, 70), pad_shape=(64, 64))
+        if flip:
+            meta.update(flip=True, flip_direction=flip)
+        s.set_metainfo(meta)
+        samples.append(s)
+    with torch.no_grad():
+        out = model.predict(inputs, samples)
+        head = model.decode_head.forward(model.extract_feat(inputs))
+    assert head.shape[-2:] == (16, 16)
+    probs = F.interpolate(
+        head.sigmoid(), (50, 70), mode='bilinear', align_corners=False
+    )
+    if flip:
+        probs = probs.flip(3 if flip == 'horizontal' else 2)
+    for i in range(2):
+        torch.testing.assert_close(out[i].seg_logits.data, probs[i])
+        cup, disc = (probs[i] > 0.75).numpy()
+        expected = np.where(cup, 2, np.where(disc, 1, 0))
+        np.testing.assert_array_equal(
+            out[i].pred_sem_seg.data[0].numpy(), expected
+        )
+    # mmseg's default (two resizes) gives other probabilities.
+    model.resize_once = False
+    with torch.no_grad():
+        default = model.predict(inputs, samples)
+    assert not torch.allclose(default[0].seg_logits.data, probs[0])
+
+
+def test_resize_once_padding_and_limits():
+    torch.manual_seed(0)
+    model = build_segmentor(resize_once=True)
+    inputs = torch.randn(1, 3, 64, 64)
+    # 8 px of padding on the right and bottom = 2 head pixels.
+    sample = SegDataSample()
+    sample.set_metainfo(
+        dict(
+            img_shape=(56, 56),
+            ori_shape=(30, 30),
+            pad_shape=(64, 64),
+            padding_size=[0, 8, 0, 8],
+        )
+    )
+    with torch.no_grad():
+        (out,) = model.predict(inputs, [sample])
+        head = model.decode_head.forward(model.extract_feat(inputs))
+    probs = F.interpolate(
+        head[:, :, :14, :14].sigmoid(),
+        (30, 30),
+        mode='bilinear',
+        align_corners=False,
+    )[0]
+    torch.testing.assert_close(out.seg_logits.data, probs)
+    # Padding that is not a whole head pixel cannot be cut exactly.
+    sample.set_metainfo(dict(padding_size=[0, 6, 0, 6]))
+    with pytest.raises(ValueError, match='whole number'):
+        model.predict(inputs, [sample])
+    # No samples: the input size stands for the original.
+    with torch.no_grad():
+        (bare,) = model.predict(inputs)
+    assert bare.seg_logits.shape == (64, 64)
+    with pytest.raises(ValueError, match='whole-image'):
+        build_segmentor(resize_once=True, test_cfg=dict(mode='slide'))

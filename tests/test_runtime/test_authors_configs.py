@@ -29,11 +29,14 @@ def test_authors_config_sets_the_published_options(benchmark):
     assert head.dropout_ratio == 0.0
     assert cfg.randomness.seed == 1337
     assert head.init_cfg is None
+    assert cfg.model.backbone.embed_norm_eps == 1e-5
     metric = cfg.test_evaluator
     if benchmark == 'fundus':
         # Their channel order: 0 cup, 1 disc (= rim + cup).
         assert cfg.model.label_sets == [[2], [1, 2]]
         assert metric.empty_distance == 100
+        assert metric.dice_smooth == 1
+        assert cfg.model.resize_once is True
         for loader in ('train_dataloader', 'test_dataloader'):
             resizes = [
                 t
@@ -67,15 +70,17 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
             'train_dataloader.persistent_workers': False,
             'train_dataloader.batch_size': 3,
             'train_dataloader.sampler.domain_counts': [1, 1, 1],
+            'test_dataloader.dataset.data_root': data_root,
+            'test_dataloader.num_workers': 0,
+            'test_dataloader.persistent_workers': False,
         },
         work_dir=str(tmp_path / 'work'),
     )
-    # Two iterations, no validation or checkpoints: this checks that the
-    # published model runs, not what it learns.
+    # Two iterations and a test, no validation or checkpoints: this checks
+    # that the published model runs, not what it learns.
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2)
     cfg.param_scheduler = []
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.log_level = 'WARNING'
@@ -94,3 +99,7 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
     assert torch.isfinite(torch.tensor([rdwt, bce, dice])).all()
     # Their value includes the diagonal: at least one per group and stage.
     assert rdwt > 1e-4 * 64
+    # The test: their single resize of the head's 1/4-scale probabilities.
+    assert model.resize_once
+    results = runner.test()
+    assert 0 <= results['Domain1/OD_Dice'] <= 100

@@ -1,7 +1,7 @@
 """MiT (SegFormer) encoder with the relaxed deep whitening transformation."""
 
 from functools import partial
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -50,6 +50,13 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
             always fuses, False keeps mmseg's computation. Set at
             construction (it installs forward pre-hooks on the attention
             modules). Default: 'auto'.
+        embed_norm_eps (float, optional): Epsilon of the LayerNorms that
+            follow a strided convolution: each stage's patch embedding and
+            the attention's spatial reduction. SegFormer's code (and so the
+            DFQ authors' encoder) leaves those at PyTorch's 1e-5 and sets
+            1e-6 elsewhere; mmseg's MiT uses ``norm_cfg``'s 1e-6 for all.
+            No weight changes, so checkpoints load either way. None keeps
+            ``norm_cfg``'s. Default: None.
         **kwargs: Arguments of :class:`MixVisionTransformer`.
     """
 
@@ -59,9 +66,19 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
         rdwt_eps: float = 1e-5,
         rdwt_layout: str = 'channels',
         fused_attention: Union[bool, str] = 'auto',
+        embed_norm_eps: Optional[float] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.embed_norm_eps = embed_norm_eps
+        if embed_norm_eps is not None:
+            if not float(embed_norm_eps) > 0:
+                raise ValueError(
+                    'RDWTMixVisionTransformer: embed_norm_eps must be > 0, '
+                    f'got {embed_norm_eps}'
+                )
+            for norm in self._embedding_norms():
+                norm.eps = float(embed_norm_eps)
         stages = tuple(int(s) for s in rdwt_stages)
         bad = [s for s in stages if not 0 <= s < self.num_stages]
         if bad or len(set(stages)) != len(stages):
@@ -85,6 +102,16 @@ class RDWTMixVisionTransformer(MixVisionTransformer):
                 if isinstance(module, nn.MultiheadAttention):
                     module.register_forward_pre_hook(hook, with_kwargs=True)
         check_rdwt_composition(self)
+
+    def _embedding_norms(self) -> list:
+        """The LayerNorms after a strided convolution (see embed_norm_eps)."""
+        norms = []
+        for patch_embed, blocks, _ in self.layers:
+            norms.append(patch_embed.norm)
+            for block in blocks:
+                if hasattr(block.attn, 'sr'):
+                    norms.append(block.attn.norm)
+        return norms
 
     def forward(self, x):
         """Forward the stages, whitening the selected stage outputs.

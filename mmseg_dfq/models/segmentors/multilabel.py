@@ -1,11 +1,13 @@
 """EncoderDecoder whose output channels are independent sigmoids."""
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.utils import resize
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 
 from ..losses.multilabel_loss import check_label_sets
 
@@ -25,6 +27,15 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
     is then disc OR cup and OC = {2} the cup. ``seg_logits`` of the results
     hold the resized probabilities.
 
+    By default mmseg resizes the head's logits to the network input first
+    (its ``predict`` path, shared by test-time augmentation, sliding
+    windows and every tool); the sigmoid probabilities are then resized
+    from there to the original image. ``resize_once=True`` does what the
+    authors' test script does instead: the sigmoid of the head's own output
+    (1/4 of the input for DFQ) is resized once, straight to the original
+    image. It needs whole-image inference (``test_cfg.mode='whole'``);
+    padding and flips are undone at the head's resolution.
+
     Train with :class:`~mmseg_dfq.models.losses.MultiLabelBCELoss` and
     :class:`~mmseg_dfq.models.losses.MultiLabelDiceLoss` on the same
     ``label_sets``.
@@ -34,6 +45,9 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
             channel of the decode head.
         threshold (float): Probability above which a channel is on.
             Default: 0.75.
+        resize_once (bool): One bilinear resize of the probabilities, from
+            the head's output to the original image (the authors'), instead
+            of mmseg's two. Default: False.
         **kwargs: :class:`EncoderDecoder` arguments.
     """
 
@@ -41,9 +55,18 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
         self,
         label_sets: Sequence[Sequence[int]],
         threshold: float = 0.75,
+        resize_once: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.resize_once = bool(resize_once)
+        mode = (self.test_cfg or {}).get('mode', 'whole')
+        if self.resize_once and mode != 'whole':
+            raise ValueError(
+                'MultiLabelEncoderDecoder: resize_once=True needs whole-image '
+                f'inference, got test_cfg.mode={mode!r} '
+                '(sliding windows are put together at the input size)'
+            )
         self.label_sets = check_label_sets(label_sets, type(self).__name__)
         if self.decode_head.out_channels != len(self.label_sets):
             raise ValueError(
@@ -80,6 +103,38 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
             labels[0][probs[c] > self.threshold] = min(self.label_sets[c])
         return labels
 
+    def predict(
+        self,
+        inputs: torch.Tensor,
+        data_samples: Optional[List[SegDataSample]] = None,
+    ) -> List[SegDataSample]:
+        """mmseg's ``predict``; with ``resize_once``, the authors' resize.
+
+        Args:
+            inputs (Tensor): (B, C, H, W) pre-processed images.
+            data_samples (list[SegDataSample], optional): With metainfo;
+                None treats the input size as the original size.
+
+        Returns:
+            list[SegDataSample]: ``seg_logits`` (probabilities) and
+            ``pred_sem_seg`` set.
+        """
+        if not self.resize_once:
+            return super().predict(inputs, data_samples)
+        if data_samples is None:
+            hw = tuple(inputs.shape[-2:])
+            data_samples = [
+                SegDataSample(
+                    metainfo=dict(ori_shape=hw, img_shape=hw, pad_shape=hw)
+                )
+                for _ in range(len(inputs))
+            ]
+        logits = self.decode_head.forward(self.extract_feat(inputs))
+        samples = self._resize_once(
+            logits.sigmoid(), data_samples, tuple(inputs.shape[-2:])
+        )
+        return self._with_labels(samples)
+
     def postprocess_result(
         self, seg_logits: torch.Tensor, data_samples: Optional[list] = None
     ) -> list:
@@ -94,11 +149,69 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
             ``pred_sem_seg`` set.
         """
         # mmseg's own post-processing removes padding, undoes flips and
-        # resizes; fed probabilities it resizes those, as the authors do.
+        # resizes; fed probabilities it resizes those.
         samples = super().postprocess_result(
             seg_logits.sigmoid(), data_samples
         )
+        return self._with_labels(samples)
+
+    def _with_labels(self, samples: List[SegDataSample]) -> list:
+        """Set each sample's ``pred_sem_seg`` from its probabilities."""
         for sample in samples:
             probs = sample.seg_logits.data
             sample.pred_sem_seg = PixelData(data=self.labels_from_probs(probs))
         return samples
+
+    def _resize_once(
+        self,
+        probs: torch.Tensor,
+        data_samples: List[SegDataSample],
+        input_shape: tuple,
+    ) -> List[SegDataSample]:
+        """Padding off, flips undone, one resize to the original image."""
+        in_h, in_w = input_shape
+        out_h, out_w = probs.shape[-2:]
+        for i, sample in enumerate(data_samples):
+            meta = sample.metainfo
+            padding = meta.get(
+                'img_padding_size', meta.get('padding_size', [0] * 4)
+            )
+            left, right, top, bottom = (
+                _at_output_scale(p, n_in, n_out, 'padding')
+                for p, n_in, n_out in zip(
+                    padding,
+                    (in_w, in_w, in_h, in_h),
+                    (out_w, out_w, out_h, out_h),
+                )
+            )
+            p = probs[i : i + 1, :, top : out_h - bottom, left : out_w - right]
+            if meta.get('flip', False):
+                direction = meta.get('flip_direction')
+                if direction not in ('horizontal', 'vertical'):
+                    raise ValueError(
+                        'MultiLabelEncoderDecoder: unknown flip_direction '
+                        f'{direction!r}'
+                    )
+                p = p.flip(dims=(3,) if direction == 'horizontal' else (2,))
+            p = resize(
+                p,
+                size=meta['ori_shape'],
+                mode='bilinear',
+                align_corners=self.align_corners,
+                warning=False,
+            )
+            sample.set_data(dict(seg_logits=PixelData(data=p.squeeze(0))))
+        return data_samples
+
+
+def _at_output_scale(pixels: int, n_in: int, n_out: int, what: str) -> int:
+    """Input pixels -> pixels of an output n_out/n_in the size, exactly."""
+    scaled, rest = divmod(int(pixels) * n_out, n_in)
+    if rest:
+        raise ValueError(
+            f'MultiLabelEncoderDecoder(resize_once=True): {what} of {pixels} '
+            f'input pixels is not a whole number of output pixels '
+            f'(output {n_out} of input {n_in}); pad to a multiple of the '
+            "head's output stride"
+        )
+    return scaled
