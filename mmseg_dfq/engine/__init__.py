@@ -1,3 +1,4 @@
+from .batch_stats_hook import BatchStatsBNHook
 from .checkpoint import find_resumable_checkpoint, remove_stale_temp_files
 from .data_cache import MemoryCache
 from .fast_path import (
@@ -16,6 +17,7 @@ from .tolerant_test_loop import TolerantTestLoop
 from .visualization_hook import DomainVisualizationHook
 
 __all__ = [
+    'BatchStatsBNHook',
     'BF16OptimWrapper',
     'ChannelsLastDistributedDataParallel',
     'DomainVisualizationHook',

@@ -30,6 +30,12 @@ def test_authors_config_sets_the_published_options(benchmark):
     assert cfg.randomness.seed == 1337
     assert head.init_cfg is None
     assert cfg.model.backbone.embed_norm_eps == 1e-5
+    # Their test scripts: BatchNorm on each test batch of 8; the schedule's
+    # reliability hooks kept.
+    hooks = [h['type'] for h in cfg.custom_hooks]
+    assert hooks[-1] == 'BatchStatsBNHook' and 'ExactResumeHook' in hooks
+    assert cfg.test_dataloader.batch_size == 8
+    assert cfg.val_dataloader.batch_size == 1
     metric = cfg.test_evaluator
     if benchmark == 'fundus':
         # Their channel order: 0 cup, 1 disc (= rim + cup).
@@ -73,6 +79,7 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
             'test_dataloader.dataset.data_root': data_root,
             'test_dataloader.num_workers': 0,
             'test_dataloader.persistent_workers': False,
+            'test_dataloader.batch_size': 2,
         },
         work_dir=str(tmp_path / 'work'),
     )
@@ -84,7 +91,7 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.log_level = 'WARNING'
-    cfg.custom_hooks = []
+    cfg.custom_hooks = [dict(type='BatchStatsBNHook')]
     runner = Runner.from_cfg(cfg)
     model = runner.model
     assert isinstance(model, MultiLabelEncoderDecoder)
@@ -103,3 +110,9 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
     assert model.resize_once
     results = runner.test()
     assert 0 <= results['Domain1/OD_Dice'] <= 100
+    # The hook put BatchNorm back to the running statistics.
+    assert all(
+        m.track_running_stats and not m.training
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
