@@ -30,6 +30,9 @@ def test_authors_config_sets_the_published_options(benchmark):
     assert cfg.randomness.seed == 1337
     assert head.init_cfg is None
     assert cfg.model.backbone.embed_norm_eps == 1e-5
+    assert head.norm_cfg == dict(
+        type='ChunkBN', num_chunks=2, requires_grad=True
+    )
     # Their test scripts: BatchNorm on each test batch of 8; the schedule's
     # reliability hooks kept.
     hooks = [h['type'] for h in cfg.custom_hooks]
@@ -98,6 +101,9 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
     assert model.threshold == 0.75
     assert isinstance(model.backbone, RDWTMixVisionTransformer)
     assert model.backbone.rdwt_layout == 'authors'
+    assert (
+        type(model.decode_head.fusion_conv.bn).__name__ == 'ChunkBatchNorm2d'
+    )
     runner.train()
     logged = runner.message_hub.log_scalars
     rdwt = logged['train/decode.loss_rdwt'].current()

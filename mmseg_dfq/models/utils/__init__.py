@@ -5,6 +5,7 @@ from .attention import (
     scaled_dot_product,
     use_fused_attention,
 )
+from .chunk_norm import ChunkBatchNorm2d
 from .upsample import bilinear_resize, upsample_by_slices
 from .whitening import (
     RDWT_LAYOUTS,
@@ -17,6 +18,7 @@ from .whitening import (
 )
 
 __all__ = [
+    'ChunkBatchNorm2d',
     'RDWT_LAYOUTS',
     'bilinear_resize',
     'check_fused_attention',
