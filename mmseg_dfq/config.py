@@ -98,7 +98,12 @@ def check_config(cfg: Config, path: str = 'config') -> None:
     - a decode head whose ``num_classes`` is not the number of classes the
       training set declares (its ``METAINFO`` or the config's
       ``metainfo``); with the two-sigmoid form (``label_sets``), labels
-      the data set does not have.
+      the data set does not have;
+    - masks narrowed for the trip from the dataloader workers
+      (``stack_seg_collate(mask_dtype=...)``) reaching a data preprocessor
+      other than ``BatchSegDataPreProcessor``, the one that puts them back
+      (the losses would get uint8 labels), or a ``mask_dtype`` that is not
+      an integer dtype.
 
     Data sets other than this project's domain data sets, and models
     without a ``decode_head`` dict, are not checked.
@@ -111,6 +116,7 @@ def check_config(cfg: Config, path: str = 'config') -> None:
         ValueError: On any of the above.
     """
     _check_top_level_keys(cfg, path)
+    _check_mask_dtype(cfg, path)
     train = _domain_dataset(cfg.get('train_dataloader'))
     if train is not None:
         _check_held_out(cfg, train, path)
@@ -158,6 +164,45 @@ def _check_top_level_keys(cfg: Config, path: str) -> None:
                 f'{path}: unknown top-level key {key!r}; did you mean '
                 f'{known!r}? (mmengine ignores unknown keys, so {known!r} '
                 'would keep its base value)'
+            )
+
+
+def _check_mask_dtype(cfg: Config, path: str) -> None:
+    from mmseg.registry import MODELS
+
+    from .datasets.collate import mask_transport_dtype
+    from .models.data_preprocessors import BatchSegDataPreProcessor
+
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        collate = (cfg.get(loader) or {}).get('collate_fn') or {}
+        if not (
+            isinstance(collate, dict)
+            and collate.get('type') == 'stack_seg_collate'
+            and collate.get('mask_dtype') is not None
+        ):
+            continue
+        try:
+            mask_transport_dtype(collate['mask_dtype'])
+        except ValueError as err:
+            raise ValueError(f'{path}: {loader}.collate_fn: {err}') from None
+        pre = (cfg.get('model') or {}).get('data_preprocessor') or cfg.get(
+            'data_preprocessor'
+        )
+        kind = pre.get('type') if isinstance(pre, dict) else None
+        if isinstance(kind, str):
+            kind = MODELS.get(kind.split('.')[-1])
+        if not (
+            isinstance(kind, type)
+            and issubclass(kind, BatchSegDataPreProcessor)
+        ):
+            name = getattr(kind, '__name__', kind)
+            raise ValueError(
+                f'{path}: {loader}.collate_fn sends the masks as '
+                f'{collate["mask_dtype"]!r} (mask_dtype), which only '
+                'BatchSegDataPreProcessor puts back to their dtype, but '
+                f'model.data_preprocessor is {name}: the losses would get '
+                "narrowed labels. Use type='BatchSegDataPreProcessor' or "
+                'drop mask_dtype'
             )
 
 

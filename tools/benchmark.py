@@ -1589,6 +1589,10 @@ LOADER_PATHS = {
         'BatchSegDataPreProcessor',
     ),
     'stacked': (dict(type='stack_seg_collate'), 'BatchSegDataPreProcessor'),
+    'stacked, uint8 masks': (
+        dict(type='stack_seg_collate', mask_dtype='uint8'),
+        'BatchSegDataPreProcessor',
+    ),
 }
 
 
@@ -1727,7 +1731,7 @@ def report_loader(results, args):
         r, r_iqr = summarize(receive)
         p, p_iqr = summarize(process)
         print(
-            f'  {name:18s} receive {r * 1e3:6.2f} [{r_iqr * 1e3:.2f}]  '
+            f'  {name:20s} receive {r * 1e3:6.2f} [{r_iqr * 1e3:.2f}]  '
             f'pre-process on {args.device} {p * 1e3:6.2f} [{p_iqr * 1e3:.2f}]'
         )
 

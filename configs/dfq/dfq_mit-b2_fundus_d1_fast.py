@@ -28,7 +28,7 @@ train_dataloader = dict(
     pin_memory=True,
     persistent_workers=True,
     prefetch_factor=4,
-    collate_fn=dict(type='stack_seg_collate'),
+    collate_fn=dict(type='stack_seg_collate', mask_dtype='uint8'),
     dataset=dict(pipeline=train_pipeline),
 )
 val_dataloader = {{_base_.fast_eval_dataloader}}

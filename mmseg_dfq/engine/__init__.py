@@ -9,6 +9,7 @@ from .fast_path import (
     set_tf32,
     to_channels_last,
 )
+from .lr_schedule import LaggedPolyLR
 from .nonfinite_hook import NonFiniteLossError, NonFiniteLossHook
 from .overlay import OverlayWriter, paint_overlay, paint_pair
 from .preemption_hook import PREEMPTED_EXIT_CODE, PreemptionHook
@@ -23,6 +24,7 @@ __all__ = [
     'DomainVisualizationHook',
     'ExactResumeHook',
     'FastPathHook',
+    'LaggedPolyLR',
     'MemoryCache',
     'NonFiniteLossError',
     'NonFiniteLossHook',

@@ -513,9 +513,10 @@ class DomainMetric(BaseMetric):
         Returns:
             dict[str, float]: ``'<domain>/<structure>_<metric>'``,
             ``'<domain>/n_cases'``, ``'<domain>/<structure>_n_excluded'``
-            (cases without a defined distance), and the same metric keys
-            under ``'mean/'`` and, where any domain is unseen,
-            ``'mean_unseen/'``. Nothing with ``format_only``.
+            (cases without a defined distance), ``'<domain>/mDice'`` (the
+            mean of the structures' Dice, with two or more structures), and
+            the same metric keys under ``'mean/'`` and, where any domain is
+            unseen, ``'mean_unseen/'``. Nothing with ``format_only``.
         """
         if not results:
             raise ValueError('DomainMetric: no results to evaluate')

@@ -54,9 +54,10 @@ def summarize_domains(
     Returns:
         tuple: ``(out, summary, seen)``: the flat metric dict the
         evaluator returns (``'<domain>/<S>_<M>'``, ``'<domain>/n_cases'``,
-        ``'<domain>/<S>_n_excluded'``, ``'mean/...'`` over all domains
-        and, where any domain is unseen, ``'mean_unseen/...'`` over the
-        unseen ones), the rows of the table and whether each domain is
+        ``'<domain>/<S>_n_excluded'``, ``'<domain>/mDice'`` (the mean of
+        the structures' Dice, with two or more), ``'mean/...'`` over all
+        domains and, where any domain is unseen, ``'mean_unseen/...'`` over
+        the unseen ones), the rows of the table and whether each domain is
         seen.
     """
     by_domain = defaultdict(list)
@@ -94,6 +95,7 @@ def summarize_domains(
         summary[domain] = row
         for key, value in row.items():
             out[f'{domain}/{key}'] = value
+        _add_mean_dice(out, domain, row, structures, metrics)
 
     # mean_unseen whenever a held-out domain is evaluated, also alone (the
     # default validation set): one key for the domain-generalization number
@@ -108,7 +110,20 @@ def summarize_domains(
             row[key] = _nanmean([summary[d][key] for d in members])
             out[f'{group}/{key}'] = row[key]
         summary[group] = row
+        _add_mean_dice(out, group, row, structures, metrics)
     return out, summary, seen
+
+
+def _add_mean_dice(out, prefix, row, structures, metrics) -> None:
+    """``<prefix>/mDice``: the mean of the structures' Dice (2 or more).
+
+    One number per domain for model selection, e.g. the DFQ authors' fundus
+    validation score, (OC Dice + OD Dice) / 2.
+    """
+    if 'Dice' in metrics and len(structures) > 1:
+        out[f'{prefix}/mDice'] = _nanmean(
+            [row[f'{s}_Dice'] for s in structures]
+        )
 
 
 def log_table(

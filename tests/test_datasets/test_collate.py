@@ -15,7 +15,7 @@ from mmseg.structures import SegDataSample
 from torch.utils.data import DataLoader
 
 from mmseg_dfq.datasets import stack_seg_collate
-from mmseg_dfq.datasets.collate import MASK_BATCH_KEY
+from mmseg_dfq.datasets.collate import MASK_BATCH_KEY, MASK_DTYPE_KEY
 
 
 def item(h, w, mask_hw=None, seed=0):
@@ -306,3 +306,64 @@ def test_compact_false_stacks_apart_in_a_plain_dict():
     compact = stack_seg_collate([item(6, 8, seed=i) for i in range(3)])
     assert torch.equal(batch['inputs'], compact['inputs'])
     assert torch.equal(batch[MASK_BATCH_KEY], compact[MASK_BATCH_KEY])
+
+
+def int64_items(n=4, values=(0, 1, 2, 255)):
+    items = []
+    for i in range(n):
+        d = item(6, 8, seed=i)
+        g = torch.Generator().manual_seed(10 + i)
+        pick = torch.randint(0, len(values), (1, 6, 8), generator=g)
+        d['data_samples'].gt_sem_seg.data = torch.tensor(values)[pick]
+        items.append(d)
+    return items
+
+
+def test_mask_dtype_narrows_the_masks_for_the_trip():
+    items = int64_items()
+    masks = torch.stack([d['data_samples'].gt_sem_seg.data for d in items])
+    assert masks.dtype == torch.int64 and int(masks.max()) == 255
+    for compact in (True, False):
+        got = stack_seg_collate(
+            copy.deepcopy(items), compact=compact, mask_dtype='uint8'
+        )
+        assert got[MASK_DTYPE_KEY] == torch.int64
+        assert got[MASK_BATCH_KEY].dtype == torch.uint8
+        assert torch.equal(got[MASK_BATCH_KEY].long(), masks)
+        for i, sample in enumerate(got['data_samples']):
+            assert sample.gt_sem_seg.data.dtype == torch.uint8
+            assert torch.equal(sample.gt_sem_seg.data.long(), masks[i])
+    # Through a worker: two tensors, the masks 1 byte a pixel.
+    got = pickle.loads(
+        ForkingPickler.dumps(stack_seg_collate(items, mask_dtype=torch.uint8))
+    )
+    assert type(got).__name__ == 'SegBatch'
+    assert got[MASK_DTYPE_KEY] == torch.int64
+    assert got[MASK_BATCH_KEY].element_size() == 1
+    assert torch.equal(got[MASK_BATCH_KEY].long(), masks)
+    assert (
+        got['data_samples'][2].gt_sem_seg.data.data_ptr()
+        == got[MASK_BATCH_KEY][2].data_ptr()
+    )
+
+
+def test_mask_dtype_leaves_what_does_not_fit_or_gains_nothing():
+    # A label of 300 does not fit in uint8: sent as it is, nothing to undo.
+    got = stack_seg_collate(
+        int64_items(values=(0, 1, 300)), mask_dtype='uint8'
+    )
+    assert got[MASK_BATCH_KEY].dtype == torch.int64
+    assert MASK_DTYPE_KEY not in got
+    # uint8 masks already (and bool ones) stay as they are.
+    got = stack_seg_collate(
+        [item(4, 4, seed=i) for i in range(2)], mask_dtype='uint8'
+    )
+    assert (
+        got[MASK_BATCH_KEY].dtype == torch.uint8 and MASK_DTYPE_KEY not in got
+    )
+    # No masks: nothing to narrow.
+    bare = [dict(inputs=d['inputs']) for d in int64_items(2)]
+    assert MASK_DTYPE_KEY not in stack_seg_collate(bare, mask_dtype='uint8')
+    for bad in ('float16', 'uint9', torch.bool, 3):
+        with pytest.raises(ValueError, match='mask_dtype'):
+            stack_seg_collate(int64_items(2), mask_dtype=bad)

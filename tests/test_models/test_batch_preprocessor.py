@@ -17,13 +17,13 @@ from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.structures import SegDataSample
 
 from mmseg_dfq.datasets import stack_seg_collate
-from mmseg_dfq.datasets.collate import MASK_BATCH_KEY
+from mmseg_dfq.datasets.collate import MASK_BATCH_KEY, MASK_DTYPE_KEY
 from mmseg_dfq.models.data_preprocessors import BatchSegDataPreProcessor
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
-def packed(sizes, with_gt=True, seed=0):
+def packed(sizes, with_gt=True, seed=0, mask_dtype=torch.uint8):
     """Packed samples as mmseg's PackSegInputs gives them."""
     g = torch.Generator().manual_seed(seed)
     batch = []
@@ -35,7 +35,8 @@ def packed(sizes, with_gt=True, seed=0):
         if with_gt:
             mask = torch.randint(
                 0, 3, (1, h, w), generator=g, dtype=torch.uint8
-            )
+            ).to(mask_dtype)
+            mask[0, 0, : i + 1] = 255  # ignored pixels
             sample.gt_sem_seg = PixelData(data=mask)
         image = torch.randint(
             0, 256, (3, h, w), generator=g, dtype=torch.uint8
@@ -241,3 +242,29 @@ def test_cuda_batch_equals_mmseg():
         got = batched(collate(copy.deepcopy(batch)), True)
         assert got['inputs'].is_cuda
         assert_same(expected, got)
+
+
+@pytest.mark.parametrize(
+    'sizes,kwargs,training',
+    [
+        ([(32, 48)] * 4, dict(size=(32, 48)), True),  # the batch path
+        ([(32, 48)] * 2, dict(size=(40, 48)), True),  # padding: mmseg's
+        ([(32, 48)] * 3, dict(), False),
+    ],
+)
+def test_masks_narrowed_by_the_collate_come_back_in_their_dtype(
+    sizes, kwargs, training
+):
+    # mmseg packs int64 masks; stack_seg_collate(mask_dtype='uint8') sends
+    # them as uint8, and the result must still be mmseg's, int64 included.
+    batch = packed(sizes, mask_dtype=torch.int64)
+    reference, batched = both(mean=MEAN, std=STD, **kwargs)
+    expected = reference(pseudo_collate(copy.deepcopy(batch)), training)
+    assert expected['data_samples'][0].gt_sem_seg.data.dtype == torch.int64
+    data = stack_seg_collate(copy.deepcopy(batch), mask_dtype='uint8')
+    assert data[MASK_BATCH_KEY].dtype == torch.uint8
+    assert data[MASK_DTYPE_KEY] == torch.int64
+    before = copy.deepcopy(data)
+    got = batched(data, training)
+    assert_same(expected, got)
+    assert_unchanged(before, data)

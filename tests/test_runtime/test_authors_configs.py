@@ -38,6 +38,8 @@ def test_authors_config_sets_the_published_options(benchmark):
     hooks = [h['type'] for h in cfg.custom_hooks]
     assert hooks[-1] == 'BatchStatsBNHook' and 'ExactResumeHook' in hooks
     assert cfg.test_dataloader.batch_size == 8
+    assert [p['type'] for p in cfg.param_scheduler] == ['LaggedPolyLR']
+    assert cfg.param_scheduler[0]['end'] == cfg.train_cfg.max_epochs
     assert cfg.val_dataloader.batch_size == 1
     metric = cfg.test_evaluator
     if benchmark == 'fundus':

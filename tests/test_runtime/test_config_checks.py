@@ -82,3 +82,31 @@ def test_num_classes_must_match_the_data_set(config, wrong, classes):
 def test_label_sets_must_name_labels_of_the_data_set():
     with pytest.raises(ValueError, match=r'label_sets name labels \[3\]'):
         load_config(AUTHORS, {'model.label_sets': [[2], [1, 3]]})
+
+
+def test_narrowed_masks_need_the_batch_preprocessor():
+    fast = osp.join(REPO, 'configs', 'dfq', 'dfq_mit-b2_fundus_d1_fast.py')
+    cfg = load_config(fast)
+    assert cfg.train_dataloader.collate_fn.mask_dtype == 'uint8'
+    with pytest.raises(
+        ValueError, match='model.data_preprocessor is SegDataPreProcessor'
+    ):
+        load_config(
+            fast, {'model.data_preprocessor.type': 'SegDataPreProcessor'}
+        )
+    with pytest.raises(ValueError, match='RAMSegDataPreProcessor'):
+        load_config(
+            fast, {'model.data_preprocessor.type': 'RAMSegDataPreProcessor'}
+        )
+    with pytest.raises(ValueError, match="val_dataloader.collate_fn.*'int4'"):
+        load_config(fast, {'val_dataloader.collate_fn.mask_dtype': 'int4'})
+    # Without mask_dtype, any data preprocessor reads the batches.
+    load_config(
+        fast,
+        {
+            'model.data_preprocessor.type': 'SegDataPreProcessor',
+            'train_dataloader.collate_fn.mask_dtype': None,
+            'val_dataloader.collate_fn.mask_dtype': None,
+            'test_dataloader.collate_fn.mask_dtype': None,
+        },
+    )

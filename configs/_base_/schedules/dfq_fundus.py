@@ -1,6 +1,8 @@
 # The authors' fundus recipe: Adam (betas 0.9, 0.99), lr 5e-4, poly decay
-# (power 0.9, down to 0) per iteration, 200 epochs. Their optimiser has no
-# weight decay (torch's Adam default), hence weight_decay=0.0.
+# (power 0.9) per iteration, 200 epochs. Their optimiser has no weight decay
+# (torch's Adam default), hence weight_decay=0.0. mmengine's PolyLR runs one
+# iteration ahead of their decay and ends at 0; theirs ends at
+# lr x (2 / T)^0.9 (LaggedPolyLR, set by the *_authors.py configs).
 # Their epoch is the longest source-domain loader: max over the source
 # domains of floor(N_d / b_d) batches. DomainMixSampler defines the epoch the
 # same way from the data on disk, so 200 epochs are 10,600 / 9,000 / 6,400 /
