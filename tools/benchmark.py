@@ -1608,10 +1608,15 @@ def loader_times(args):
     ``pin_memory=True`` on a GPU the pin-memory thread unpickles and pins
     during the wait, so the receive time is what is left of it; with
     ``--loader-contend`` the loader does not pin, so that the timed call
-    is the one that unpickles, under contention.
+    is the one that unpickles, under contention. Where nothing pins (the
+    CPU, ``--loader-contend``), the batch's tensors are also copied into
+    buffers allocated once, as the pin-memory thread copies them into
+    cached pinned memory on a GPU host: the first read of the pages a
+    worker shared, then the copy, which grow with the batch's bytes.
 
     Returns:
-        dict: Path name -> (receive times, preprocess times) in seconds.
+        dict: Path name -> (receive times, preprocess times, copy times or
+        None) in seconds.
     """
     import copy
 
@@ -1653,21 +1658,59 @@ def loader_times(args):
             for _ in range(max(args.warmup, 1)):
                 pre(next(batches), True)
             receive, process = [], []
+            copies = None if loader_cfg.get('pin_memory') else []
+            buffers = {}
             for _ in range(args.repeats):
                 time.sleep(args.loader_gap)
                 start = time.perf_counter()
                 with contention:
                     batch = next(batches)
-                got = time.perf_counter()
+                receive.append(time.perf_counter() - start)
+                if copies is not None:
+                    copies.append(copy_into(batch, buffers))
+                start = time.perf_counter()
                 pre(batch, True)
                 if device.type == 'cuda':
                     torch.cuda.synchronize()
-                done = time.perf_counter()
-                receive.append(got - start)
-                process.append(done - got)
+                process.append(time.perf_counter() - start)
             del batches, loader
-            results[name] = (receive, process)
+            results[name] = (receive, process, copies)
     return results
+
+
+def copy_into(batch, buffers) -> float:
+    """Seconds to copy a batch's tensors into buffers kept between calls.
+
+    The batch's own tensors, and in a batch of per-image tensors (mmseg's
+    ``pseudo_collate``) each image and each sample's mask, as torch's
+    pin-memory thread would pin them (it pins tensors in dicts and lists,
+    not those inside data samples; mmseg then copies those masks from
+    pageable memory, so they are counted too).
+    """
+    import torch
+
+    tensors = []
+
+    def gather(obj):
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                gather(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                gather(value)
+        elif hasattr(obj, 'gt_sem_seg') and 'gt_sem_seg' in obj:
+            gather(obj.gt_sem_seg.data)
+
+    gather(batch)
+    start = time.perf_counter()
+    for i, tensor in enumerate(tensors):
+        key = (i, tensor.shape, tensor.dtype)
+        if key not in buffers:
+            buffers[key] = torch.empty_like(tensor).fill_(0)
+        buffers[key].copy_(tensor)
+    return time.perf_counter() - start
 
 
 class GILContention:
@@ -1727,12 +1770,22 @@ def report_loader(results, args):
         )
         + f'; {process_settings()})'
     )
-    for name, (receive, process) in results.items():
+    for name, (receive, process, copies) in results.items():
         r, r_iqr = summarize(receive)
         p, p_iqr = summarize(process)
-        print(
+        line = (
             f'  {name:20s} receive {r * 1e3:6.2f} [{r_iqr * 1e3:.2f}]  '
             f'pre-process on {args.device} {p * 1e3:6.2f} [{p_iqr * 1e3:.2f}]'
+        )
+        if copies:
+            c, c_iqr = summarize(copies)
+            line += f'  copy {c * 1e3:6.2f} [{c_iqr * 1e3:.2f}]'
+        print(line)
+    if any(c for _, _, c in results.values()):
+        print(
+            '  (copy: the received tensors copied into buffers kept between '
+            'batches, what the pin-memory thread does on a GPU host; not '
+            'part of receive)'
         )
 
 

@@ -17,7 +17,7 @@
 #                     host syncs of one whole Runner iteration
 #   5. loader.txt     main-process ms per batch: receive + pre-process, per
 #                     image (mmseg) vs stacked (stack_seg_collate +
-#                     BatchSegDataPreProcessor)
+#                     BatchSegDataPreProcessor), masks int64 vs uint8
 #   6. schedule_mmseg_data.txt  step 4 with mmseg's pseudo_collate +
 #                     SegDataPreProcessor (what the stacked path saves)
 #   7. schedule_switch.txt  step 4 with a 1 ms thread switch interval
@@ -27,6 +27,8 @@
 #   7c. schedule_apart.txt  step 4 with stack_seg_collate(compact=False):
 #                     images and masks apart, per-sample mask views sent
 #                     (the layout of run B, against step 4's one buffer)
+#   7e. schedule_int64_masks.txt  step 4 with the masks sent as mmseg's
+#                     int64 (no mask_dtype='uint8': 11 MiB a batch, not 4)
 #   7d. loader_contend.txt, loader_contend_fs.txt  step 5 while another
 #                     thread runs Python (as the busy main thread holds the
 #                     GIL), with fd and with file_system sharing
@@ -60,7 +62,7 @@ left() { echo $((budget - ($(date +%s) - start))); }
 step() { # step NAME MIN_SECONDS COMMAND...
     local name=$1 min=$2
     shift 2
-    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch schedule_fs schedule_apart loader_contend loader_contend_fs ablation paint} " in
+    case " ${STEPS:-train losscheck schedule loader schedule_mmseg_data schedule_switch schedule_fs schedule_apart schedule_int64_masks loader_contend loader_contend_fs ablation paint} " in
     *" $name "*) ;;
     *) return ;;
     esac
@@ -127,8 +129,12 @@ loader() { # loader NAME [--OPTION ...]
 }
 loader loader
 
-schedule schedule_mmseg_data 90 train_dataloader.collate_fn.type=pseudo_collate \
+schedule schedule_mmseg_data 90 train_dataloader.collate_fn._delete_=True \
+    train_dataloader.collate_fn.type=pseudo_collate \
+    val_dataloader.collate_fn._delete_=True \
     val_dataloader.collate_fn.type=pseudo_collate \
+    test_dataloader.collate_fn._delete_=True \
+    test_dataloader.collate_fn.type=pseudo_collate \
     model.data_preprocessor.type=SegDataPreProcessor
 
 schedule schedule_switch 90 --switch-interval 0.001
@@ -136,6 +142,10 @@ schedule schedule_switch 90 --switch-interval 0.001
 schedule schedule_fs 90 --sharing-strategy file_system
 
 schedule schedule_apart 90 train_dataloader.collate_fn.compact=False
+
+schedule schedule_int64_masks 90 train_dataloader.collate_fn.mask_dtype=None \
+    val_dataloader.collate_fn.mask_dtype=None \
+    test_dataloader.collate_fn.mask_dtype=None
 
 loader loader_contend --loader-contend
 loader loader_contend_fs --loader-contend --sharing-strategy file_system

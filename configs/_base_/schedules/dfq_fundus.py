@@ -44,8 +44,9 @@ default_hooks = dict(
         by_epoch=True,
         interval=10,
         max_keep_ckpts=2,
-        # A config may add save_best='mean_unseen/OD_Dice', rule='greater'
-        # (prostate: 'mean_unseen/Prostate_Dice') to keep the best
+        # A config may add save_best='mean_unseen/mDice', rule='greater'
+        # (the authors' fundus score, (OC + OD) / 2; prostate:
+        # 'mean_unseen/Prostate_Dice') to keep the best
         # checkpoint as well. DomainMetric reports mean_unseen/... whenever
         # an unseen domain is validated, as in the default validation set
         # (the held-out domain alone); any key it reports works. The rule
