@@ -7,6 +7,7 @@ as it was.
 """
 
 import copy
+import functools
 from unittest import mock
 
 import pytest
@@ -231,14 +232,15 @@ def test_extra_fields_and_batch_augments():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_batch_equals_mmseg():
-    batch = packed([(32, 48)] * 4)
+    batch = packed([(32, 48)] * 4, mask_dtype=torch.int64)
     reference, batched = both(
         mean=MEAN, std=STD, bgr_to_rgb=True, size=(32, 48)
     )
     reference, batched = reference.cuda(), batched.cuda()
     batched._non_blocking = True  # as FastPathHook sets it
     expected = reference(pseudo_collate(copy.deepcopy(batch)), True)
-    for collate in (pseudo_collate, stack_seg_collate):
+    narrow = functools.partial(stack_seg_collate, mask_dtype='uint8')
+    for collate in (pseudo_collate, stack_seg_collate, narrow):
         got = batched(collate(copy.deepcopy(batch)), True)
         assert got['inputs'].is_cuda
         assert_same(expected, got)
