@@ -1,4 +1,5 @@
-"""Config loading shared by the command-line tools, and its checks."""
+"""Config loading shared by the command-line tools, its checks, and the
+hook list the configs share."""
 
 import os.path as osp
 from typing import Optional
@@ -44,6 +45,25 @@ RUNNER_KEYS = (
     'tta_model',
     'tta_pipeline',
 )
+
+
+def reliability_hooks() -> list:
+    """The schedules' reliability hooks, for a config's ``custom_hooks``.
+
+    ``ExactResumeHook`` (``--resume`` repeats the uninterrupted run),
+    ``PreemptionHook`` (SIGTERM / SIGUSR1 save a checkpoint and exit with
+    status 75) and ``NonFiniteLossHook`` (a non-finite loss stops the run
+    naming the batch's images); README "Reliability". A config that adds
+    hooks lists these first: ``custom_hooks = reliability_hooks() + [...]``.
+
+    Returns:
+        list[dict]: New hook configs.
+    """
+    return [
+        dict(type='ExactResumeHook'),
+        dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
+        dict(type='NonFiniteLossHook', action='raise'),
+    ]
 
 
 def load_config(path, cfg_options=None, launcher='none', work_dir=None):

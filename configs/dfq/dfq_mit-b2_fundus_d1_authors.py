@@ -31,6 +31,7 @@
 # Checkpoints of the authors' train_feed.py load into this model after
 # tools/convert/dfq_official_to_mmseg.py (their MiT-b3: the _b3_ config).
 _base_ = './dfq_mit-b2_fundus_d1.py'
+from mmseg_dfq.config import reliability_hooks  # noqa: E402
 from mmseg_dfq.datasets.pipelines import (  # noqa: E402
     flip_tta_pipeline,
     fundus_test_pipeline,
@@ -76,13 +77,9 @@ randomness = dict(seed=1337)
 # Their test scripts (not their in-training validation) normalise each test
 # batch of 8 with its own BatchNorm statistics (eval(), then BatchNorm2d back
 # in training mode; DataParallel gives each GPU half of it, as ChunkBN
-# does): BatchStatsBNHook, with their test batch size. The
-# schedule's reliability hooks are listed again (a list is replaced, not
-# merged).
-custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
-    dict(type='NonFiniteLossHook', action='raise'),
+# does): BatchStatsBNHook, with their test batch size, after the schedule's
+# reliability hooks (a list is replaced, not merged).
+custom_hooks = reliability_hooks() + [
     dict(type='BatchStatsBNHook', phases=('test',)),
 ]
 # Their poly decay runs one iteration behind mmengine's PolyLR (they set the

@@ -6,6 +6,7 @@
 # augmentation and schedule.
 # bf16: --cfg-options optim_wrapper.type=BF16OptimWrapper
 _base_ = ['./dfq_mit-b2_fundus_d1.py', '../_base_/fast_path.py']
+from mmseg_dfq.config import reliability_hooks  # noqa: E402
 from mmseg_dfq.datasets.pipelines import fundus_train_pipeline  # noqa: E402
 
 crop_size = (256, 256)
@@ -13,10 +14,7 @@ optim_wrapper = {{_base_.fast_optim_wrapper}}
 model = dict(data_preprocessor={{_base_.fast_data_preprocessor}})
 # The schedule's reliability hooks (configs/_base_/schedules/dfq_fundus.py)
 # plus the fast path.
-custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
-    dict(type='NonFiniteLossHook', action='raise'),
+custom_hooks = reliability_hooks() + [
     {{_base_.fast_path_hook}},
 ]
 # The authors' augmentation, as in _base_/datasets/fundus_dg.py; only the

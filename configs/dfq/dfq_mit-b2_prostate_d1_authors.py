@@ -28,6 +28,8 @@
 #   (with ChunkBN each half of 4 on its own, as on their two GPUs).
 # What still differs is listed in the departures table of docs/design.md.
 _base_ = './dfq_mit-b2_prostate_d1.py'
+from mmseg_dfq.config import reliability_hooks  # noqa: E402
+
 model = dict(
     backbone=dict(rdwt_layout='authors', embed_norm_eps=1e-5),
     decode_head=dict(
@@ -59,13 +61,9 @@ test_dataloader = dict(batch_size=8)
 # Their test scripts (not their in-training validation) normalise each test
 # batch of 8 with its own BatchNorm statistics (eval(), then BatchNorm2d back
 # in training mode; DataParallel gives each GPU half of it, as ChunkBN
-# does): BatchStatsBNHook, with their test batch size. The
-# schedule's reliability hooks are listed again (a list is replaced, not
-# merged).
-custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
-    dict(type='NonFiniteLossHook', action='raise'),
+# does): BatchStatsBNHook, with their test batch size, after the schedule's
+# reliability hooks (a list is replaced, not merged).
+custom_hooks = reliability_hooks() + [
     dict(type='BatchStatsBNHook', phases=('test',)),
 ]
 # Their poly decay runs one iteration behind mmengine's PolyLR (they set the

@@ -9,6 +9,11 @@
 # 6,400 iterations for held-out Domain1..4 of the release (training sets of
 # 50/99/320/320 images, per-domain batch counts as in fundus_dg.py), and the
 # poly decay, converted to iterations, ends with the last one.
+# An empty _base_ keeps mmengine reading this file as a classic config
+# although it imports the hook list.
+_base_ = []
+from mmseg_dfq.config import reliability_hooks  # noqa: E402
+
 max_epochs = 200
 optim_wrapper = dict(
     type='OptimWrapper',
@@ -62,11 +67,7 @@ default_hooks = dict(
 # the uninterrupted run exactly and loads no already-trained data; SIGTERM /
 # SIGUSR1 save a checkpoint and exit with status 75; a non-finite loss stops
 # the run naming the batch's images (action='skip' skips such steps).
-custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='PreemptionHook', signals=('SIGTERM', 'SIGUSR1')),
-    dict(type='NonFiniteLossHook', action='raise'),
-]
+custom_hooks = reliability_hooks()
 # Iteration-based logs (Iter(train) [  50/10600]): log_processor=dict(
 # by_epoch=False) comes from 'mmseg::_base_/default_runtime.py', which every
 # config lists next to this file; mmengine refuses a key defined in two
