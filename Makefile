@@ -23,8 +23,16 @@ help:
 	@echo 'make test       set up $(VENV), then python -m pytest tests -q'
 	@echo 'make env        only the set-up (tools/setup_env.sh)'
 	@echo 'make lint       ruff format --check + ruff check'
-	@echo 'make clean      remove demo data, work_dirs and caches'
+	@echo 'make clean      remove demo data, work_dirs, results, preds and caches'
 	@echo 'make distclean  clean, and remove .venv'
+	@echo ''
+	@echo 'settings (make VAR=value TARGET):'
+	@echo '  VENV=DIR            environment to use (default: the active one, else .venv)'
+	@echo '  PYTHON=python3.X    interpreter for a new environment (default python3)'
+	@echo '  TORCH_SPEC=...      torch + torchvision to install (README, "Choosing a CUDA build")'
+	@echo '  TORCH_INDEX_URL=... the index to install them from'
+	@echo '  DEMO=prostate       the demo to run (default fundus)'
+	@echo '  FORCE=1             redo the set-up'
 
 env:
 	PYTHON='$(PYTHON)' VENV='$(VENV)' TORCH_SPEC='$(TORCH_SPEC)' \
@@ -42,7 +50,7 @@ lint: env
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf demo_data work_dirs .pytest_cache .ruff_cache
+	rm -rf demo_data work_dirs results preds .pytest_cache .ruff_cache
 	find mmseg_dfq tests tools configs -name __pycache__ -type d -prune \
 		-exec rm -rf {} +
 

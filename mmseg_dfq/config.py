@@ -91,6 +91,7 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options is not None:
+        check_option_keys(cfg, cfg_options, path)
         cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -160,20 +161,72 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _near_miss(key: str) -> Optional[str]:
-    """The Runner key that ``key`` looks like a typo of, if any.
+def _near_miss(
+    key: str, known_keys=RUNNER_KEYS, allow_affixes: bool = False
+) -> Optional[str]:
+    """The known key that ``key`` looks like a typo of, if any.
 
-    At most two edits away, and not a longer name built on it (a config
-    variable such as ``data_preprocessor_cfg`` is deliberate).
+    At most two edits away; unless ``allow_affixes``, not a longer or
+    shorter name built on it (a config variable such as
+    ``data_preprocessor_cfg`` is deliberate).
     """
-    if key in RUNNER_KEYS or key.startswith('_') or len(key) < 6:
+    if key in known_keys or key.startswith('_') or len(key) < 6:
         return None
-    for known in RUNNER_KEYS:
-        if known in key or key in known:
+    for known in known_keys:
+        if not isinstance(known, str):
+            continue
+        if not allow_affixes and (known in key or key in known):
             continue
         if _edit_distance(key, known) <= 2:
             return known
     return None
+
+
+def check_option_keys(cfg: Config, cfg_options: dict, path: str) -> None:
+    """Stop on a ``--cfg-options`` key that is a near miss of a config key.
+
+    mmengine adds an unknown key as given, so ``train_cfg.max_iter=2`` or
+    ``train_dataloader.dataset.dataroot=...`` would otherwise reach a
+    constructor as an unexpected argument (a ``TypeError`` without the
+    key's path) or, in a dict nobody checks, be ignored. Each key is
+    followed into the config; the first part that is not there is compared
+    with its siblings (and, at the top, with the Runner's keys).
+
+    Args:
+        cfg (Config): The config before the options are merged.
+        cfg_options (dict): ``--cfg-options`` (dotted keys -> values).
+        path (str): The config's file, for messages.
+
+    Raises:
+        ValueError: Naming the option and the key it looks like.
+    """
+    for dotted in cfg_options:
+        parts = str(dotted).split('.')
+        node = cfg
+        for i, part in enumerate(parts):
+            if isinstance(node, (list, tuple)):
+                if not part.isdigit() or int(part) >= len(node):
+                    break
+                node = node[int(part)]
+                continue
+            if not hasattr(node, 'keys') or part in node.keys():
+                if not hasattr(node, 'keys'):
+                    break
+                node = node[part]
+                continue
+            siblings = list(node.keys())
+            if i == 0:
+                siblings += [k for k in RUNNER_KEYS if k not in siblings]
+            known = _near_miss(part, siblings, allow_affixes=i > 0)
+            if known is not None:
+                where = '.'.join(parts[:i])
+                full = f'{where}.{known}' if where else known
+                raise ValueError(
+                    f'--cfg-options {dotted}: {path} has no key '
+                    f'{".".join(parts[: i + 1])!r}; did you mean {full!r}? '
+                    '(an unknown key is added as given)'
+                )
+            break
 
 
 def _check_top_level_keys(cfg: Config, path: str) -> None:

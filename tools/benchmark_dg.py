@@ -228,6 +228,8 @@ def sweep_args(args, data_root, work_dir):
         'val_cfg': None,
         'val_evaluator': None,
         'train_dataloader.batch_size': args.batch,
+        # One count per source domain, in each split's domain order (the
+        # sweep keys them by the split's domains).
         'train_dataloader.sampler.domain_counts': [
             share + (i < extra) for i in range(3)
         ],

@@ -20,7 +20,9 @@
 #   FORCE=1          redo the set-up even when the stamp says it is done.
 #
 # Re-runs skip everything when the stamp in the environment matches setup.py,
-# the torch settings and the interpreter.
+# the torch settings, the interpreter and this checkout's path (an
+# environment shared by two checkouts is pointed at the one that set it up
+# last: `pip install -e` links one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +50,8 @@ stamp=$venv/.mmseg-dfq-setup
 key=$(
   {
     cat setup.py
-    printf 'torch_spec=%s\nindex_url=%s\n' "$torch_spec" "$index_url"
+    printf 'torch_spec=%s\nindex_url=%s\ncheckout=%s\n' "$torch_spec" \
+      "$index_url" "$(pwd -P)"
     "$py" -c 'import sys; print(sys.version)'
   } | cksum
 )
@@ -81,7 +84,8 @@ else
   pip_install $spec ${index_url:+--index-url "$index_url"}
 fi
 
-say "installing mmseg-dfq with its test extras (pip install -e '.[tests]')"
+say "installing mmseg-dfq from $(pwd -P) with its test extras" \
+  "(pip install -e '.[tests]')"
 pip_install -e '.[tests]'
 
 say 'checking the imports'

@@ -232,6 +232,31 @@ def load_split(path, k):
     return dict(name=name, k=k, path=path, target=target, keys=keys)
 
 
+def _per_split_counts(options: dict, cfg) -> dict:
+    """``options`` with a list of domain counts given to this split.
+
+    A list ``train_dataloader.sampler.domain_counts`` (one count per source
+    domain, e.g. from ``tools/benchmark_dg.py``, whose splits train on other
+    domains) becomes a dict keyed by the split's training domains in their
+    order, replacing the split's counts: the sampler's positional list
+    form is deprecated.
+    """
+    key = 'train_dataloader.sampler.domain_counts'
+    counts = options.get(key)
+    if not isinstance(counts, (list, tuple)):
+        return options
+    domains = list(_get(cfg, SPLIT_KEYS[0]) or [])
+    if len(counts) != len(domains):
+        raise SweepError(
+            f'--cfg-options {key}={list(counts)} gives {len(counts)} counts, '
+            f'but the split trains on {len(domains)} domains {domains}'
+        )
+    return {
+        **options,
+        key: {'_delete_': True, **dict(zip(domains, counts))},
+    }
+
+
 def resolve_benchmark(spec):
     """Turn ``--benchmark`` into its name and split bases.
 
@@ -437,7 +462,7 @@ def build_run(variant, split, seed, args, benchmark):
             if cfg.get(loader):
                 cfg[loader].dataset.data_root = args.data_root
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        cfg.merge_from_dict(_per_split_counts(args.cfg_options, cfg))
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
     if cfg.get('train_dataloader'):
@@ -1178,7 +1203,9 @@ def build_parser():
     )
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
-        help='overrides for every run (after the per-variant ones)',
+        help='overrides for every run (after the per-variant ones); a '
+        'list train_dataloader.sampler.domain_counts gives each split its '
+        'source domains\' counts in their order',
     )  # fmt: skip
     parser.add_argument(
         '--launch', choices=('inprocess', 'subprocess'), default='inprocess',

@@ -120,9 +120,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         '--show-dir',
-        help='directory where painted images will be saved. '
-        'If specified, it will be automatically saved '
-        'to the work_dir/timestamp/show_dir',
+        help='paint every test sample (ground truth | prediction) into '
+        'DIR/vis_data/vis_image/, one PNG per sample (named by its domain '
+        'and case)',
     )
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)'

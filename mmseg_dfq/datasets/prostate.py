@@ -134,6 +134,13 @@ class ProstateDGDataset(DomainSplitDataset):
         data_list = []
         for d in self.domain_ids:
             folder = osp.join(self.data_root, dirs[d - 1])
+            if not osp.isdir(folder):
+                raise FileNotFoundError(
+                    f'domain folder not found: {folder} (site '
+                    f'{self.domain_names[d - 1]!r}; the site folders looked '
+                    f'for: {list(dirs)}; other names are given by '
+                    "domain_dirs=dict(SITE='folder'))"
+                )
             cases = select_split(
                 pair_case_files(
                     folder, split_nifti_ext, mask_suffix=SEG_SUFFIX

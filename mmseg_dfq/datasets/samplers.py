@@ -557,6 +557,43 @@ class DomainMixBatchSampler(Sampler):
         return self.sampler.epoch_batches
 
 
+def _untrained_count_hint(counts, dataloader_cfg: dict) -> str:
+    """A hint when the counts name domains the data set does not train on.
+
+    The usual cause: a split config whose ``domain_counts`` dict was merged
+    key by key into its base's, so the base's held-out domain stayed.
+    """
+    if not isinstance(counts, Mapping):
+        return ''
+    # --cfg-options ...domain_counts.2=5 adds the string key '2' next to 2.
+    keys = [
+        int(k) if isinstance(k, str) and k.isdigit() else k for k in counts
+    ]
+    twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+    if twice:
+        return (
+            f'. Domain(s) {twice} are counted twice (with --cfg-options, '
+            "counts are merged into the config's: give "
+            'train_dataloader.sampler.domain_counts._delete_=True to replace '
+            'them)'
+        )
+    domains = (dataloader_cfg.get('dataset') or {}).get('domains')
+    if not domains:
+        return ''
+    same_kind = all(isinstance(k, int) for k in keys + list(domains)) or all(
+        isinstance(k, str) for k in keys + list(domains)
+    )
+    extra = [k for k in keys if k not in domains]
+    if not same_kind or not extra:
+        return ''
+    return (
+        f'. The counts name {extra}, which the data set does not train on '
+        f'(domains={list(domains)}): a dict of counts merges into the base '
+        "config's key by key; replace it with "
+        'domain_counts=dict(_delete_=True, ...)'
+    )
+
+
 def check_domain_mix_batch_size(dataloader_cfg: dict) -> None:
     """Check a dataloader config's domain mix before anything is built.
 
@@ -593,4 +630,5 @@ def check_domain_mix_batch_size(dataloader_cfg: dict) -> None:
             f'DomainMixSampler counts {counts} sum to {total}, but the '
             f'dataloader batch_size is {dataloader_cfg.get("batch_size")}; '
             'they must be equal for every batch to hold the mix'
+            + _untrained_count_hint(counts, dataloader_cfg)
         )

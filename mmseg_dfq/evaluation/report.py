@@ -138,7 +138,9 @@ def log_table(
     """Print the per-domain table to the current logger.
 
     ``empty_distance``: the distance given to cases with exactly one empty
-    mask (None: they are left out, the "excl." column).
+    mask (None: they are left out, the "excl." column). A mean without any
+    defined value (every case excluded) prints as ``n/a``; the metric dict
+    holds NaN there.
     """
     has_distance = any(m in DISTANCE_METRICS for m in metrics)
     table = PrettyTable()
@@ -160,7 +162,10 @@ def log_table(
         cells = [label, row['n_cases']]
         for s in structures:
             for m in metrics:
-                cells.append(f'{row[f"{s}_{m}"]:.2f}')
+                value = row[f'{s}_{m}']
+                # No case with a defined value (all excluded): n/a, as the
+                # sweep tables write it.
+                cells.append('n/a' if math.isnan(value) else f'{value:.2f}')
             if has_distance and empty_distance is None:
                 cells.append(row.get(f'{s}_n_excluded', ''))
         table.add_row(cells)

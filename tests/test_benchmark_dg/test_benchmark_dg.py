@@ -88,7 +88,8 @@ def test_variants_compose_through_the_sweep(tmp_path):
         assert cfg.train_dataloader.dataset.domains == [1, 2, 4]
         assert cfg.test_dataloader.dataset.unseen_domains == [3]
         assert cfg.val_dataloader is None and cfg.val_cfg is None
-        assert cfg.train_dataloader.sampler.domain_counts == [3, 3, 2]
+        # The budget's counts keyed by the split's sources, in order.
+        assert cfg.train_dataloader.sampler.domain_counts == {1: 3, 2: 3, 4: 2}
         assert cfg.train_cfg.max_iters == 7
         assert cfg.param_scheduler[0]['end'] == 7
         assert cfg.randomness.seed == 5
@@ -124,6 +125,8 @@ def test_quick_run(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Counts keyed by domain: no deprecated positional form.
+    assert 'by position' not in proc.stderr
     for variant in tool.VARIANTS:
         assert f'\n{variant:<18} Domain1' in proc.stdout
     # One folder per generated data set (--quick: 10 cases, data seed 0).

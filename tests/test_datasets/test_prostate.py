@@ -268,7 +268,7 @@ def test_layout_errors_and_dir_override(prostate_root, tmp_path):
     root = str(tmp_path / 'copy')
     shutil.copytree(prostate_root, root)
     os.rename(osp.join(root, 'I2CVB'), osp.join(root, 'HCRUDB'))
-    with pytest.raises(FileNotFoundError, match='I2CVB'):
+    with pytest.raises(FileNotFoundError, match='I2CVB.*domain_dirs'):
         ProstateDGDataset(data_root=root, domains=[3])
     ds = ProstateDGDataset(
         data_root=root, domains=[3], domain_dirs={'I2CVB': 'HCRUDB'}

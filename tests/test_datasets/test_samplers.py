@@ -388,3 +388,23 @@ def test_same_batches_with_and_without_workers(fundus_root):
     assert len(batches[0]) == 2
     for a, b in zip(*batches):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_counts_merged_into_a_base_are_named():
+    # A split config (domain 2 held out) whose counts dict merged key by
+    # key into its base's (domain 1 held out): domain 2 stayed in them.
+    loader = dict(
+        batch_size=16,
+        sampler=dict(
+            type='DomainMixSampler', domain_counts={2: 3, 3: 7, 4: 7, 1: 2}
+        ),
+        batch_sampler=dict(type='DomainMixBatchSampler'),
+        dataset=dict(domains=[1, 3, 4]),
+    )
+    with pytest.raises(ValueError, match=r'name \[2\].*_delete_=True'):
+        check_domain_mix_batch_size(loader)
+    # Counts of the trained domains that are simply wrong: no such hint.
+    loader['sampler']['domain_counts'] = {1: 2, 3: 7, 4: 8}
+    with pytest.raises(ValueError, match='sum to 17') as err:
+        check_domain_mix_batch_size(loader)
+    assert '_delete_' not in str(err.value)

@@ -230,6 +230,24 @@ def test_fundus_empty_distance_is_the_authors_penalty(monkeypatch):
             DomainMetric(empty_distance=bad)
 
 
+def test_a_mean_without_cases_is_nan_and_logged_as_na(monkeypatch):
+    # Every case's OD prediction is empty: no OD distance is defined.
+    empty = np.zeros((16, 16), np.int64)
+    disc = empty.copy()
+    disc[4:10, 4:10] = 1
+    logged = []
+    monkeypatch.setattr(
+        report, 'print_log', lambda msg, **kwargs: logged.append(msg)
+    )
+    metric = fundus_metric(metrics=['Dice', 'HD95'])
+    meta = dict(domain='D', domain_idx=1, seen=False)
+    metric.process({}, [sample_dict(empty, disc, case_id='a', **meta)])
+    results = metric.compute_metrics(metric.results)
+    assert math.isnan(results['D/OD_HD95'])
+    assert results['D/OD_n_excluded'] == 1
+    assert 'n/a' in logged[-1] and 'nan' not in logged[-1]
+
+
 def test_fundus_dice_smooth_is_the_authors_dice():
     # Their fundus Dice per image: (2 |P & G| + 1) / (|P| + |G| + 1), on
     # the post-processed masks; medpy's exact dc without smoothing.

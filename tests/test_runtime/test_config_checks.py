@@ -28,7 +28,11 @@ def test_every_shipped_config_passes_the_checks(config):
 
 
 def test_a_near_miss_of_a_runner_key_is_refused():
-    with pytest.raises(ValueError, match="did you mean 'train_dataloader'"):
+    with pytest.raises(
+        ValueError,
+        match='--cfg-options train_dataloder.batch_size.*did you mean '
+        "'train_dataloader'",
+    ):
         load_config(FUNDUS, {'train_dataloder.batch_size': 3})
     with pytest.raises(ValueError, match="did you mean 'val_evaluator'"):
         load_config(FUNDUS, {'val_evaluater': dict(type='DomainMetric')})
@@ -110,3 +114,40 @@ def test_narrowed_masks_need_the_batch_preprocessor():
             'test_dataloader.collate_fn.mask_dtype': None,
         },
     )
+
+
+@pytest.mark.parametrize(
+    'option,suggestion',
+    [
+        ('train_cfg.max_iter', 'train_cfg.max_iters'),
+        (
+            'train_dataloader.dataset.dataroot',
+            'train_dataloader.dataset.data_root',
+        ),
+        ('model.decode_head.chanels', 'model.decode_head.channels'),
+        ('custom_hooks.2.actoin', 'custom_hooks.2.action'),
+    ],
+)
+def test_a_near_miss_in_cfg_options_is_named(option, suggestion):
+    # mmengine would add the key as given and a constructor would fail
+    # with a TypeError that names no key path (or nothing would read it).
+    with pytest.raises(
+        ValueError,
+        match=f"--cfg-options {option}.*did you mean '{suggestion}'",
+    ):
+        load_config(FUNDUS, {option: 2})
+
+
+def test_new_keys_in_cfg_options_are_accepted():
+    cfg = load_config(
+        FUNDUS,
+        {
+            'default_hooks.checkpoint.save_best': 'mean_unseen/mDice',
+            'default_hooks.checkpoint.rule': 'greater',
+            'optim_wrapper.optimizer.fused': False,
+            'model.backbone.init_cfg': None,
+            'train_cfg.max_iters': 3,
+            'custom_hooks.0.priority': 'LOW',
+        },
+    )
+    assert cfg.default_hooks.checkpoint.save_best == 'mean_unseen/mDice'

@@ -361,7 +361,7 @@ def _readable_png(path):
 def test_covariance_map_baseline_vs_dfq(data, tmp_path):
     from mmseg_dfq.apis import mean_abs_covariance, off_diagonal_mean
 
-    out_png = tmp_path / 'cov.png'
+    out_png = tmp_path / 'an' / 'cov.png'  # a folder made by the tool
     out = run_tool(
         'tools/analysis/covariance_map.py',
         data['b_cfg'],
@@ -413,7 +413,7 @@ def test_covariance_map_baseline_vs_dfq(data, tmp_path):
 
 
 def test_tsne_by_domain(data, tmp_path):
-    out_png = tmp_path / 'tsne.png'
+    out_png = tmp_path / 'an' / 'tsne.png'
     out = run_tool(
         'tools/analysis/tsne_features.py',
         data['f_cfg'],
@@ -449,7 +449,7 @@ def test_plot_domain_metrics(tmp_path):
     a, b = tmp_path / 'a.json', tmp_path / 'b.json'
     a.write_text(json.dumps(metrics))
     b.write_text(json.dumps({k: v for k, v in metrics.items() if v}))
-    out_png = tmp_path / 'bars.png'
+    out_png = tmp_path / 'plots' / 'bars.png'
     run_tool(
         'tools/analysis/plot_domain_metrics.py',
         a,

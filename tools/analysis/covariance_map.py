@@ -12,6 +12,7 @@ Give a baseline and DFQ to compare them side by side.
 """
 
 import argparse
+import os
 
 import matplotlib
 
@@ -74,6 +75,8 @@ def _domains(values):
 
 def main():
     args = parse_args()
+    # The output's folder first: a bad path fails before the work.
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     models = [(args.config, args.checkpoint)]
     if args.config2:
         models.append((args.config2, args.ckpt2))

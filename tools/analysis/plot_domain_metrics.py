@@ -13,6 +13,7 @@ distance to an empty mask) leave a gap.
 
 import argparse
 import json
+import os
 import re
 from collections import OrderedDict
 
@@ -79,6 +80,8 @@ def read_metrics(path, metric):
 
 def main():
     args = parse_args()
+    # The output's folder first: a bad path fails before the work.
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     labels = args.labels or [f'run {i + 1}' for i in range(len(args.metrics))]
     # runs[metric][i] = {structure: {row: value}} of file i.
     runs = {m: [read_metrics(p, m) for p in args.metrics] for m in args.metric}

@@ -11,6 +11,7 @@ are more domain-invariant.
 """
 
 import argparse
+import os
 
 import matplotlib
 import numpy as np
@@ -60,6 +61,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # The output's folder first: a bad path fails before the work.
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     model = init_segmentor(args.config, args.checkpoint, device=args.device)
     domains = args.domains and [
         int(d) if d.isdigit() else d for d in args.domains
