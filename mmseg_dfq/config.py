@@ -120,6 +120,10 @@ def check_config(cfg: Config, path: str = 'config') -> None:
       training set declares (its ``METAINFO`` or the config's
       ``metainfo``); with the two-sigmoid form (``label_sets``), labels
       the data set does not have;
+    - ``ChunkBN`` (DataParallel's BatchNorm in one process) under a
+      distributed launcher;
+    - mmseg's ``SegTTAModel`` (a softmax over channels) as the
+      ``tta_model`` of a two-sigmoid ``MultiLabelEncoderDecoder``;
     - masks narrowed for the trip from the dataloader workers
       (``stack_seg_collate(mask_dtype=...)``) reaching a data preprocessor
       other than ``BatchSegDataPreProcessor``, the one that puts them back
@@ -138,6 +142,8 @@ def check_config(cfg: Config, path: str = 'config') -> None:
     """
     _check_top_level_keys(cfg, path)
     _check_mask_dtype(cfg, path)
+    _check_tta_model(cfg, path)
+    _check_chunk_bn(cfg, path)
     train = _domain_dataset(cfg.get('train_dataloader'))
     if train is not None:
         _check_held_out(cfg, train, path)
@@ -182,6 +188,58 @@ def _near_miss(
     return None
 
 
+def _parameters(kind) -> list:
+    """The keyword parameters a config ``type`` takes (mmseg's registries).
+
+    A class's ``__init__`` parameters, followed up its bases while they
+    pass ``**kwargs`` on; a function's parameters. Empty when the type is
+    unknown.
+    """
+    import inspect
+
+    import mmseg.registry as registries
+    from mmengine.registry import Registry
+
+    if isinstance(kind, str):
+        name, kind = kind, None
+        for registry in vars(registries).values():
+            if isinstance(registry, Registry):
+                try:
+                    kind = registry.get(name)
+                except Exception:  # a registry that cannot import a scope
+                    kind = None
+                if kind is not None:
+                    break
+    if kind is None or not callable(kind):
+        return []
+    functions = (
+        [
+            k.__dict__['__init__']
+            for k in kind.__mro__
+            if '__init__' in k.__dict__
+        ]
+        if isinstance(kind, type)
+        else [kind]
+    )
+    params = []
+    for function in functions:
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            break
+        params += [
+            p.name
+            for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in ('self', *params)
+        ]
+        if not any(
+            p.kind == p.VAR_KEYWORD for p in signature.parameters.values()
+        ):
+            break
+    return params
+
+
 def check_option_keys(cfg: Config, cfg_options: dict, path: str) -> None:
     """Stop on a ``--cfg-options`` key that is a near miss of a config key.
 
@@ -189,8 +247,10 @@ def check_option_keys(cfg: Config, cfg_options: dict, path: str) -> None:
     ``train_dataloader.dataset.dataroot=...`` would otherwise reach a
     constructor as an unexpected argument (a ``TypeError`` without the
     key's path) or, in a dict nobody checks, be ignored. Each key is
-    followed into the config; the first part that is not there is compared
-    with its siblings (and, at the top, with the Runner's keys).
+    followed into the config; the first part that is not there is accepted
+    if the dict's ``type`` takes it as a parameter, else compared with its
+    siblings and those parameters (and, at the top, with the Runner's
+    keys).
 
     Args:
         cfg (Config): The config before the options are merged.
@@ -217,6 +277,10 @@ def check_option_keys(cfg: Config, cfg_options: dict, path: str) -> None:
             siblings = list(node.keys())
             if i == 0:
                 siblings += [k for k in RUNNER_KEYS if k not in siblings]
+            params = _parameters(node.get('type'))
+            if part in params:
+                break  # a parameter the config leaves at its default
+            siblings += [k for k in params if k not in siblings]
             known = _near_miss(part, siblings, allow_affixes=i > 0)
             if known is not None:
                 where = '.'.join(parts[:i])
@@ -240,6 +304,47 @@ def _check_top_level_keys(cfg: Config, path: str) -> None:
             )
 
 
+def _uses_type(node, name: str) -> bool:
+    """Whether a config tree holds ``type=name`` anywhere."""
+    if isinstance(node, dict):
+        kind = node.get('type')
+        if isinstance(kind, str) and kind.split('.')[-1] == name:
+            return True
+        return any(_uses_type(v, name) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_uses_type(v, name) for v in node)
+    return False
+
+
+def _check_chunk_bn(cfg: Config, path: str) -> None:
+    launcher = cfg.get('launcher', 'none')
+    if launcher not in (None, 'none') and _uses_type(
+        cfg.get('model'), 'ChunkBN'
+    ):
+        raise ValueError(
+            f'{path}: ChunkBN emulates DataParallel in one process, but '
+            f'launcher={launcher!r} runs several, each already holding a '
+            "part of the batch: use norm_cfg=dict(type='SyncBN') (e.g. "
+            '--cfg-options model.decode_head.norm_cfg._delete_=True '
+            'model.decode_head.norm_cfg.type=SyncBN) or run on one process'
+        )
+
+
+def _check_tta_model(cfg: Config, path: str) -> None:
+    model, tta = cfg.get('model') or {}, cfg.get('tta_model') or {}
+    name = str(tta.get('type', '')).split('.')[-1]
+    if (
+        model.get('type') == 'MultiLabelEncoderDecoder'
+        and name == 'SegTTAModel'
+    ):
+        raise ValueError(
+            f"{path}: tta_model is mmseg's SegTTAModel, whose softmax over "
+            'the channels and arg-max give channel indices as labels for '
+            "MultiLabelEncoderDecoder's sigmoid channels: use "
+            "tta_model = dict(type='MultiLabelTTAModel')"
+        )
+
+
 def _check_mask_dtype(cfg: Config, path: str) -> None:
     from mmseg.registry import MODELS
 
@@ -248,19 +353,19 @@ def _check_mask_dtype(cfg: Config, path: str) -> None:
 
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         collate = (cfg.get(loader) or {}).get('collate_fn') or {}
-        if not (
-            isinstance(collate, dict)
-            and collate.get('type') == 'stack_seg_collate'
-            and collate.get('mask_dtype') is not None
-        ):
+        kind = collate.get('type') if isinstance(collate, dict) else None
+        # A registry name, scoped or not, or the function itself.
+        name = getattr(kind, '__name__', str(kind).split('.')[-1])
+        if name != 'stack_seg_collate' or collate.get('mask_dtype') is None:
             continue
         try:
             mask_transport_dtype(collate['mask_dtype'])
         except ValueError as err:
             raise ValueError(f'{path}: {loader}.collate_fn: {err}') from None
-        pre = (cfg.get('model') or {}).get('data_preprocessor') or cfg.get(
-            'data_preprocessor'
-        )
+        where = 'model.data_preprocessor'
+        pre = (cfg.get('model') or {}).get('data_preprocessor')
+        if pre is None:
+            where, pre = 'data_preprocessor', cfg.get('data_preprocessor')
         kind = pre.get('type') if isinstance(pre, dict) else None
         if isinstance(kind, str):
             kind = MODELS.get(kind.split('.')[-1])
@@ -273,7 +378,7 @@ def _check_mask_dtype(cfg: Config, path: str) -> None:
                 f'{path}: {loader}.collate_fn sends the masks as '
                 f'{collate["mask_dtype"]!r} (mask_dtype), which only '
                 'BatchSegDataPreProcessor puts back to their dtype, but '
-                f'model.data_preprocessor is {name}: the losses would get '
+                f'{where} is {name}: the losses would get '
                 "narrowed labels. Use type='BatchSegDataPreProcessor' or "
                 'drop mask_dtype'
             )

@@ -1685,15 +1685,17 @@ def copy_into(batch, buffers) -> float:
     ``pseudo_collate``) each image and each sample's mask, as torch's
     pin-memory thread would pin them (it pins tensors in dicts and lists,
     not those inside data samples; mmseg then copies those masks from
-    pageable memory, so they are counted too).
+    pageable memory, so they are counted too). A sample's mask that is a
+    view of a tensor already counted (the stacked masks of
+    ``stack_seg_collate``) is not counted again.
     """
     import torch
 
-    tensors = []
+    found = []
 
     def gather(obj):
         if isinstance(obj, torch.Tensor):
-            tensors.append(obj)
+            found.append(obj)
         elif isinstance(obj, dict):
             for value in obj.values():
                 gather(value)
@@ -1704,6 +1706,14 @@ def copy_into(batch, buffers) -> float:
             gather(obj.gt_sem_seg.data)
 
     gather(batch)
+    # Largest first; a tensor inside the bytes of one already kept is a view.
+    tensors, spans = [], []
+    for tensor in sorted(found, key=lambda t: -t.numel() * t.element_size()):
+        begin = tensor.data_ptr()
+        end = begin + tensor.numel() * tensor.element_size()
+        if not any(b <= begin and end <= e for b, e in spans):
+            spans.append((begin, end))
+            tensors.append(tensor)
     start = time.perf_counter()
     for i, tensor in enumerate(tensors):
         key = (i, tensor.shape, tensor.dtype)

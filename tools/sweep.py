@@ -78,6 +78,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import DefaultScope
 from mmseg.registry import DATASETS
 
+from mmseg_dfq.config import check_option_keys
 from mmseg_dfq.datasets.samplers import check_domain_mix_batch_size
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -462,6 +463,10 @@ def build_run(variant, split, seed, args, benchmark):
             if cfg.get(loader):
                 cfg[loader].dataset.data_root = args.data_root
     if args.cfg_options:
+        try:
+            check_option_keys(cfg, args.cfg_options, src)
+        except ValueError as err:
+            raise SweepError(str(err)) from None
         cfg.merge_from_dict(_per_split_counts(args.cfg_options, cfg))
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)

@@ -21,17 +21,16 @@
 #   reductions (mmseg: 1e-6; embed_norm_eps);
 # - the classifier's PyTorch default initialisation (mmseg: normal, 0.01);
 # - their seed, 1337 (their script seeds only with --deterministic);
-# - BatchNorm as under their two-GPU DataParallel: each half of a batch
-#   normalised with its own statistics (ChunkBN; run these configs on one
-#   process);
+# - BatchNorm as under their DataParallel on two GPUs (inferred from their
+#   two-replica RDWT average): each half of a batch normalised with its own
+#   statistics (ChunkBN; run these configs on one process);
 # - their learning rates: the poly decay one iteration later (LaggedPolyLR);
 # - their test: BatchNorm on each test batch's own statistics, batches of 8
-#   (with ChunkBN each half of 4 on its own, as on their two GPUs).
+#   within one domain / volume (with ChunkBN each half of 4 on its own).
 # What still differs is listed in the departures table of docs/design.md.
 # Checkpoints of the authors' train_feed.py load into this model after
 # tools/convert/dfq_official_to_mmseg.py (their MiT-b3: the _b3_ config).
-_base_ = './dfq_mit-b2_fundus_d1.py'
-from mmseg_dfq.config import reliability_hooks  # noqa: E402
+_base_ = ['./dfq_mit-b2_fundus_d1.py', '../_base_/authors_habits.py']
 from mmseg_dfq.datasets.pipelines import (  # noqa: E402
     flip_tta_pipeline,
     fundus_test_pipeline,
@@ -51,9 +50,7 @@ model = dict(
         num_classes=2,
         out_channels=2,
         pool_ratios=(2, 4, 8),
-        # Their two-GPU DataParallel: BatchNorm statistics per half batch,
-        # running statistics from the first half (on one process).
-        norm_cfg=dict(type='ChunkBN', num_chunks=2, requires_grad=True),
+        norm_cfg={{_base_.authors_norm_cfg}},
         # Their classifier keeps PyTorch's default initialisation.
         init_cfg=None,
         loss_decode=[
@@ -70,28 +67,15 @@ test_pipeline = fundus_test_pipeline(crop_size, resize_backend='pillow')
 tta_pipeline = flip_tta_pipeline(test_pipeline)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = dict(batch_size=8, dataset=dict(pipeline=test_pipeline))
+test_dataloader = dict(
+    batch_size={{_base_.authors_test_batch_size}},
+    batch_sampler={{_base_.authors_test_batch_sampler}},
+    dataset=dict(pipeline=test_pipeline),
+)
+# Flip TTA (--tta) averages the two sigmoid channels' probabilities.
+tta_model = dict(type='MultiLabelTTAModel')
 val_evaluator = dict(type='DomainMetric', empty_distance=100, dice_smooth=1)
 test_evaluator = val_evaluator
 randomness = dict(seed=1337)
-# Their test scripts (not their in-training validation) normalise each test
-# batch of 8 with its own BatchNorm statistics (eval(), then BatchNorm2d back
-# in training mode; DataParallel gives each GPU half of it, as ChunkBN
-# does): BatchStatsBNHook, with their test batch size, after the schedule's
-# reliability hooks (a list is replaced, not merged).
-custom_hooks = reliability_hooks() + [
-    dict(type='BatchStatsBNHook', phases=('test',)),
-]
-# Their poly decay runs one iteration behind mmengine's PolyLR (they set the
-# rate after optimizer.step from the finished iteration) and never reaches 0.
-param_scheduler = [
-    dict(
-        type='LaggedPolyLR',
-        power=0.9,
-        eta_min=0.0,
-        begin=0,
-        end={{_base_.max_epochs}},
-        by_epoch=True,
-        convert_to_iter_based=True,
-    )
-]
+custom_hooks = {{_base_.authors_custom_hooks}}
+param_scheduler = {{_base_.authors_param_scheduler}}

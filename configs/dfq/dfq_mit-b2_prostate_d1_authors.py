@@ -20,23 +20,20 @@
 # - SegFormer's LayerNorm eps 1e-5 after the patch embeddings and spatial
 #   reductions (mmseg: 1e-6; embed_norm_eps);
 # - their seed, 1337 (their script seeds only with --deterministic);
-# - BatchNorm as under their two-GPU DataParallel: each half of a batch
-#   normalised with its own statistics (ChunkBN; run these configs on one
-#   process);
+# - BatchNorm as under their DataParallel on two GPUs (inferred from their
+#   two-replica RDWT average): each half of a batch normalised with its own
+#   statistics (ChunkBN; run these configs on one process);
 # - their learning rates: the poly decay one iteration later (LaggedPolyLR);
 # - their test: BatchNorm on each test batch's own statistics, batches of 8
-#   (with ChunkBN each half of 4 on its own, as on their two GPUs).
+#   within one domain / volume (with ChunkBN each half of 4 on its own).
 # What still differs is listed in the departures table of docs/design.md.
-_base_ = './dfq_mit-b2_prostate_d1.py'
-from mmseg_dfq.config import reliability_hooks  # noqa: E402
+_base_ = ['./dfq_mit-b2_prostate_d1.py', '../_base_/authors_habits.py']
 
 model = dict(
     backbone=dict(rdwt_layout='authors', embed_norm_eps=1e-5),
     decode_head=dict(
         pool_ratios=(2, 4, 8),
-        # Their two-GPU DataParallel: BatchNorm statistics per half batch,
-        # running statistics from the first half (on one process).
-        norm_cfg=dict(type='ChunkBN', num_chunks=2, requires_grad=True),
+        norm_cfg={{_base_.authors_norm_cfg}},
         # Their classifier keeps PyTorch's default initialisation.
         init_cfg=None,
         loss_decode=[
@@ -57,25 +54,9 @@ val_evaluator = dict(
 )
 test_evaluator = val_evaluator
 randomness = dict(seed=1337)
-test_dataloader = dict(batch_size=8)
-# Their test scripts (not their in-training validation) normalise each test
-# batch of 8 with its own BatchNorm statistics (eval(), then BatchNorm2d back
-# in training mode; DataParallel gives each GPU half of it, as ChunkBN
-# does): BatchStatsBNHook, with their test batch size, after the schedule's
-# reliability hooks (a list is replaced, not merged).
-custom_hooks = reliability_hooks() + [
-    dict(type='BatchStatsBNHook', phases=('test',)),
-]
-# Their poly decay runs one iteration behind mmengine's PolyLR (they set the
-# rate after optimizer.step from the finished iteration) and never reaches 0.
-param_scheduler = [
-    dict(
-        type='LaggedPolyLR',
-        power=0.9,
-        eta_min=0.0,
-        begin=0,
-        end={{_base_.max_epochs}},
-        by_epoch=True,
-        convert_to_iter_based=True,
-    )
-]
+test_dataloader = dict(
+    batch_size={{_base_.authors_test_batch_size}},
+    batch_sampler={{_base_.authors_test_batch_sampler}},
+)
+custom_hooks = {{_base_.authors_custom_hooks}}
+param_scheduler = {{_base_.authors_param_scheduler}}

@@ -8,6 +8,7 @@ from .fundus_codec import FUNDUS_GREY, decode_fundus_mask, encode_fundus_labels
 from .multisite import MultiSiteDataset
 from .prostate import ProstateDGDataset
 from .samplers import (
+    DomainBatchSampler,
     DomainMixBatchSampler,
     DomainMixSampler,
     check_domain_mix_batch_size,
@@ -29,6 +30,7 @@ DFQ_META_KEYS = PACK_META_KEYS
 
 __all__ = [
     'DFQ_META_KEYS',
+    'DomainBatchSampler',
     'DomainMixBatchSampler',
     'DomainMixSampler',
     'DomainSplitDataset',

@@ -557,6 +557,73 @@ class DomainMixBatchSampler(Sampler):
         return self.sampler.epoch_batches
 
 
+@DATA_SAMPLERS.register_module()
+class DomainBatchSampler(Sampler):
+    """Batches of consecutive samples that never span two domains or volumes.
+
+    For evaluation where a batch's composition matters (BatchNorm on each
+    test batch's own statistics, ``BatchStatsBNHook``, as the DFQ authors'
+    test scripts do): their scripts test one domain at a time, so a batch
+    never mixes domains. Here the sampler's indices are cut into batches of
+    ``batch_size`` that also end wherever the domain changes, and for
+    volume slices (samples with a ``slice_index``) wherever the volume
+    changes; the last batch of each run may be shorter. Usage::
+
+        test_dataloader = dict(
+            batch_size=8,
+            batch_sampler=dict(type='DomainBatchSampler'),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            dataset=...)
+
+    Args:
+        sampler (Sampler): The dataloader's sampler; its ``dataset`` gives
+            each index's ``domain`` (and ``case_id`` / ``slice_index``).
+        batch_size (int): The most samples in a batch.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        dataset = getattr(sampler, 'dataset', None)
+        if dataset is None or not hasattr(dataset, 'get_data_info'):
+            raise TypeError(
+                'DomainBatchSampler needs a sampler with the dataset '
+                f"(mmengine's DefaultSampler), got {type(sampler).__name__}"
+            )
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError(
+                'DomainBatchSampler: batch_size must be >= 1, got '
+                f'{batch_size}'
+            )
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self._groups = []
+        for i in range(len(dataset)):
+            info = dataset.get_data_info(i)
+            if 'domain' not in info:
+                raise KeyError(
+                    f'DomainBatchSampler: sample {i} of '
+                    f'{type(dataset).__name__} has no domain'
+                )
+            volume = info.get('case_id') if 'slice_index' in info else None
+            self._groups.append((info['domain'], volume))
+
+    def __iter__(self) -> Iterator[List[int]]:
+        """Yield the batches of the sampler's current order."""
+        batch, group = [], None
+        for index in self.sampler:
+            key = self._groups[index]
+            if batch and (key != group or len(batch) == self.batch_size):
+                yield batch
+                batch = []
+            batch.append(index)
+            group = key
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches of the sampler's current order."""
+        return sum(1 for _ in self)
+
+
 def _untrained_count_hint(counts, dataloader_cfg: dict) -> str:
     """A hint when the counts name domains the data set does not train on.
 

@@ -26,7 +26,8 @@ class BatchStatsBNHook(Hook):
     neither used nor updated): before each iteration every BatchNorm
     module (``SyncBatchNorm`` included) of the model is set to training mode
     with ``track_running_stats`` off, and both are put back after the
-    phase's epoch. Use it with the authors' test batch size
+    phase's epoch (or, if the phase stopped with an error, before the next
+    training iteration). Use it with the authors' test batch size
     (``test_dataloader.batch_size=8``); on several processes ``SyncBatchNorm``
     pools the statistics of the ranks' batches.
 
@@ -93,3 +94,15 @@ class BatchStatsBNHook(Hook):
 
     def after_test_epoch(self, runner, metrics=None) -> None:
         self._restore('test')
+
+    def after_val(self, runner) -> None:
+        self._restore('val')
+
+    def after_test(self, runner) -> None:
+        self._restore('test')
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        # A phase that stopped with an error skipped its restore: training
+        # must not go on without running statistics.
+        if self._saved:
+            self._restore(self.phases[0])

@@ -15,8 +15,9 @@ class LaggedPolyLR(PolyLR):
     ``base * (1 - (k - 1) / T) ** power``, and the last one at
     ``base * (2 / T) ** power``: the rate never reaches 0. mmengine's
     ``PolyLR`` runs iteration k at ``base * (1 - k / (T - 1)) ** power``,
-    ending at exactly ``eta_min``. The difference is below 0.03% of the
-    rate until the last ~100 iterations of a 10,600-iteration schedule.
+    ending at exactly ``eta_min``. Over a 10,600-iteration schedule the
+    two differ by at most 0.045% of the base rate; relative to the rate
+    itself, by more than 1% only in the last 177 iterations.
 
     Same arguments as ``PolyLR`` (epoch-based ones are converted to
     iterations as usual, ``convert_to_iter_based=True``); T is

@@ -513,7 +513,7 @@ class DomainMetric(BaseMetric):
         Returns:
             dict[str, float]: ``'<domain>/<structure>_<metric>'``,
             ``'<domain>/n_cases'``, ``'<domain>/<structure>_n_excluded'``
-            (cases without a defined distance), ``'<domain>/mDice'`` (the
+            (cases without a defined distance), ``'<domain>/Dice_avg'`` (the
             mean of the structures' Dice, with two or more structures), and
             the same metric keys under ``'mean/'`` and, where any domain is
             unseen, ``'mean_unseen/'``. Nothing with ``format_only``.

@@ -54,7 +54,7 @@ def summarize_domains(
     Returns:
         tuple: ``(out, summary, seen)``: the flat metric dict the
         evaluator returns (``'<domain>/<S>_<M>'``, ``'<domain>/n_cases'``,
-        ``'<domain>/<S>_n_excluded'``, ``'<domain>/mDice'`` (the mean of
+        ``'<domain>/<S>_n_excluded'``, ``'<domain>/Dice_avg'`` (the mean of
         the structures' Dice, with two or more), ``'mean/...'`` over all
         domains and, where any domain is unseen, ``'mean_unseen/...'`` over
         the unseen ones), the rows of the table and whether each domain is
@@ -115,13 +115,16 @@ def summarize_domains(
 
 
 def _add_mean_dice(out, prefix, row, structures, metrics) -> None:
-    """``<prefix>/mDice``: the mean of the structures' Dice (2 or more).
+    """``<prefix>/Dice_avg``: the mean of the structures' Dice (2 or more).
+
+    Not ``IoUMetric``'s mDice (pixels pooled over the data set, background
+    included): each structure's per-case Dice mean, averaged.
 
     One number per domain for model selection, e.g. the DFQ authors' fundus
     validation score, (OC Dice + OD Dice) / 2.
     """
     if 'Dice' in metrics and len(structures) > 1:
-        out[f'{prefix}/mDice'] = _nanmean(
+        out[f'{prefix}/Dice_avg'] = _nanmean(
             [row[f'{s}_Dice'] for s in structures]
         )
 

@@ -408,3 +408,50 @@ def test_counts_merged_into_a_base_are_named():
     with pytest.raises(ValueError, match='sum to 17') as err:
         check_domain_mix_batch_size(loader)
     assert '_delete_' not in str(err.value)
+
+
+@pytest.mark.parametrize('kind', ['fundus', 'prostate'])
+def test_domain_batches_never_span_two_domains_or_volumes(
+    kind, fundus_root, prostate_root
+):
+    from mmengine.dataset import DefaultSampler
+
+    from mmseg_dfq.datasets import (
+        DomainBatchSampler,
+        FundusDGDataset,
+        ProstateDGDataset,
+    )
+
+    if kind == 'fundus':
+        ds = FundusDGDataset(data_root=fundus_root, split='test')
+    else:
+        ds = ProstateDGDataset(data_root=prostate_root, domains=[1, 2])
+    order = list(DefaultSampler(ds, shuffle=False))
+    batches = list(
+        DomainBatchSampler(DefaultSampler(ds, shuffle=False), batch_size=3)
+    )
+    # Every index once, in the sampler's order.
+    assert [i for b in batches for i in b] == order
+    assert len(DomainBatchSampler(DefaultSampler(ds, False), 3)) == len(
+        batches
+    )
+
+    def group(i):
+        info = ds.get_data_info(i)
+        return info['domain'], info.get(
+            'case_id'
+        ) if kind == 'prostate' else None
+
+    for k, batch in enumerate(batches):
+        assert 1 <= len(batch) <= 3
+        assert len({group(i) for i in batch}) == 1
+        # A short batch ends a run: the next batch starts another group.
+        if len(batch) < 3 and k + 1 < len(batches):
+            assert group(batches[k + 1][0]) != group(batch[-1])
+    # The groups really change along the order (the test means something).
+    assert len({group(i) for i in order}) > 1
+    # Plain batches of 3 would mix groups.
+    plain = [order[i : i + 3] for i in range(0, len(order), 3)]
+    assert any(len({group(i) for i in b}) > 1 for b in plain)
+    with pytest.raises(TypeError, match='dataset'):
+        DomainBatchSampler(range(3), 4)

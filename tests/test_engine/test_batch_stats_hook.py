@@ -82,3 +82,46 @@ def test_test_batches_use_their_own_statistics():
 def test_phases_are_checked(phases):
     with pytest.raises(ValueError, match='phases'):
         BatchStatsBNHook(phases=phases)
+
+
+def test_with_chunk_bn_each_half_of_a_test_batch_is_normalised_apart():
+    # The authors' configs: ChunkBN(num_chunks=2) + this hook = their test
+    # under DataParallel on two GPUs (each GPU's half batch on its own).
+    from mmseg_dfq.models.utils import ChunkBatchNorm2d
+
+    torch.manual_seed(0)
+    norm = ChunkBatchNorm2d(4, num_chunks=2)
+    norm.running_mean.fill_(3.0)
+    model = nn.Sequential(norm).eval()
+    runner = SimpleNamespace(model=model)
+    x = torch.randn(8, 4, 5, 5) + torch.arange(8.0).view(-1, 1, 1, 1)
+    hook = BatchStatsBNHook()
+    hook.before_test_iter(runner, 0)
+    with torch.no_grad():
+        out = model(x)
+    first, second = x.chunk(2)
+    expected = torch.cat(
+        [
+            nn.functional.batch_norm(
+                h, None, None, norm.weight, norm.bias, True
+            )
+            for h in (first, second)
+        ]
+    )
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(norm.running_mean, torch.full((4,), 3.0))
+
+
+def test_a_phase_that_failed_is_undone_before_training():
+    model = tiny_model()
+    runner = SimpleNamespace(model=model)
+    hook = BatchStatsBNHook()
+    hook.before_test_iter(runner, 0)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(not m.track_running_stats for m in norms)
+    # The test stopped with an error: no after_test_epoch; training next.
+    hook.before_train_iter(runner, 0)
+    assert all(m.track_running_stats and not m.training for m in norms)
+    hook.before_test_iter(runner, 0)
+    hook.after_test(runner)
+    assert all(m.track_running_stats for m in norms)

@@ -63,3 +63,15 @@ def test_builds_as_bn_from_norm_cfg_and_checks():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match='num_chunks'):
             ChunkBatchNorm2d(4, num_chunks=bad)
+
+
+def test_refused_under_several_processes(monkeypatch):
+    norm = ChunkBatchNorm2d(3).train()
+    x = torch.randn(4, 3, 2, 2)
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 2)
+    with pytest.raises(RuntimeError, match='one process'):
+        norm(x)
+    norm.eval()(x)  # eval is plain BatchNorm2d
+    monkeypatch.setattr(torch.distributed, 'get_world_size', lambda: 1)
+    norm.train()(x)

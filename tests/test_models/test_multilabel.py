@@ -224,3 +224,40 @@ def test_resize_once_padding_and_limits():
     assert bare.seg_logits.shape == (64, 64)
     with pytest.raises(ValueError, match='whole-image'):
         build_segmentor(resize_once=True, test_cfg=dict(mode='slide'))
+
+
+def test_tta_averages_the_views_probabilities():
+    # Two views (as is, flipped): mean of their probabilities, labels as
+    # the segmentor composes them; not SegTTAModel's softmax arg-max.
+    torch.manual_seed(0)
+    model = build_segmentor(
+        resize_once=True, data_preprocessor=dict(type='SegDataPreProcessor')
+    )
+    tta = MODELS.build(dict(type='MultiLabelTTAModel', module=model)).eval()
+    image = torch.rand(3, 64, 64) * 255
+    views, samples = [], []
+    for flip in (False, True):
+        s = SegDataSample()
+        meta = dict(img_shape=(64, 64), ori_shape=(40, 50), pad_shape=(64, 64))
+        meta.update(flip=flip, flip_direction='horizontal' if flip else None)
+        meta['img_path'] = 'x.png'
+        s.set_metainfo(meta)
+        s.gt_sem_seg = PixelData(data=torch.zeros(1, 40, 50, dtype=torch.long))
+        views.append(image.flip(-1) if flip else image)
+        samples.append(s)
+    data = dict(
+        inputs=[[v] for v in views], data_samples=[[s] for s in samples]
+    )
+    with torch.no_grad():
+        expected = [
+            model.test_step(dict(inputs=[v], data_samples=[s.clone()]))[0]
+            for v, s in zip(views, samples)
+        ]
+        (out,) = tta.test_step(data)
+    probs = (expected[0].seg_logits.data + expected[1].seg_logits.data) / 2
+    torch.testing.assert_close(out.seg_logits.data, probs)
+    assert torch.equal(out.pred_sem_seg.data, model.labels_from_probs(probs))
+    assert out.gt_sem_seg.data.shape == (1, 40, 50)
+    tta.module = torch.nn.Linear(1, 1)  # not a two-sigmoid segmentor
+    with pytest.raises(TypeError, match='MultiLabelEncoderDecoder'):
+        tta.merge_preds([[]])

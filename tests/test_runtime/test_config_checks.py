@@ -98,6 +98,14 @@ def test_narrowed_masks_need_the_batch_preprocessor():
         load_config(
             fast, {'model.data_preprocessor.type': 'SegDataPreProcessor'}
         )
+    with pytest.raises(ValueError, match='SegDataPreProcessor'):
+        load_config(
+            fast,
+            {
+                'train_dataloader.collate_fn.type': 'mmseg.stack_seg_collate',
+                'model.data_preprocessor.type': 'SegDataPreProcessor',
+            },
+        )
     with pytest.raises(ValueError, match='RAMSegDataPreProcessor'):
         load_config(
             fast, {'model.data_preprocessor.type': 'RAMSegDataPreProcessor'}
@@ -142,12 +150,32 @@ def test_new_keys_in_cfg_options_are_accepted():
     cfg = load_config(
         FUNDUS,
         {
-            'default_hooks.checkpoint.save_best': 'mean_unseen/mDice',
+            'default_hooks.checkpoint.save_best': 'mean_unseen/Dice_avg',
             'default_hooks.checkpoint.rule': 'greater',
             'optim_wrapper.optimizer.fused': False,
             'model.backbone.init_cfg': None,
             'train_cfg.max_iters': 3,
             'custom_hooks.0.priority': 'LOW',
+            # Parameters the config leaves at their defaults, close to a
+            # key it sets: accepted (the dict's type takes them).
+            'default_hooks.checkpoint.save_last': False,
+            'model.decode_head.loss_decode.0.class_weight': [1.0, 1.0, 1.0],
         },
     )
-    assert cfg.default_hooks.checkpoint.save_best == 'mean_unseen/mDice'
+    assert cfg.default_hooks.checkpoint.save_best == 'mean_unseen/Dice_avg'
+
+
+def test_two_sigmoid_models_refuse_mmseg_tta():
+    with pytest.raises(ValueError, match='MultiLabelTTAModel'):
+        load_config(AUTHORS, {'tta_model.type': 'SegTTAModel'})
+
+
+def test_chunk_bn_refuses_a_distributed_launcher():
+    with pytest.raises(ValueError, match="ChunkBN.*launcher='pytorch'"):
+        load_config(AUTHORS, launcher='pytorch')
+    cfg = load_config(
+        AUTHORS,
+        {'model.decode_head.norm_cfg.type': 'SyncBN'},
+        launcher='pytorch',
+    )
+    assert cfg.model.decode_head.norm_cfg.type in ('SyncBN', 'BN')

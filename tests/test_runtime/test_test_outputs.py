@@ -161,7 +161,7 @@ def test_save_best_on_the_recommended_key(tmp_path, fundus_root):
             *data_options(fundus_root),
             'train_cfg.max_iters=2',
             'train_cfg.val_interval=2',
-            'default_hooks.checkpoint.save_best=mean_unseen/mDice',
+            'default_hooks.checkpoint.save_best=mean_unseen/Dice_avg',
             'default_hooks.checkpoint.rule=greater',
         ],
     )
@@ -169,5 +169,5 @@ def test_save_best_on_the_recommended_key(tmp_path, fundus_root):
     assert re.search(r'Iter\(val\) \[\d+/\d+\] +Domain1/', log), log[-3000:]
     assert 'Domain2/' not in log
     assert osp.isfile(
-        osp.join(work_dir, 'best_mean_unseen_mDice_iter_2.pth')
+        osp.join(work_dir, 'best_mean_unseen_Dice_avg_iter_2.pth')
     ), log[-3000:]

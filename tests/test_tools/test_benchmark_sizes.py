@@ -342,3 +342,40 @@ def test_data_time_split_attributes_hooks_as_iter_timer_hook_counts(
     wrapped = runner.train_loop.dataloader_iterator
     split.before_train_epoch(runner)
     assert runner.train_loop.dataloader_iterator is wrapped
+
+
+@pytest.mark.parametrize('mask_dtype', [None, 'uint8'])
+def test_loader_copy_counts_each_byte_once(mask_dtype):
+    # --loader's copy column: what the pin-memory thread copies. A stacked
+    # batch's sample masks are views of its mask batch: counted once.
+    import copy
+
+    import torch
+    from mmengine.dataset import pseudo_collate
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from mmseg_dfq.datasets import stack_seg_collate
+
+    benchmark = _load_benchmark()
+    items = []
+    for _ in range(4):
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=torch.ones(1, 8, 8).long())
+        items.append(
+            dict(
+                inputs=torch.zeros(3, 8, 8, dtype=torch.uint8),
+                data_samples=sample,
+            )
+        )
+    mask_bytes = 4 * 64 * (1 if mask_dtype else 8)
+    for collate in (pseudo_collate, stack_seg_collate):
+        kwargs = (
+            dict(mask_dtype=mask_dtype) if collate is stack_seg_collate else {}
+        )
+        batch = collate(copy.deepcopy(items), **kwargs)
+        buffers = {}
+        assert benchmark.copy_into(batch, buffers) >= 0
+        copied = sum(b.numel() * b.element_size() for b in buffers.values())
+        expected = 4 * 3 * 64 + (mask_bytes if kwargs else 4 * 64 * 8)
+        assert copied == expected, collate.__name__

@@ -49,7 +49,7 @@ default_hooks = dict(
         by_epoch=True,
         interval=10,
         max_keep_ckpts=2,
-        # A config may add save_best='mean_unseen/mDice', rule='greater'
+        # A config may add save_best='mean_unseen/Dice_avg', rule='greater'
         # (the authors' fundus score, (OC + OD) / 2; prostate:
         # 'mean_unseen/Prostate_Dice') to keep the best
         # checkpoint as well. DomainMetric reports mean_unseen/... whenever

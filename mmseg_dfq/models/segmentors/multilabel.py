@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence
 
 import torch
 from mmengine.structures import PixelData
-from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.segmentors import EncoderDecoder, SegTTAModel
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
@@ -202,6 +202,57 @@ class MultiLabelEncoderDecoder(EncoderDecoder):
             )
             sample.set_data(dict(seg_logits=PixelData(data=p.squeeze(0))))
         return data_samples
+
+
+@MODELS.register_module()
+class MultiLabelTTAModel(SegTTAModel):
+    """Test-time augmentation for :class:`MultiLabelEncoderDecoder`.
+
+    mmseg's ``SegTTAModel`` takes a softmax over the channels and their
+    arg-max, which for independent sigmoid channels (cup, disc) would give
+    channel indices as labels. This one averages each channel's
+    probabilities over the augmented views (already flipped back and
+    resized by the segmentor) and composes the labels as the segmentor
+    does (``labels_from_probs``, the same threshold). Use it as
+    ``tta_model = dict(type='MultiLabelTTAModel')``.
+    """
+
+    def merge_preds(
+        self, data_samples_list: List[List[SegDataSample]]
+    ) -> list:
+        """One prediction per image from its augmented views.
+
+        Args:
+            data_samples_list (list[list[SegDataSample]]): Per image, the
+                predictions of its views (``seg_logits`` = probabilities).
+
+        Returns:
+            list[SegDataSample]: The last view's sample with the averaged
+            probabilities, their labels, and the first view's ground truth
+            and image path (as ``SegTTAModel`` keeps them).
+        """
+        if not isinstance(self.module, MultiLabelEncoderDecoder):
+            raise TypeError(
+                'MultiLabelTTAModel wraps a MultiLabelEncoderDecoder, got '
+                f'{type(self.module).__name__}'
+            )
+        merged = []
+        for views in data_samples_list:
+            probs = torch.stack([v.seg_logits.data for v in views]).mean(0)
+            sample = views[-1]
+            sample.set_data(
+                dict(
+                    seg_logits=PixelData(data=probs),
+                    pred_sem_seg=PixelData(
+                        data=self.module.labels_from_probs(probs)
+                    ),
+                )
+            )
+            if 'gt_sem_seg' in views[0]:
+                sample.set_data(dict(gt_sem_seg=views[0].gt_sem_seg))
+            sample.set_metainfo(dict(img_path=views[0].img_path))
+            merged.append(sample)
+        return merged
 
 
 def _at_output_scale(pixels: int, n_in: int, n_out: int, what: str) -> int:

@@ -1,6 +1,7 @@
 """BatchNorm over chunks of the batch, as under torch's DataParallel."""
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import nn
@@ -25,7 +26,10 @@ class ChunkBatchNorm2d(nn.BatchNorm2d):
     either way; mmcv's ``build_norm_layer`` names it ``bn``, as BN.
 
     Use it as ``norm_cfg=dict(type='ChunkBN', num_chunks=2)``, on one
-    process: under DDP each rank already holds a part of the batch.
+    process: under DDP each rank already holds a part of the batch, so
+    training with more than one process is refused (and
+    ``SyncBatchNorm.convert_sync_batchnorm`` would turn it into a plain
+    ``SyncBatchNorm``).
 
     Args:
         num_features (int): Channels.
@@ -55,6 +59,14 @@ class ChunkBatchNorm2d(nn.BatchNorm2d):
         """
         if not self.training or self.num_chunks == 1 or x.shape[0] < 2:
             return super().forward(x)
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() > 1:
+                raise RuntimeError(
+                    'ChunkBN emulates DataParallel in one process; with '
+                    f'{dist.get_world_size()} processes each already holds '
+                    "a part of the batch: use norm_cfg=dict(type='BN') or "
+                    "'SyncBN'"
+                )
         chunks = x.chunk(self.num_chunks)
         outs = [super().forward(chunks[0])]
         for chunk in chunks[1:]:
