@@ -27,9 +27,9 @@
 #   7c. schedule_apart.txt  step 4 with stack_seg_collate(compact=False):
 #                     images and masks apart, per-sample mask views sent
 #                     (the layout of run B, against step 4's one buffer)
-#   7e. schedule_int64_masks.txt  step 4 with the masks sent as mmseg's
+#   7d. schedule_int64_masks.txt  step 4 with the masks sent as mmseg's
 #                     int64 (no mask_dtype='uint8': 11 MiB a batch, not 4)
-#   7d. loader_contend.txt, loader_contend_fs.txt  step 5 while another
+#   7e. loader_contend.txt, loader_contend_fs.txt  step 5 while another
 #                     thread runs Python (as the busy main thread holds the
 #                     GIL), with fd and with file_system sharing
 #   8. ablation.txt   eager fp32 dfqhead and segformer-768 (RDWT share, cost)
