@@ -354,7 +354,17 @@ def test_mask_dtype_leaves_what_does_not_fit_or_gains_nothing():
     )
     assert got[MASK_BATCH_KEY].dtype == torch.int64
     assert MASK_DTYPE_KEY not in got
-    # uint8 masks already (and bool ones) stay as they are.
+    # bool masks (1 byte already) stay as they are.
+    bools = int64_items(2, values=(0, 1))
+    for d in bools:
+        d['data_samples'].gt_sem_seg.data = d[
+            'data_samples'
+        ].gt_sem_seg.data.bool()
+    got = stack_seg_collate(bools, mask_dtype='uint8')
+    assert (
+        got[MASK_BATCH_KEY].dtype == torch.bool and MASK_DTYPE_KEY not in got
+    )
+    # uint8 masks already stay as they are.
     got = stack_seg_collate(
         [item(4, 4, seed=i) for i in range(2)], mask_dtype='uint8'
     )
