@@ -82,7 +82,12 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
             'train_dataloader.num_workers': 0,
             'train_dataloader.persistent_workers': False,
             'train_dataloader.batch_size': 3,
-            'train_dataloader.sampler.domain_counts': [1, 1, 1],
+            'train_dataloader.sampler.domain_counts': {
+                '_delete_': True,
+                2: 1,
+                3: 1,
+                4: 1,
+            },
             'test_dataloader.dataset.data_root': data_root,
             'test_dataloader.num_workers': 0,
             'test_dataloader.persistent_workers': False,
