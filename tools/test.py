@@ -355,9 +355,12 @@ def main(argv=None):
         )
     # Before the Runner: on CPU-only hosts mmengine's own init needs CUDA.
     setup_distributed(args.launcher)
-    cfg = load_config(
-        args.config, args.cfg_options, args.launcher, args.work_dir
-    )
+    try:
+        cfg = load_config(
+            args.config, args.cfg_options, args.launcher, args.work_dir
+        )
+    except ValueError as err:  # a config check: the message says it all
+        raise SystemExit(f'error: {err}') from None
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

@@ -158,9 +158,12 @@ def main(argv=None):
     args = parse_args(argv)
     # Before the Runner: on CPU-only hosts mmengine's own init needs CUDA.
     setup_distributed(args.launcher)
-    cfg = load_config(
-        args.config, args.cfg_options, args.launcher, args.work_dir
-    )
+    try:
+        cfg = load_config(
+            args.config, args.cfg_options, args.launcher, args.work_dir
+        )
+    except ValueError as err:  # a config check: the message says it all
+        raise SystemExit(f'error: {err}') from None
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume

@@ -38,6 +38,21 @@ def test_missing_files_are_named(tmp_path):
         test.main([FUNDUS_CONFIG, str(tmp_path / 'no_such.pth')])
 
 
+def test_config_mistakes_end_in_one_line(tmp_path):
+    # load_config's checks: a message, not a traceback.
+    train, test = _load_tool('train'), _load_tool('test')
+    checkpoint = tmp_path / 'x.pth'
+    checkpoint.write_bytes(b'')
+    option = ['--cfg-options', 'train_cfg.max_iter=2']
+    with pytest.raises(
+        SystemExit,
+        match="error: --cfg-options train_cfg.max_iter.*'train_cfg.max_iters'",
+    ):
+        train.main([FUNDUS_CONFIG, *option])
+    with pytest.raises(SystemExit, match='error: --cfg-options'):
+        test.main([FUNDUS_CONFIG, str(checkpoint), *option])
+
+
 def test_local_rank_spellings(monkeypatch):
     train = _load_tool('train')
     monkeypatch.delenv('LOCAL_RANK', raising=False)
