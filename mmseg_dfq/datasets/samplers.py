@@ -82,11 +82,6 @@ class DrawSeededPrepare:
             torch.random.set_rng_state(torch_state)
 
 
-def _hash_seed(*entropy: int) -> int:
-    """A 32-bit seed mixed from non-negative integers (NumPy SeedSequence)."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
-
-
 def _type_name(cfg_type) -> str:
     """Registry name of a config ``type`` (a class, or a scoped string)."""
     if isinstance(cfg_type, type):
@@ -405,6 +400,12 @@ class DomainMixSampler(Sampler):
         Returns:
             list[SeededIndex]: :attr:`chunk_size` indices, domain by domain.
         """
+        # One 32-bit seed per draw of the batch, all from one SeedSequence
+        # (the main process computes them for every batch: one call, not
+        # one per sample).
+        seeds = np.random.SeedSequence(
+            [self.seed, self.rank, 1, g]
+        ).generate_state(self.chunk_size)
         out = []
         for pos, (name, indices) in enumerate(self.domain_indices.items()):
             count = self.domain_counts[name]
@@ -412,8 +413,7 @@ class DomainMixSampler(Sampler):
             for j in range(count):
                 k = g * count + j  # draw number within the domain's stream
                 index = self._pass_order(name, pos, k // n)[k % n]
-                seed = _hash_seed(self.seed, self.rank, 1, g, len(out))
-                out.append(SeededIndex(index, seed))
+                out.append(SeededIndex(index, int(seeds[len(out)])))
         return out
 
     def batches(self) -> Iterator[List[SeededIndex]]:
