@@ -131,3 +131,49 @@ def test_authors_fundus_config_trains_on_cpu(tmp_path):
         for m in model.modules()
         if isinstance(m, torch.nn.BatchNorm2d)
     )
+
+
+def test_authors_habits_compose_with_an_mmseg_segformer(tmp_path, fundus_root):
+    # ChunkBN, LaggedPolyLR, BatchStatsBNHook and DomainBatchSampler on a
+    # stock SegFormer (mmseg's head, no DFQ part), through the Runner.
+    config = osp.join(
+        REPO, 'configs', 'ablation', 'segformer_mit-tiny_demo_fundus.py'
+    )
+    cfg = load_config(
+        config,
+        cfg_options={
+            **{
+                f'{loader}.dataset.data_root': fundus_root
+                for loader in ('train_dataloader', 'test_dataloader')
+            },
+            'model.decode_head.norm_cfg': dict(type='ChunkBN', num_chunks=2),
+            'train_dataloader.num_workers': 0,
+            'train_dataloader.persistent_workers': False,
+            'test_dataloader.num_workers': 0,
+            'test_dataloader.persistent_workers': False,
+            'test_dataloader.batch_size': 2,
+            'test_dataloader.batch_sampler': dict(type='DomainBatchSampler'),
+        },
+        work_dir=str(tmp_path / 'work'),
+    )
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=3)
+    cfg.param_scheduler = [
+        dict(type='LaggedPolyLR', power=0.9, begin=0, end=3, by_epoch=False)
+    ]
+    cfg.custom_hooks = [dict(type='BatchStatsBNHook')]
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    bn = runner.model.decode_head.fusion_conv.bn
+    assert type(bn).__name__ == 'ChunkBatchNorm2d' and bn.num_chunks == 2
+    runner.train()
+    base = cfg.optim_wrapper.optimizer.lr
+    lrs = runner.message_hub.get_scalar('train/lr').data[0]
+    # The authors' schedule: iterations 0 and 1 at the base rate, then
+    # base * (1 - 1 / 3) ** 0.9.
+    assert list(lrs) == pytest.approx([base, base, base * (2 / 3) ** 0.9])
+    results = runner.test()
+    assert 0 <= results['mean/OD_Dice'] <= 100
+    assert bn.track_running_stats and not bn.training
