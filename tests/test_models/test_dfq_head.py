@@ -97,3 +97,72 @@ def test_head_level_resolution_fusion_equals_plain(size):
         head.fuse_at_level_resolution = False
         plain = head(feats)
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
+
+
+def _head_and_batch(resize, loss_decode, num_classes, out_channels=None):
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    from ..helpers import tiny_dfq_head
+
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    head = MODELS.build(
+        tiny_dfq_head(
+            num_classes=num_classes,
+            out_channels=out_channels or num_classes,
+            loss_decode=loss_decode,
+            resize_probabilities=resize,
+        )
+    ).train()
+    feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)]
+    samples = []
+    for _ in range(2):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 64, 64)))
+        samples.append(s)
+    labels = torch.cat([s.gt_sem_seg.data for s in samples])
+    return head, feats, samples, labels
+
+
+def test_resize_probabilities_softmax_is_the_authors_ce():
+    # Theirs (prostate): softmax, resize the probabilities, then the loss.
+    head, feats, samples, labels = _head_and_batch(
+        'softmax', dict(type='CrossEntropyLoss'), 3
+    )
+    logits = head.forward(feats)
+    probs = torch.nn.functional.interpolate(
+        logits.softmax(1), (64, 64), mode='bilinear', align_corners=False
+    )
+    expected = torch.nn.functional.nll_loss(probs.log(), labels)
+    losses = head.loss_by_feat(logits, samples)
+    torch.testing.assert_close(
+        losses['loss_ce'], expected, rtol=1e-5, atol=1e-6
+    )
+    # mmseg's order (logits resized) gives another value.
+    head.resize_probabilities = None
+    assert not torch.allclose(
+        head.loss_by_feat(logits, samples)['loss_ce'], expected
+    )
+    with pytest.raises(ValueError, match='resize_probabilities'):
+        _head_and_batch('tanh', dict(type='CrossEntropyLoss'), 3)
+
+
+def test_resize_probabilities_sigmoid_is_the_authors_bce():
+    # Theirs (fundus): sigmoid, resize the probabilities, then BCELoss.
+    sets = [[2], [1, 2]]
+    head, feats, samples, labels = _head_and_batch(
+        'sigmoid', dict(type='MultiLabelBCELoss', label_sets=sets), 2
+    )
+    logits = head.forward(feats)
+    probs = torch.nn.functional.interpolate(
+        logits.sigmoid(), (64, 64), mode='bilinear', align_corners=False
+    )
+    targets = torch.stack([labels == 2, (labels == 1) | (labels == 2)], 1)
+    expected = torch.nn.functional.binary_cross_entropy(probs, targets.float())
+    losses = head.loss_by_feat(logits, samples)
+    torch.testing.assert_close(
+        losses['loss_bce'], expected, rtol=1e-5, atol=1e-6
+    )

@@ -50,6 +50,7 @@ def test_authors_config_sets_the_published_options(benchmark):
         assert metric.dice_smooth == 1
         assert cfg.model.resize_once is True
         assert cfg.tta_model.type == 'MultiLabelTTAModel'
+        assert head.resize_probabilities == 'sigmoid'
         for loader in ('train_dataloader', 'test_dataloader'):
             resizes = [
                 t
@@ -69,6 +70,7 @@ def test_authors_config_sets_the_published_options(benchmark):
             1e-5,
         )
         assert metric.restrict_to_gt_slices and not metric.use_spacing
+        assert head.resize_probabilities == 'softmax'
 
 
 def test_authors_fundus_config_trains_on_cpu(tmp_path):

@@ -225,6 +225,14 @@ class DFQHead(BaseDecodeHead):
             Default: True.
         fused_attention (bool | str): Attention kernel of the blocks, see
             :class:`FeatureQueryBlock`. Default: 'auto'.
+        resize_probabilities (str, optional): ``'sigmoid'`` or
+            ``'softmax'``: the training losses see the probabilities
+            resized to the labels, as the DFQ authors compute their losses
+            (sigmoid / softmax first, then the bilinear resize), instead of
+            mmseg's resized logits. The resized probabilities p are handed
+            to the unchanged loss terms as logits that give them back
+            (``log p - log(1 - p)`` for sigmoid, ``log p`` for softmax; p
+            kept in [1e-7, 1 - 1e-7]). None: mmseg's order. Default: None.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels``,
             ``in_index``, ``channels`` (768 in DFQ), ``num_classes``,
             ``dropout_ratio`` (default 0 here)...).
@@ -240,8 +248,15 @@ class DFQHead(BaseDecodeHead):
         rdwt_in_index: Optional[Sequence[int]] = None,
         fuse_at_level_resolution: bool = True,
         fused_attention: Union[bool, str] = 'auto',
+        resize_probabilities: Optional[str] = None,
         **kwargs,
     ):
+        if resize_probabilities not in (None, 'sigmoid', 'softmax'):
+            raise ValueError(
+                "DFQHead: resize_probabilities must be None, 'sigmoid' or "
+                f"'softmax', got {resize_probabilities!r}"
+            )
+        self.resize_probabilities = resize_probabilities
         # The authors' head has no dropout before the classifier.
         kwargs.setdefault('dropout_ratio', 0.0)
         super().__init__(input_transform='multiple_select', **kwargs)
@@ -350,16 +365,21 @@ class DFQHead(BaseDecodeHead):
         """mmseg's segmentation losses; ``acc_seg`` without a host sync.
 
         The same steps as ``BaseDecodeHead.loss_by_feat`` (logits resized
-        to the labels, optional pixel sampler, every ``loss_decode`` term
-        summed by name), except that the logged ``acc_seg`` comes from
+        to the labels, or probabilities with ``resize_probabilities``,
+        optional pixel sampler, every ``loss_decode`` term summed by
+        name), except that the logged ``acc_seg`` comes from
         :func:`~mmseg_dfq.models.utils.pixel_accuracy`: mmseg's
         ``accuracy`` makes the host wait for the GPU twice per step, which
         stalls the queue of a compiled / CUDA-graph step.
         """
         seg_label = self._stack_batch_gt(batch_data_samples)
-        seg_logits = bilinear_resize(
-            seg_logits, seg_label.shape[2:], self.align_corners
-        )
+        size = seg_label.shape[2:]
+        if self.resize_probabilities is None:
+            seg_logits = bilinear_resize(seg_logits, size, self.align_corners)
+        else:
+            seg_logits = _resized_as_probabilities(
+                seg_logits, size, self.align_corners, self.resize_probabilities
+            )
         seg_weight = (
             None
             if self.sampler is None
@@ -399,3 +419,27 @@ class DFQHead(BaseDecodeHead):
                 [inputs[i] for i in index]
             )
         return losses
+
+
+def _resized_as_probabilities(
+    logits: torch.Tensor, size, align_corners: bool, kind: str
+) -> torch.Tensor:
+    """Logits whose sigmoid / softmax are the probabilities resized.
+
+    Args:
+        logits (Tensor): (B, C, h, w) head output.
+        size (tuple): The labels' (H, W).
+        align_corners (bool): Of the bilinear resize.
+        kind (str): ``'sigmoid'`` (independent channels) or ``'softmax'``.
+
+    Returns:
+        Tensor: (B, C, H, W) ``logit(p)`` or ``log(p)`` of the resized
+        probabilities p.
+    """
+    eps = 1e-7
+    if kind == 'sigmoid':
+        p = bilinear_resize(logits.sigmoid(), size, align_corners)
+        p = p.clamp(eps, 1 - eps)
+        return torch.log(p) - torch.log1p(-p)
+    p = bilinear_resize(logits.softmax(dim=1), size, align_corners)
+    return p.clamp_min(eps).log()
