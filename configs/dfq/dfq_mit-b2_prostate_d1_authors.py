@@ -23,8 +23,8 @@
 # - BatchNorm as under their DataParallel on two GPUs (inferred from their
 #   two-replica RDWT average): each half of a batch normalised with its own
 #   statistics (ChunkBN; run these configs on one process);
-# - their losses on the probabilities resized to the labels, not on resized
-#   logits (resize_probabilities);
+# - their Dice on the probabilities resized to the labels, not on resized
+#   logits (resize_probabilities, probability_losses);
 # - their learning rates: the poly decay one iteration later (LaggedPolyLR);
 # - their test: BatchNorm on each test batch's own statistics, batches of 8
 #   within one domain / volume (with ChunkBN each half of 4 on its own).
@@ -35,8 +35,10 @@ model = dict(
     backbone=dict(rdwt_layout='authors', embed_norm_eps=1e-5),
     decode_head=dict(
         pool_ratios=(2, 4, 8),
-        # Their losses see the softmax probabilities resized to the labels.
+        # Their Dice sees the softmax probabilities resized to the labels
+        # (their cross-entropy the resized logits, as mmseg's).
         resize_probabilities='softmax',
+        probability_losses=('loss_dice',),
         norm_cfg={{_base_.authors_norm_cfg}},
         # Their classifier keeps PyTorch's default initialisation.
         init_cfg=None,

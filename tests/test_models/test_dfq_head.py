@@ -99,7 +99,9 @@ def test_head_level_resolution_fusion_equals_plain(size):
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
 
 
-def _head_and_batch(resize, loss_decode, num_classes, out_channels=None):
+def _head_and_batch(
+    resize, loss_decode, num_classes, out_channels=None, **kwargs
+):
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
@@ -115,6 +117,7 @@ def _head_and_batch(resize, loss_decode, num_classes, out_channels=None):
             out_channels=out_channels or num_classes,
             loss_decode=loss_decode,
             resize_probabilities=resize,
+            **kwargs,
         )
     ).train()
     feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)]
@@ -166,3 +169,45 @@ def test_resize_probabilities_sigmoid_is_the_authors_bce():
     torch.testing.assert_close(
         losses['loss_bce'], expected, rtol=1e-5, atol=1e-6
     )
+
+
+def test_probability_losses_pick_the_terms():
+    # Their prostate loss: CE on the resized logits, Dice on the resized
+    # softmax probabilities.
+    from mmseg_dfq.models.losses import ClassDiceLoss
+
+    dice_cfg = dict(
+        type='ClassDiceLoss', batch_pooled=True, squared=True, smooth=1e-5
+    )
+    head, feats, samples, labels = _head_and_batch(
+        'softmax', [dict(type='CrossEntropyLoss'), dice_cfg], 3
+    )
+    head.probability_losses = ('loss_dice',)
+    logits = head.forward(feats)
+    resized = torch.nn.functional.interpolate(
+        logits, (64, 64), mode='bilinear', align_corners=False
+    )
+    probs = torch.nn.functional.interpolate(
+        logits.softmax(1), (64, 64), mode='bilinear', align_corners=False
+    )
+    losses = head.loss_by_feat(logits, samples)
+    torch.testing.assert_close(
+        losses['loss_ce'], torch.nn.functional.cross_entropy(resized, labels)
+    )
+    dice = ClassDiceLoss(batch_pooled=True, squared=True, smooth=1e-5)
+    torch.testing.assert_close(
+        losses['loss_dice'], dice(probs.log(), labels), rtol=1e-5, atol=1e-6
+    )
+    assert not torch.allclose(losses['loss_dice'], dice(resized, labels))
+    # Names are checked when the head is built.
+    with pytest.raises(ValueError, match='name no loss term'):
+        _head_and_batch(
+            'softmax',
+            dict(type='CrossEntropyLoss'),
+            3,
+            probability_losses=['loss_dcie'],
+        )
+    with pytest.raises(ValueError, match='give resize_probabilities'):
+        _head_and_batch(
+            None, dict(type='CrossEntropyLoss'), 3, probability_losses=['x']
+        )

@@ -71,6 +71,7 @@ def test_authors_config_sets_the_published_options(benchmark):
         )
         assert metric.restrict_to_gt_slices and not metric.use_spacing
         assert head.resize_probabilities == 'softmax'
+        assert tuple(head.probability_losses) == ('loss_dice',)
 
 
 def test_authors_fundus_config_trains_on_cpu(tmp_path):

@@ -227,12 +227,18 @@ class DFQHead(BaseDecodeHead):
             :class:`FeatureQueryBlock`. Default: 'auto'.
         resize_probabilities (str, optional): ``'sigmoid'`` or
             ``'softmax'``: the training losses see the probabilities
-            resized to the labels, as the DFQ authors compute their losses
+            resized to the labels, as the DFQ authors compute theirs
             (sigmoid / softmax first, then the bilinear resize), instead of
             mmseg's resized logits. The resized probabilities p are handed
             to the unchanged loss terms as logits that give them back
             (``log p - log(1 - p)`` for sigmoid, ``log p`` for softmax; p
             kept in [1e-7, 1 - 1e-7]). None: mmseg's order. Default: None.
+        probability_losses (Sequence[str], optional): The ``loss_name`` of
+            the terms that see the resized probabilities; the others get
+            the resized logits. None: every term (the authors' fundus BCE
+            and Dice); their prostate loss resizes the logits for the
+            cross-entropy and the probabilities for the Dice
+            (``('loss_dice',)``). Default: None.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels``,
             ``in_index``, ``channels`` (768 in DFQ), ``num_classes``,
             ``dropout_ratio`` (default 0 here)...).
@@ -249,6 +255,7 @@ class DFQHead(BaseDecodeHead):
         fuse_at_level_resolution: bool = True,
         fused_attention: Union[bool, str] = 'auto',
         resize_probabilities: Optional[str] = None,
+        probability_losses: Optional[Sequence[str]] = None,
         **kwargs,
     ):
         if resize_probabilities not in (None, 'sigmoid', 'softmax'):
@@ -257,6 +264,17 @@ class DFQHead(BaseDecodeHead):
                 f"'softmax', got {resize_probabilities!r}"
             )
         self.resize_probabilities = resize_probabilities
+        self.probability_losses = (
+            None if probability_losses is None else tuple(probability_losses)
+        )
+        if self.probability_losses is not None and (
+            resize_probabilities is None or not self.probability_losses
+        ):
+            raise ValueError(
+                'DFQHead: probability_losses names the loss terms that see '
+                'the resized probabilities: give resize_probabilities and '
+                f'at least one name, got {probability_losses!r}'
+            )
         # The authors' head has no dropout before the classifier.
         kwargs.setdefault('dropout_ratio', 0.0)
         super().__init__(input_transform='multiple_select', **kwargs)
@@ -294,6 +312,19 @@ class DFQHead(BaseDecodeHead):
             norm_cfg=self.norm_cfg,
             act_cfg=self.act_cfg,
         )
+        if self.probability_losses is not None:
+            terms = (
+                self.loss_decode
+                if isinstance(self.loss_decode, nn.ModuleList)
+                else [self.loss_decode]
+            )
+            names = [term.loss_name for term in terms]
+            unknown = sorted(set(self.probability_losses) - set(names))
+            if unknown:
+                raise ValueError(
+                    f'DFQHead: probability_losses {unknown} name no loss '
+                    f'term (the terms: {names})'
+                )
         self.fuse_at_level_resolution = fuse_at_level_resolution
         self.loss_rdwt = None if loss_rdwt is None else MODELS.build(loss_rdwt)
         self.rdwt_in_index = (
@@ -374,12 +405,15 @@ class DFQHead(BaseDecodeHead):
         """
         seg_label = self._stack_batch_gt(batch_data_samples)
         size = seg_label.shape[2:]
-        if self.resize_probabilities is None:
-            seg_logits = bilinear_resize(seg_logits, size, self.align_corners)
-        else:
-            seg_logits = _resized_as_probabilities(
+        from_probs = None
+        if self.resize_probabilities is not None:
+            from_probs = _resized_as_probabilities(
                 seg_logits, size, self.align_corners, self.resize_probabilities
             )
+        if self.resize_probabilities is None or self.probability_losses:
+            seg_logits = bilinear_resize(seg_logits, size, self.align_corners)
+        else:
+            seg_logits = from_probs
         seg_weight = (
             None
             if self.sampler is None
@@ -393,8 +427,12 @@ class DFQHead(BaseDecodeHead):
         )
         losses = dict()
         for term in terms:
+            uses_probs = (
+                self.probability_losses is not None
+                and term.loss_name in self.probability_losses
+            )
             value = term(
-                seg_logits,
+                from_probs if uses_probs else seg_logits,
                 seg_label,
                 weight=seg_weight,
                 ignore_index=self.ignore_index,
