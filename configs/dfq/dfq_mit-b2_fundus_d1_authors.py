@@ -27,6 +27,8 @@
 # - their losses on the probabilities resized to the labels, not on resized
 #   logits (resize_probabilities);
 # - their learning rates: the poly decay one iteration later (LaggedPolyLR);
+# - their epochs: all but the longest domain replay the batches of their
+#   first pass, frozen augmentation included (cycle_replay);
 # - their test: BatchNorm on each test batch's own statistics, batches of 8
 #   within one domain / volume (with ChunkBN each half of 4 on its own).
 # What still differs is listed in the departures table of docs/design.md.
@@ -69,7 +71,11 @@ crop_size = (256, 256)
 train_pipeline = fundus_train_pipeline(crop_size, resize_backend='pillow')
 test_pipeline = fundus_test_pipeline(crop_size, resize_backend='pillow')
 tta_pipeline = flip_tta_pipeline(test_pipeline)
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(
+    # Their loaders: all but the longest domain replay their first pass.
+    sampler=dict(cycle_replay=True),
+    dataset=dict(pipeline=train_pipeline),
+)
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(
     batch_size={{_base_.authors_test_batch_size}},

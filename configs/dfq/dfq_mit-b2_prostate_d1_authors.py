@@ -26,6 +26,8 @@
 # - their Dice on the probabilities resized to the labels, not on resized
 #   logits (resize_probabilities, probability_losses);
 # - their learning rates: the poly decay one iteration later (LaggedPolyLR);
+# - their epochs: all but the longest domain replay the batches of their
+#   first pass, frozen augmentation included (cycle_replay);
 # - their test: BatchNorm on each test batch's own statistics, batches of 8
 #   within one domain / volume (with ChunkBN each half of 4 on its own).
 # What still differs is listed in the departures table of docs/design.md.
@@ -60,6 +62,8 @@ val_evaluator = dict(
 )
 test_evaluator = val_evaluator
 randomness = dict(seed=1337)
+# Their loaders: all but the longest site replay their first pass.
+train_dataloader = dict(sampler=dict(cycle_replay=True))
 test_dataloader = dict(
     batch_size={{_base_.authors_test_batch_size}},
     batch_sampler={{_base_.authors_test_batch_sampler}},

@@ -126,10 +126,11 @@ class DomainMixSampler(Sampler):
     **Streams.** Each domain has its own endless stream of shuffled passes
     (a fresh permutation per pass) that runs on across epochs: shorter
     domains are reshuffled whenever they run out. The authors instead
-    ``itertools.cycle`` the shorter loaders, which replays the batches of
-    their first pass in the same order and with the same augmentation
-    for the whole training; this sampler deliberately does not reproduce
-    that. Under distributed training each rank draws its own streams.
+    ``itertools.cycle`` every loader but the longest, which replays the
+    batches of their first pass in the same order and with the same
+    augmentation for the whole training. ``cycle_replay=True`` reproduces
+    that (see the argument). Under distributed training each rank draws
+    its own streams.
 
     **Addressable.** Batch ``g`` (counted from the start of training) is a
     pure function of (seed, rank, g): the permutation of pass p of domain
@@ -166,6 +167,16 @@ class DomainMixSampler(Sampler):
             there with a 2 s sleep at every epoch end, which small data
             sets (the CPU demo: an epoch of 2 batches) pay every few
             iterations. Default: False.
+        cycle_replay (bool): The DFQ authors' loaders (``train_feed.py``):
+            the longest domain (the first of equals, in the data set's
+            domain order) is reshuffled every epoch and drops its last
+            partial batch; every other domain replays the batches of its
+            first pass (floor(N_d / count) batches) over and over, with the
+            same samples and the same augmentation (the same draw seeds),
+            as ``itertools.cycle`` over a DataLoader does; and at each
+            epoch's end, the replayed domains placed before the longest
+            one lose a batch (``zip`` has taken it before the longest
+            loader ran out). One process only. Default: False.
     """
 
     def __init__(
@@ -176,6 +187,7 @@ class DomainMixSampler(Sampler):
         shuffle: bool = True,
         seed_per_draw: bool = True,
         infinite: bool = False,
+        cycle_replay: bool = False,
     ) -> None:
         rank, world_size = get_dist_info()
         self.rank = rank
@@ -223,8 +235,38 @@ class DomainMixSampler(Sampler):
         self._passes: Dict[str, tuple] = {}
         self.seed_per_draw = seed_per_draw
         self.infinite = bool(infinite)
+        self.cycle_replay = bool(cycle_replay)
+        if self.cycle_replay:
+            self._check_cycle_replay()
         if seed_per_draw and hasattr(type(dataset), 'prepare_data'):
             dataset.prepare_data = DrawSeededPrepare(dataset)
+
+    def _check_cycle_replay(self) -> None:
+        """The authors' loaders: one process, a full batch per domain."""
+        if self.world_size > 1:
+            raise ValueError(
+                "DomainMixSampler: cycle_replay reproduces the authors' "
+                f'one-process loaders; got {self.world_size} processes'
+            )
+        self._pass_batches = {
+            name: len(indices) // self.domain_counts[name]
+            for name, indices in self.domain_indices.items()
+        }
+        short = [n for n, b in self._pass_batches.items() if b == 0]
+        if short:
+            raise ValueError(
+                f'DomainMixSampler: cycle_replay needs every domain to fill '
+                f'one batch of its count; {short} has fewer samples'
+            )
+        # The first of the longest, as their strict '<' search finds it.
+        names = list(self._pass_batches)
+        batches = [self._pass_batches[n] for n in names]
+        self._longest_pos = batches.index(max(batches))
+        if not self.shuffle:
+            raise ValueError(
+                'DomainMixSampler: cycle_replay reproduces shuffled loaders '
+                '(shuffle=True)'
+            )
 
     def _domain_order(self, by_domain: Dict[str, List[int]]) -> List[str]:
         """Domain names in the data set's order (``dataset.domains``)."""
@@ -406,6 +448,8 @@ class DomainMixSampler(Sampler):
         seeds = np.random.SeedSequence(
             [self.seed, self.rank, 1, g]
         ).generate_state(self.chunk_size)
+        if self.cycle_replay:
+            return self._cycled_batch(g, seeds)
         out = []
         for pos, (name, indices) in enumerate(self.domain_indices.items()):
             count = self.domain_counts[name]
@@ -414,6 +458,37 @@ class DomainMixSampler(Sampler):
                 k = g * count + j  # draw number within the domain's stream
                 index = self._pass_order(name, pos, k // n)[k % n]
                 out.append(SeededIndex(index, int(seeds[len(out)])))
+        return out
+
+    def _cycled_batch(self, g: int, seeds) -> List[SeededIndex]:
+        """Batch ``g`` as the authors' cycled loaders give it."""
+        epoch_length = self._pass_batches[
+            list(self.domain_indices)[self._longest_pos]
+        ]
+        out = []
+        for pos, name in enumerate(self.domain_indices):
+            count = self.domain_counts[name]
+            if pos == self._longest_pos:
+                # A new shuffled pass every epoch, last partial batch
+                # dropped; fresh augmentation.
+                epoch, b = divmod(g, epoch_length)
+                order = self._pass_order(name, pos, epoch)
+                for j in range(count):
+                    out.append(
+                        SeededIndex(order[b * count + j], int(seeds[len(out)]))
+                    )
+                continue
+            # Batches taken so far from this cycle, one lost per finished
+            # epoch if it comes before the longest loader in zip's order.
+            taken = g + (g // epoch_length if pos < self._longest_pos else 0)
+            i = taken % self._pass_batches[name]
+            order = self._pass_order(name, pos, 0)
+            # The first pass's draw seeds: the same augmentation each replay.
+            frozen = np.random.SeedSequence(
+                [self.seed, self.rank, 3, pos, i]
+            ).generate_state(count)
+            for j in range(count):
+                out.append(SeededIndex(order[i * count + j], int(frozen[j])))
         return out
 
     def batches(self) -> Iterator[List[SeededIndex]]:

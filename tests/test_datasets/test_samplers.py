@@ -455,3 +455,96 @@ def test_domain_batches_never_span_two_domains_or_volumes(
     assert any(len({group(i) for i in b}) > 1 for b in plain)
     with pytest.raises(TypeError, match='dataset'):
         DomainBatchSampler(range(3), 4)
+
+
+@pytest.mark.parametrize(
+    'sizes,counts',
+    [
+        # The longest first, then last, then between two equal ones.
+        ((('A', 14), ('B', 12), ('C', 9)), {1: 2, 2: 3, 3: 2}),
+        ((('A', 9), ('B', 12), ('C', 21)), {1: 2, 2: 3, 3: 3}),
+        ((('A', 8), ('B', 21), ('C', 21)), {1: 2, 2: 3, 3: 3}),
+    ],
+)
+def test_cycle_replay_is_the_authors_cycle_and_zip(sizes, counts):
+    # Their train_feed.py: one DataLoader per domain (shuffle, drop_last),
+    # every one but the first longest wrapped in itertools.cycle, an epoch
+    # = zip(*loaders). Emulated here with symbolic batches: ('pass', p, b)
+    # for the longest loader (pass p = epoch), ('first', i) for batch i of
+    # a cycled loader's first pass, which cycle replays.
+    ds = _ToyDataset(sizes)
+    sampler = DomainMixSampler(ds, counts, seed=5, cycle_replay=True)
+    names = [n for n, _ in sizes]
+    per = [
+        len(sampler.domain_indices[n]) // sampler.domain_counts[n]
+        for n in names
+    ]
+    longest = per.index(max(per))
+
+    def loader(d, p):
+        for b in range(per[d]):
+            yield ('pass', p, b) if d == longest else ('first', b)
+
+    cycles = [
+        None if d == longest else itertools.cycle(loader(d, 0))
+        for d in range(len(names))
+    ]
+    expected = []
+    for epoch in range(5):
+        iters = [
+            loader(d, epoch) if d == longest else cycles[d]
+            for d in range(len(names))
+        ]
+        expected.extend(zip(*iters))
+    assert sampler.epoch_batches == per[longest]
+    got = [sampler.batch_indices(g) for g in range(len(expected))]
+    first_pass = {}
+    for g, (batch, tokens) in enumerate(zip(got, expected)):
+        start = 0
+        for d, name in enumerate(names):
+            count = sampler.domain_counts[name]
+            draws = batch[start : start + count]
+            start += count
+            token = tokens[d]
+            if token[0] == 'pass':
+                order = sampler._pass_order(name, d, token[1])
+                b = token[2]
+                assert [int(x) for x in draws] == order[
+                    b * count : (b + 1) * count
+                ]
+            else:
+                # The same samples and draw seeds (augmentation) whenever
+                # first-pass batch i comes round again.
+                key = (name, token[1])
+                seen = [(int(x), x.draw_seed) for x in draws]
+                assert first_pass.setdefault(key, seen) == seen, (g, key)
+    # Every first-pass batch of a cycled domain is distinct data.
+    for d, name in enumerate(names):
+        if d != longest:
+            samples = [
+                s
+                for (n, _), v in first_pass.items()
+                if n == name
+                for s, _ in v
+            ]
+            assert (
+                len(samples)
+                == len(set(samples))
+                == per[d] * sampler.domain_counts[name]
+            )
+    # The longest domain's augmentation is fresh every epoch.
+    name = names[longest]
+    seeds = [
+        x.draw_seed
+        for b in got
+        for x in b
+        if int(x) in sampler.domain_indices[name]
+    ]
+    assert len(set(seeds)) == len(seeds)
+    with pytest.raises(ValueError, match='fewer samples'):
+        DomainMixSampler(
+            _ToyDataset((('A', 1), ('B', 4))),
+            {1: 2, 2: 2},
+            seed=0,
+            cycle_replay=True,
+        )

@@ -38,6 +38,7 @@ def test_authors_config_sets_the_published_options(benchmark):
     hooks = [h['type'] for h in cfg.custom_hooks]
     assert hooks[-1] == 'BatchStatsBNHook' and 'ExactResumeHook' in hooks
     assert cfg.test_dataloader.batch_size == 8
+    assert cfg.train_dataloader.sampler.cycle_replay is True
     assert cfg.test_dataloader.batch_sampler.type == 'DomainBatchSampler'
     assert [p['type'] for p in cfg.param_scheduler] == ['LaggedPolyLR']
     assert cfg.param_scheduler[0]['end'] == cfg.train_cfg.max_epochs
