@@ -532,15 +532,30 @@ def teardown_distributed():
         dist.destroy_process_group()
 
 
-def _replace_sync_bn(node):
+def iter_config_dicts(node):
+    """Every dict of a config tree (dicts, lists and tuples), parents first.
+
+    Args:
+        node: A config value, e.g. ``cfg.model``.
+
+    Yields:
+        dict: Each dict found, ``node`` itself included.
+    """
     if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
-        for value in node.values():
-            _replace_sync_bn(value)
+        yield node
+        values = node.values()
     elif isinstance(node, (list, tuple)):
-        for value in node:
-            _replace_sync_bn(value)
+        values = node
+    else:
+        return
+    for value in values:
+        yield from iter_config_dicts(value)
+
+
+def _replace_sync_bn(node):
+    for entry in iter_config_dicts(node):
+        if entry.get('type') == 'SyncBN':
+            entry['type'] = 'BN'
 
 
 def adapt_cfg_to_device(cfg):

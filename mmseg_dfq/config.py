@@ -6,9 +6,12 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from .compat import adapt_cfg_to_device
+from .compat import adapt_cfg_to_device, iter_config_dicts
 from .datasets.base import DomainSplitDataset, resolve_domains
-from .datasets.samplers import check_domain_mix_batch_size
+from .datasets.samplers import (
+    check_domain_mix_batch_size,
+    config_type_name,
+)
 
 # The top-level keys mmengine's Runner reads from a config (Runner.from_cfg
 # and mmengine's and mmseg's tools). A config may hold any other variable,
@@ -304,22 +307,11 @@ def _check_top_level_keys(cfg: Config, path: str) -> None:
             )
 
 
-def _uses_type(node, name: str) -> bool:
-    """Whether a config tree holds ``type=name`` anywhere."""
-    if isinstance(node, dict):
-        kind = node.get('type')
-        if isinstance(kind, str) and kind.split('.')[-1] == name:
-            return True
-        return any(_uses_type(v, name) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_uses_type(v, name) for v in node)
-    return False
-
-
 def _check_chunk_bn(cfg: Config, path: str) -> None:
     launcher = cfg.get('launcher', 'none')
-    if launcher not in (None, 'none') and _uses_type(
-        cfg.get('model'), 'ChunkBN'
+    if launcher not in (None, 'none') and any(
+        config_type_name(d.get('type')) == 'ChunkBN'
+        for d in iter_config_dicts(cfg.get('model'))
     ):
         raise ValueError(
             f'{path}: ChunkBN emulates DataParallel in one process, but '
@@ -332,7 +324,7 @@ def _check_chunk_bn(cfg: Config, path: str) -> None:
 
 def _check_tta_model(cfg: Config, path: str) -> None:
     model, tta = cfg.get('model') or {}, cfg.get('tta_model') or {}
-    name = str(tta.get('type', '')).split('.')[-1]
+    name = config_type_name(tta.get('type', ''))
     if (
         model.get('type') == 'MultiLabelEncoderDecoder'
         and name == 'SegTTAModel'
@@ -355,7 +347,7 @@ def _check_mask_dtype(cfg: Config, path: str) -> None:
         collate = (cfg.get(loader) or {}).get('collate_fn') or {}
         kind = collate.get('type') if isinstance(collate, dict) else None
         # A registry name, scoped or not, or the function itself.
-        name = getattr(kind, '__name__', str(kind).split('.')[-1])
+        name = config_type_name(kind)
         if name != 'stack_seg_collate' or collate.get('mask_dtype') is None:
             continue
         try:
@@ -368,7 +360,7 @@ def _check_mask_dtype(cfg: Config, path: str) -> None:
             where, pre = 'data_preprocessor', cfg.get('data_preprocessor')
         kind = pre.get('type') if isinstance(pre, dict) else None
         if isinstance(kind, str):
-            kind = MODELS.get(kind.split('.')[-1])
+            kind = MODELS.get(config_type_name(kind))
         if not (
             isinstance(kind, type)
             and issubclass(kind, BatchSegDataPreProcessor)
@@ -393,7 +385,7 @@ def _domain_dataset(dataloader: Optional[dict]):
     if isinstance(kind, str):
         from mmseg.registry import DATASETS
 
-        kind = DATASETS.get(kind.split('.')[-1])
+        kind = DATASETS.get(config_type_name(kind))
     if not (isinstance(kind, type) and issubclass(kind, DomainSplitDataset)):
         return None
     return kind, dataset

@@ -405,3 +405,23 @@ def tiny_dfq_head(**overrides):
         ),
         **overrides,
     )
+
+
+def count_calls(monkeypatch, owner, name):
+    """Record the first argument of every call to ``owner.name`` (as str).
+
+    The function still runs; ``monkeypatch.undo()`` or the end of the test
+    puts it back.
+
+    Returns:
+        list[str]: Filled as the calls happen.
+    """
+    calls = []
+    real = getattr(owner, name)
+
+    def counting(first, *args, **kwargs):
+        calls.append(str(first))
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls

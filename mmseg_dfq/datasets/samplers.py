@@ -82,11 +82,11 @@ class DrawSeededPrepare:
             torch.random.set_rng_state(torch_state)
 
 
-def _type_name(cfg_type) -> str:
-    """Registry name of a config ``type`` (a class, or a scoped string)."""
-    if isinstance(cfg_type, type):
-        return cfg_type.__name__
-    return str(cfg_type).split('.')[-1]
+def config_type_name(cfg_type) -> str:
+    """Registry name of a config ``type``: a class or function (its name),
+    or a string, scoped or not (``'mmseg.X'`` -> ``'X'``)."""
+    name = getattr(cfg_type, '__name__', None)
+    return name if isinstance(name, str) else str(cfg_type).split('.')[-1]
 
 
 @DATA_SAMPLERS.register_module()
@@ -754,10 +754,10 @@ def check_domain_mix_batch_size(dataloader_cfg: dict) -> None:
             not the sum of the counts.
     """
     sampler = dataloader_cfg.get('sampler') or {}
-    if _type_name(sampler.get('type')) != 'DomainMixSampler':
+    if config_type_name(sampler.get('type')) != 'DomainMixSampler':
         return
     batch_sampler = dataloader_cfg.get('batch_sampler') or {}
-    if _type_name(batch_sampler.get('type')) != 'DomainMixBatchSampler':
+    if config_type_name(batch_sampler.get('type')) != 'DomainMixBatchSampler':
         raise ValueError(
             'a DomainMixSampler train_dataloader needs '
             "batch_sampler=dict(type='DomainMixBatchSampler'), which checks "

@@ -66,12 +66,13 @@ class BatchStatsBNHook(Hook):
     def _use_batch_stats(self, runner, phase: str) -> None:
         if phase not in self.phases:
             return
-        norms = self._norms(runner)
         if not self._saved:
+            # The model's BatchNorm modules, found once per phase.
             self._saved = [
-                (m, m.training, m.track_running_stats) for m in norms
+                (m, m.training, m.track_running_stats)
+                for m in self._norms(runner)
             ]
-        for m in norms:
+        for m, _, _ in self._saved:
             m.train()
             m.track_running_stats = False
 

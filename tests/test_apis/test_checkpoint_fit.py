@@ -21,7 +21,13 @@ from mmseg_dfq.apis.inference import init_segmentor
 from mmseg_dfq.datasets import FundusDGDataset
 from mmseg_dfq.engine.checkpoint import CheckpointMismatchError
 
-from ..helpers import FUNDUS_CONFIG, PROSTATE_CONFIG, REPO_ROOT, tool_env
+from ..helpers import (
+    FUNDUS_CONFIG,
+    PROSTATE_CONFIG,
+    REPO_ROOT,
+    count_calls,
+    tool_env,
+)
 from ..test_models.test_authors_reference import (
     authors_checkpoint,
     converter_main,
@@ -55,14 +61,7 @@ def test_another_models_checkpoint_is_refused(fundus_ckpt, prostate_ckpt):
 
 
 def test_matching_checkpoint_loads_once(fundus_ckpt, monkeypatch):
-    reads = []
-    torch_load = torch.load
-
-    def counting_load(f, *args, **kwargs):
-        reads.append(str(f))
-        return torch_load(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, 'load', counting_load)
+    reads = count_calls(monkeypatch, torch, 'load')
     model = init_segmentor(FUNDUS_CONFIG, fundus_ckpt)
     monkeypatch.undo()
     assert reads.count(fundus_ckpt) == 1

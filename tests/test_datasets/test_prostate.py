@@ -14,7 +14,7 @@ from mmseg_dfq.datasets import (
 )
 from mmseg_dfq.testing.synthetic import PROSTATE_SITES
 
-from ..helpers import load_base_config
+from ..helpers import count_calls, load_base_config
 
 
 def _volume(path):
@@ -138,25 +138,13 @@ def test_config_pipelines_pack_metas(prostate_root):
     assert out['data_samples'].gt_sem_seg.data.shape == (1, 64, 64)
 
 
-def _count_loads(monkeypatch):
-    calls = []
-    real = nib.load
-
-    def counting(path, *args, **kwargs):
-        calls.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(nib, 'load', counting)
-    return calls
-
-
 def test_each_volume_decoded_once(prostate_root, monkeypatch):
     ds = ProstateDGDataset(
         data_root=prostate_root,
         domains=[1, 2],
         pipeline=[dict(type='LoadProstateSlice')],
     )
-    calls = _count_loads(monkeypatch)
+    calls = count_calls(monkeypatch, nib, 'load')
     order = np.random.default_rng(0).permutation(len(ds))
     for i in order:
         ds[int(i)]
