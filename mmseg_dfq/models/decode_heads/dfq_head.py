@@ -313,12 +313,7 @@ class DFQHead(BaseDecodeHead):
             act_cfg=self.act_cfg,
         )
         if self.probability_losses is not None:
-            terms = (
-                self.loss_decode
-                if isinstance(self.loss_decode, nn.ModuleList)
-                else [self.loss_decode]
-            )
-            names = [term.loss_name for term in terms]
+            names = [term.loss_name for term in self._loss_terms()]
             unknown = sorted(set(self.probability_losses) - set(names))
             if unknown:
                 raise ValueError(
@@ -392,6 +387,12 @@ class DFQHead(BaseDecodeHead):
         ]
         return self.cls_seg(self._fuse(refined))
 
+    def _loss_terms(self) -> list:
+        """The ``loss_decode`` terms as a list (one config or several)."""
+        if isinstance(self.loss_decode, nn.ModuleList):
+            return list(self.loss_decode)
+        return [self.loss_decode]
+
     def loss_by_feat(self, seg_logits, batch_data_samples) -> dict:
         """mmseg's segmentation losses; ``acc_seg`` without a host sync.
 
@@ -420,13 +421,8 @@ class DFQHead(BaseDecodeHead):
             else self.sampler.sample(seg_logits, seg_label)
         )
         seg_label = seg_label.squeeze(1)
-        terms = (
-            self.loss_decode
-            if isinstance(self.loss_decode, nn.ModuleList)
-            else [self.loss_decode]
-        )
         losses = dict()
-        for term in terms:
+        for term in self._loss_terms():
             uses_probs = (
                 self.probability_losses is not None
                 and term.loss_name in self.probability_losses
